@@ -1,0 +1,266 @@
+"""The typed sweep config: a grid declared as data, plus training, attack and resource settings.
+
+A config comes from a preset (``sweep.presets``) or a TOML/YAML file; both are plain data, parsed
+with ``tomllib`` / ``yaml.safe_load`` (never anything that executes code). ``validate`` checks
+every field and raises ``ConfigError`` naming the field and what it may be.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from attacks.config import AttackConfig
+from models.errors import ConfigError
+
+MODEL_KINDS = ("vae", "tcvae", "tcdlgm", "seatbelt")
+DATASETS = ("dsprites_generated", "dsprites", "chairs", "faces", "celeba", "folder")
+TC_ESTIMATORS = ("mws", "mss")
+ARCHITECTURES = ("auto", "mlp", "conv")
+
+
+@dataclass
+class GridConfig:
+    """The sweep's axes; every combination a model kind can take becomes one trial."""
+
+    datasets: list[str] = field(default_factory=lambda: ["dsprites_generated"])
+    models: list[str] = field(default_factory=lambda: list(MODEL_KINDS))
+    betas: list[float] = field(default_factory=lambda: [1.0, 4.0])
+    layers: list[int] = field(default_factory=lambda: [1, 2])
+    z_dims: list[int] = field(default_factory=lambda: [10])
+    seeds: list[int] = field(default_factory=lambda: [0])
+
+
+@dataclass
+class DataConfig:
+    """Where each dataset lives and how much of it a sweep uses."""
+
+    data_dirs: dict[str, str] = field(default_factory=dict)  # dataset name -> local folder or file
+    size: int | None = None  # random subset by seed; None = whole dataset
+    held_out: float = 0.1  # fraction kept out of training; attack pairs come from it
+    split_seed: int = 0  # same split for every trial of a dataset
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-3
+    free_bits: float = 0.0  # nats per layer (hierarchical models)
+    tc_estimator: str = "mws"
+    architecture: str = "auto"  # auto: mlp for dSprites, conv for the others
+    hidden_dim: int | None = None  # None: the beta-TCVAE paper's widths
+    condition_on_x: bool = True  # the 2021 inference chain q(z^{i+1} | z^i, x)
+    checkpoint_every: int = 500  # steps between Tune checkpoints
+    report_every: int = 50  # steps between metric reports (training curves)
+    eval_size: int = 1024  # held-out images used by the evaluation
+    noise_sigmas: list[float] = field(default_factory=lambda: [0.1, 0.5, 1.0])
+    noise_samples: int = 256  # images per sigma for the noise histograms
+
+
+@dataclass
+class ResourceConfig:
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    cpus_per_attack_task: float = 1.0
+    gpus_per_attack_task: float = 0.0
+    custom_per_trial: dict[str, float] = field(default_factory=dict)
+    custom_per_attack_task: dict[str, float] = field(default_factory=dict)
+    max_concurrent: int | None = None
+    max_failures: int = 2  # Tune retries of a failed trial, from its last checkpoint
+    task_retries: int = 3  # Ray retries of an attack task whose worker died
+    pairs_per_task: int = 1  # attack pairs per Ray task (each pair: all its lambdas)
+
+
+@dataclass
+class SweepConfig:
+    name: str = "smoke"
+    grid: GridConfig = field(default_factory=GridConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    resources: ResourceConfig = field(default_factory=ResourceConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """A hash of what decides the results (not resources): two sweeps with the same
+        fingerprint may share a results folder."""
+        content = self.to_dict()
+        content.pop("resources")
+        text = json.dumps(content, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def validate(self) -> "SweepConfig":
+        _validate(self)
+        return self
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def from_dict(data: dict[str, Any], where: str = "config") -> SweepConfig:
+    """Build a config from plain data, refusing unknown sections and fields by name."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table of settings at the top level")
+    sections = {f.name: f for f in dataclasses.fields(SweepConfig)}
+    unknown = sorted(set(data) - set(sections))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(sections)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        section_type = _SECTION_TYPES.get(name)
+        if section_type is None:
+            kwargs[name] = value
+        else:
+            kwargs[name] = _section(section_type, value, f"{where}: [{name}]")
+    return SweepConfig(**kwargs).validate()
+
+
+def load_file(path: str | Path) -> SweepConfig:
+    """Read a TOML or YAML sweep config as data only."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass --config with a TOML or YAML file")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        else:
+            raise ConfigError(f"config file {path}: use a .toml, .yaml or .yml file")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path} is not valid {path.suffix[1:].upper()}: {exc}") from None
+    return from_dict(data or {}, where=str(path))
+
+
+def _section(section_type: type, value: Any, where: str) -> Any:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a table of settings, got {value!r}")
+    allowed = {f.name for f in dataclasses.fields(section_type)}
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+    if section_type is AttackConfig:  # its sequence fields are tuples
+        value = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+    return section_type(**value)
+
+
+_SECTION_TYPES = {
+    "grid": GridConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "attack": AttackConfig,
+    "resources": ResourceConfig,
+}
+
+
+# --- validation ----------------------------------------------------------------------------
+
+
+def _validate(cfg: SweepConfig) -> None:
+    if not isinstance(cfg.name, str) or not cfg.name or any(c in cfg.name for c in "/\\ "):
+        raise ConfigError(f"name: {cfg.name!r} must be a non-empty name without spaces or slashes")
+    grid = cfg.grid
+    _choices("grid.datasets", grid.datasets, DATASETS)
+    _choices("grid.models", grid.models, MODEL_KINDS)
+    _numbers("grid.betas", grid.betas, minimum=0.0, strict=True, kind=float)
+    _numbers("grid.layers", grid.layers, minimum=1, kind=int)
+    _numbers("grid.z_dims", grid.z_dims, minimum=1, kind=int)
+    _numbers("grid.seeds", grid.seeds, minimum=0, kind=int)
+    for dataset in grid.datasets:
+        if dataset != "dsprites_generated" and dataset not in cfg.data.data_dirs:
+            raise ConfigError(
+                f"data.data_dirs: dataset {dataset!r} needs a local copy; add "
+                f"data_dirs.{dataset} = \"/path/to/{dataset}\" (nothing is downloaded)"
+            )
+
+    data = cfg.data
+    if data.size is not None:
+        _number("data.size", data.size, minimum=16, kind=int)
+    if not (isinstance(data.held_out, (int, float)) and 0 < data.held_out < 1):
+        raise ConfigError(f"data.held_out: {data.held_out!r} must be a fraction in (0, 1)")
+
+    train = cfg.train
+    _number("train.steps", train.steps, minimum=1, kind=int)
+    _number("train.batch_size", train.batch_size, minimum=2, kind=int)
+    _number("train.lr", train.lr, minimum=0.0, strict=True, kind=float)
+    _number("train.free_bits", train.free_bits, minimum=0.0, kind=float)
+    _choice("train.tc_estimator", train.tc_estimator, TC_ESTIMATORS)
+    _choice("train.architecture", train.architecture, ARCHITECTURES)
+    if train.hidden_dim is not None:
+        _number("train.hidden_dim", train.hidden_dim, minimum=1, kind=int)
+    _number("train.checkpoint_every", train.checkpoint_every, minimum=1, kind=int)
+    _number("train.report_every", train.report_every, minimum=1, kind=int)
+    _number("train.eval_size", train.eval_size, minimum=2, kind=int)
+    _numbers("train.noise_sigmas", train.noise_sigmas, minimum=0.0, kind=float)
+    _number("train.noise_samples", train.noise_samples, minimum=1, kind=int)
+
+    cfg.attack.validate()
+    res = cfg.resources
+    for name in ("cpus_per_trial", "cpus_per_attack_task"):
+        _number(f"resources.{name}", getattr(res, name), minimum=0.0, strict=True, kind=float)
+    for name in ("gpus_per_trial", "gpus_per_attack_task"):
+        _number(f"resources.{name}", getattr(res, name), minimum=0.0, kind=float)
+    if res.max_concurrent is not None:
+        _number("resources.max_concurrent", res.max_concurrent, minimum=1, kind=int)
+    _number("resources.max_failures", res.max_failures, minimum=0, kind=int)
+    _number("resources.task_retries", res.task_retries, minimum=0, kind=int)
+    _number("resources.pairs_per_task", res.pairs_per_task, minimum=1, kind=int)
+
+    from sweep.trials import expand_grid
+
+    kinds_found = {spec.model for spec in expand_grid(cfg)}
+    for model in grid.models:
+        if model not in kinds_found:
+            raise ConfigError(
+                f"grid.models: {model!r} takes no point of this grid ({_NEEDS[model]}); "
+                f"add the values it needs to grid.betas / grid.layers or remove it"
+            )
+
+
+_NEEDS = {
+    "vae": "it needs beta = 1 and layers = 1",
+    "tcvae": "it needs layers = 1",
+    "tcdlgm": "it needs layers >= 2",
+    "seatbelt": "it needs layers >= 2",
+}
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}: {value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def _choices(name: str, values: Any, allowed: tuple[str, ...]) -> None:
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{name}: expected a non-empty list drawn from {list(allowed)}")
+    for value in values:
+        _choice(name, value, allowed)
+
+
+def _number(name: str, value: Any, minimum: float, kind: type, strict: bool = False) -> None:
+    ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        ok_type = isinstance(value, int) and not isinstance(value, bool)
+    if not ok_type or not math.isfinite(value) or value < minimum or (strict and value == minimum):
+        bound = f"> {minimum}" if strict else f">= {minimum}"
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{name}: {value!r} must be {what} {bound}")
+
+
+def _numbers(name: str, values: Any, minimum: float, kind: type, strict: bool = False) -> None:
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{name}: expected a non-empty list of numbers")
+    for value in values:
+        _number(name, value, minimum, kind, strict)

@@ -1,0 +1,230 @@
+"""The attack stage: Ray tasks attack every finished checkpoint and write Parquet.
+
+The unit of work is one task per (trial, mode, similarity, chunk of pairs), with every lambda
+of those pairs, so a task can apply the paper's lambda-selection rule and keep the pictures of
+the selected attack. Each task writes its rows as its own Parquet file with a deterministic
+name, atomically: a re-run skips the files already written (their keys are done) and rewrites
+a file it cannot read, so nothing is attacked or written twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+from sweep import schema
+from sweep.config import SweepConfig
+from sweep.progress import Progress
+from sweep.store import Store, local_tmp_dir
+from sweep.tracking import Tracker
+
+IDENTITY_FIELDS = ("trial_id", "dataset", "model", "beta", "layers", "z_dim", "seed")
+
+
+@dataclass(frozen=True)
+class AttackTask:
+    trial: dict[str, Any]  # the train row's identity fields
+    mode: str
+    similarity: str
+    pairs: tuple[int, ...]  # pair numbers of this chunk
+
+    @property
+    def relpath(self) -> str:
+        first, last = self.pairs[0], self.pairs[-1]
+        return f"attacks/{self.trial['trial_id']}/{self.mode}-{self.similarity}-p{first:03d}-{last:03d}.parquet"
+
+    @property
+    def gallery_relpath(self) -> str:
+        return self.relpath.replace("attacks/", "gallery/", 1)
+
+
+def attack_pairs(cfg: SweepConfig, dataset_name: str) -> dict[str, Any]:
+    """The input-target pairs of a dataset, drawn by seed from the held-out split that no
+    model trained on; the same for every model, so their attacks compare like with like."""
+    from attacks.metrics import sample_pairs
+    from sweep.trainable import cached_dataset
+
+    data = cfg.data
+    dataset = cached_dataset(dataset_name, data.data_dirs.get(dataset_name), data.size,
+                             data.split_seed, data.held_out)
+    pairs = sample_pairs(dataset.held_out_indices.tolist(), cfg.attack.n_pairs, cfg.attack.seed)
+    sources = [s for s, _ in pairs]
+    targets = [t for _, t in pairs]
+    origin = dataset.origin_index
+    return {
+        "sources": dataset.batch(sources).numpy(),
+        "targets": dataset.batch(targets).numpy(),
+        # recorded indices are the images' indices in the full source dataset
+        "source_indices": [int(origin[i]) for i in sources],
+        "target_indices": [int(origin[i]) for i in targets],
+    }
+
+
+def plan_tasks(cfg: SweepConfig, rows: dict[str, dict[str, Any]], store: Store) -> tuple[list[AttackTask], int]:
+    """The tasks still to run, and how many were already done (files that read back)."""
+    chunk = cfg.resources.pairs_per_task
+    pair_chunks = [tuple(range(i, min(i + chunk, cfg.attack.n_pairs)))
+                   for i in range(0, cfg.attack.n_pairs, chunk)]
+    existing = set(store.list_files("attacks", ".parquet"))
+    todo, done = [], 0
+    for row in rows.values():
+        if row["status"] != "ok" or not store.exists(f"checkpoints/{row['trial_id']}.pt"):
+            continue
+        trial = {k: row[k] for k in IDENTITY_FIELDS}
+        for mode, similarity in cfg.attack.tasks():
+            for pairs in pair_chunks:
+                task = AttackTask(trial, mode, similarity, pairs)
+                if task.relpath in existing and _readable(store, task.relpath):
+                    done += 1
+                else:
+                    todo.append(task)
+    return todo, done
+
+
+def _readable(store: Store, relpath: str) -> bool:
+    try:
+        store.read_table(relpath, columns=["lam"])
+        return True
+    except Exception:  # truncated or corrupt: report and redo
+        print(f"attacks: {relpath} is unreadable; its attacks will be redone")
+        store.delete(relpath)
+        return False
+
+
+def run_attacks(cfg: SweepConfig, store: Store, rows: dict[str, dict[str, Any]],
+                tracker: Tracker | None) -> None:
+    todo, done = plan_tasks(cfg, rows, store)
+    total = len(todo) + done
+    per_task = len(cfg.attack.resolved_lams())
+    if not todo:
+        print(f"attacks: all {total} tasks already written")
+    else:
+        print(f"attacks: {len(todo)} of {total} tasks to run "
+              f"({len(todo) * per_task * cfg.resources.pairs_per_task:,} attacks at most)")
+        _run_tasks(cfg, store, todo, done, total)
+    if tracker is not None:
+        log_attack_summaries(store, tracker, rows)
+
+
+def _run_tasks(cfg: SweepConfig, store: Store, todo: list[AttackTask], done: int, total: int) -> None:
+    res = cfg.resources
+    remote = attack_task.options(
+        num_cpus=res.cpus_per_attack_task,
+        num_gpus=res.gpus_per_attack_task,
+        resources=res.custom_per_attack_task or None,
+        max_retries=res.task_retries,
+    )
+    pair_refs = {name: ray.put(attack_pairs(cfg, name))
+                 for name in sorted({t.trial["dataset"] for t in todo})}
+    attack_cfg = dataclasses.asdict(cfg.attack)
+    pending = [
+        remote.remote(task, pair_refs[task.trial["dataset"]], attack_cfg, store.uri, cfg.name,
+                      res.cpus_per_attack_task)
+        for task in todo
+    ]
+    progress = Progress("attacks", total, done, unit="tasks")
+    finished, compute_seconds, started, last = done, 0.0, time.monotonic(), 0.0
+    failures = []
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=5.0)
+        for ref in ready:
+            try:
+                compute_seconds += ray.get(ref)
+                finished += 1
+            except ray.exceptions.RayError as exc:  # retries used up: the rest goes on
+                failures.append(str(exc).strip().splitlines()[-1][:300])
+        if time.monotonic() - last > 5 or not pending:
+            last = time.monotonic()
+            progress.update(finished, extra=f"{len(pending)} queued or running")
+    wall = time.monotonic() - started
+    print(f"attacks: {finished - done} tasks in {wall:.1f}s wall, {compute_seconds:.1f}s of task compute")
+    if failures:
+        print(f"attacks: {len(failures)} task(s) failed after retries; re-run the command to redo them:")
+        for failure in failures[:10]:
+            print(f"  {failure}")
+
+
+@ray.remote
+def attack_task(task: AttackTask, pairs: dict[str, Any], attack_cfg: dict[str, Any], out: str,
+                sweep_name: str, cpus: float) -> float:
+    """Attack one chunk of pairs of one checkpoint; write its rows and pictures; return the
+    seconds of compute it took."""
+    import torch
+
+    from attacks.config import AttackConfig
+    from attacks.run import run_attacks as attack
+    from models import load_checkpoint
+
+    started = time.perf_counter()
+    torch.set_num_threads(max(1, int(cpus)))
+    store = Store(out)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    relpath = f"checkpoints/{task.trial['trial_id']}.pt"
+    with tempfile.TemporaryDirectory(dir=local_tmp_dir()) as folder:
+        model, _, _ = load_checkpoint(store.download(relpath, Path(folder) / "model.pt"), map_location=device)
+    config = AttackConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in attack_cfg.items()})
+    chunk = list(task.pairs)
+    rows, gallery = attack(
+        model,
+        torch.from_numpy(pairs["sources"][chunk]),
+        torch.from_numpy(pairs["targets"][chunk]),
+        pair_ids=chunk,
+        source_indices=[pairs["source_indices"][i] for i in chunk],
+        target_indices=[pairs["target_indices"][i] for i in chunk],
+        lams=config.resolved_lams(),
+        mode=task.mode,
+        similarity=task.similarity,
+        config=config,
+    )
+    identity = {"sweep": sweep_name, **task.trial}
+    for picture in gallery:
+        for panel in schema.GALLERY_PANELS:
+            picture[panel] = np.ascontiguousarray(picture[panel]).tobytes()
+    # Pictures first, rows last: a rows file on disk means the task is complete.
+    store.write_table(task.gallery_relpath, schema.table([{**identity, **g} for g in gallery], schema.GALLERY))
+    store.write_table(task.relpath, schema.table([{**identity, **r} for r in rows], schema.ATTACKS))
+    return time.perf_counter() - started
+
+
+def read_attack_rows(store: Store, columns: list[str] | None = None):
+    """Every readable attack file of the results folder as one pandas frame."""
+    import pyarrow as pa
+
+    tables = []
+    for relpath in store.list_files("attacks", ".parquet"):
+        try:
+            tables.append(store.read_table(relpath, columns=columns))
+        except Exception:  # unreadable files are reported and redone by plan_tasks
+            continue
+    if not tables:
+        return None
+    return pa.concat_tables(tables).to_pandas()
+
+
+def log_attack_summaries(store: Store, tracker: Tracker, rows: dict[str, dict[str, Any]]) -> None:
+    """Per trial and (mode, similarity) into the trial's MLflow run: the mean over pairs of the
+    minimum objective, the mean objective over pairs and lambdas, the mean AUDDC, and the mean
+    adversarial-target distance at the selected lambda."""
+    frame = read_attack_rows(store, ["trial_id", "mode", "similarity", "pair", "objective",
+                                     "auddc", "selected", "adv_target_l2"])
+    if frame is None:
+        return
+    frame["attack"] = np.where(frame["mode"] == "latent", "latent_" + frame["similarity"], "output")
+    for (trial_id, attack_name), group in frame.groupby(["trial_id", "attack"]):
+        if trial_id not in rows:
+            continue
+        per_pair = group.groupby("pair")
+        metrics = {
+            f"{attack_name}_objective_min_mean": per_pair["objective"].min().mean(),
+            f"{attack_name}_objective_mean": group["objective"].mean(),
+            f"{attack_name}_auddc_mean": per_pair["auddc"].first().mean(),
+            f"{attack_name}_selected_adv_target_l2_mean": group.loc[group["selected"], "adv_target_l2"].mean(),
+        }
+        tracker.log_metrics(rows[trial_id], metrics, step=int(rows[trial_id].get("steps") or 0))

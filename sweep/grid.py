@@ -1,0 +1,118 @@
+"""``python -m sweep.grid``: train the grid on Ray Tune, attack every checkpoint, write the report.
+
+Re-running the same command after an interruption resumes: finished trials are not retrained,
+finished attacks are not redone, and MLflow gets no duplicate runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+from models.errors import ConfigError, UserError
+from sweep.config import SweepConfig, load_file
+from sweep.presets import PRESETS, preset
+from sweep.trials import TrialSpec, expand_grid
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sweep.grid",
+        description="Train VAE / beta-TCVAE / beta-TCDLGM / Seatbelt-VAE over a grid on Ray Tune, "
+                    "attack every checkpoint, and report. Re-run the same command to resume.",
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="a named sweep (default: smoke, which runs on a laptop CPU in minutes)")
+    source.add_argument("--config", help="a TOML or YAML sweep config file")
+    parser.add_argument("--cluster", default="auto",
+                        help="auto (join a running cluster, else start a local one), local, or an address")
+    parser.add_argument("--out", help="results folder or URI (default: sweeps/<sweep name>)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's own default)")
+    parser.add_argument("--no-tracking", action="store_true", help="run without MLflow")
+    parser.add_argument("--dry-run", action="store_true", help="print the grid and the work, start nothing")
+    parser.add_argument("--max-concurrent", type=int, help="trials running at once (default: as resources allow)")
+    parser.add_argument("--cpus-per-trial", type=float)
+    parser.add_argument("--gpus-per-trial", type=float, help="fractions allowed, e.g. 0.25")
+    parser.add_argument("--cpus-per-attack-task", type=float)
+    parser.add_argument("--gpus-per-attack-task", type=float)
+    parser.add_argument("--trial-resources", type=json.loads, metavar="JSON",
+                        help='custom Ray resources per trial, e.g. \'{"accelerator": 1}\'')
+    parser.add_argument("--attack-resources", type=json.loads, metavar="JSON",
+                        help="custom Ray resources per attack task")
+    parser.add_argument("--reuse-out", action="store_true",
+                        help="use a results folder that another sweep config wrote")
+    parser.add_argument("--no-attacks", action="store_true", help="train and evaluate only")
+    parser.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    parser.add_argument("--num-cpus", type=int, help="CPUs of a local Ray instance (default: all)")
+    parser.add_argument("--ray-temp-dir", help="temp folder of a local Ray instance")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> SweepConfig:
+    cfg = load_file(args.config) if args.config else preset(args.preset or "smoke")
+    res = cfg.resources
+    overrides = {
+        "max_concurrent": args.max_concurrent,
+        "cpus_per_trial": args.cpus_per_trial,
+        "gpus_per_trial": args.gpus_per_trial,
+        "cpus_per_attack_task": args.cpus_per_attack_task,
+        "gpus_per_attack_task": args.gpus_per_attack_task,
+        "custom_per_trial": args.trial_resources,
+        "custom_per_attack_task": args.attack_resources,
+    }
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(res, name, value)
+    return cfg.validate()
+
+
+def describe(cfg: SweepConfig, specs: list[TrialSpec]) -> str:
+    """The expanded grid and the work it means, for --dry-run and the start of a sweep."""
+    attack = cfg.attack
+    per_trial = attack.n_pairs * len(attack.resolved_lams()) * len(attack.tasks())
+    lines = [f"sweep {cfg.name!r}: {len(specs)} trials, {per_trial * len(specs):,} attacks "
+             f"({attack.n_pairs} pairs x {len(attack.resolved_lams())} lambdas x {len(attack.tasks())} "
+             f"mode/similarity per trial)"]
+    counts = Counter((s.dataset, s.model) for s in specs)
+    for (dataset, model), count in sorted(counts.items()):
+        lines.append(f"  {dataset:20s} {model:9s} {count:5d} trials")
+    lines.append(f"  training: {cfg.train.steps} steps x batch {cfg.train.batch_size} per trial")
+    lines.append("")
+    lines.append(f"  {'trial_id':44s} {'dataset':18s} {'model':9s} {'beta':>5s} {'L':>2s} {'z':>3s} {'seed':>4s}")
+    for s in specs:
+        lines.append(f"  {s.trial_id:44s} {s.dataset:18s} {s.model:9s} {s.beta:5g} {s.layers:2d} "
+                     f"{s.z_dim:3d} {s.seed:4d}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args)
+    specs = expand_grid(cfg)
+    if args.dry_run:
+        print(describe(cfg, specs))
+        return 0
+
+    from sweep.pipeline import run_pipeline
+
+    out = args.out or str(Path("sweeps") / cfg.name)
+    return run_pipeline(cfg, specs, out, args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: re-run the same command to resume where it stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""The whole sweep, stage by stage: check, train, record, attack, report, summarise.
+
+Each stage reads what the one before it wrote in the results folder, so the pipeline can stop
+anywhere and the same command picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+from models.errors import UserError
+from sweep.cluster import connect, shutdown
+from sweep.config import SweepConfig
+from sweep.store import Store
+from sweep.tracking import Tracker
+from sweep.trials import TrialSpec
+
+TRAIN_METRICS = ("elbo", "recon_loglik", "index_code_mi", "tc", "dim_kl", "mig", "encoder_l2",
+                 "decoder_l2", "clean_loglik_mean", "noise_loglik_mean", "noise_loglik_median",
+                 "steps", "seconds", "images_per_s")
+
+
+def run_pipeline(cfg: SweepConfig, specs: list[TrialSpec], out: str, args: argparse.Namespace) -> int:
+    store = Store(out)
+    check_results_folder(store, cfg, reuse=args.reuse_out)
+    check_data_paths(cfg)
+    previous = store.read_json("tracking.json") if store.exists("tracking.json") else {}
+    tracker = None
+    if not args.no_tracking:
+        tracker = Tracker(args.tracking_uri, cfg.name, cfg.to_dict(),
+                          parent_run_id=previous.get("parent_run_id"))
+        store.write_json("tracking.json", tracker.info())
+    store.write_json("sweep.json", {**cfg.to_dict(), "fingerprint": cfg.fingerprint()})
+
+    print(f"sweep {cfg.name!r}: {len(specs)} trials -> {store.uri}")
+    print(connect(args.cluster, temp_dir=args.ray_temp_dir, num_cpus=args.num_cpus))
+    status = "FAILED"
+    try:
+        from sweep.training import finished_trials, run_training
+
+        run_training(cfg, specs, store, tracker)
+        rows = finished_trials(store)
+        if tracker is not None:
+            record_trials(tracker, rows)
+        if not args.no_attacks:
+            from sweep.fanout import run_attacks
+
+            run_attacks(cfg, store, rows, tracker)
+        if not args.no_report:
+            write_report(store, tracker)
+        print_summary(cfg, store, specs, tracker)
+        status = "FINISHED"
+    finally:
+        shutdown()
+        if tracker is not None:
+            tracker.close(status)
+    return 0
+
+
+def check_results_folder(store: Store, cfg: SweepConfig, reuse: bool) -> None:
+    """A results folder belongs to one sweep config: mixing two would mix their results."""
+    if not store.exists("sweep.json") or reuse:
+        return
+    try:
+        previous = store.read_json("sweep.json").get("fingerprint")
+    except Exception:
+        raise UserError(f"{store.uri_of('sweep.json')} is unreadable; delete it or pass --reuse-out") from None
+    if previous != cfg.fingerprint():
+        raise UserError(
+            f"--out {store.uri} holds results of a different sweep config (fingerprint {previous}, "
+            f"this config {cfg.fingerprint()}); choose another --out, or pass --reuse-out to add to it"
+        )
+
+
+def check_data_paths(cfg: SweepConfig) -> None:
+    for dataset in cfg.grid.datasets:
+        path = cfg.data.data_dirs.get(dataset)
+        if path and "://" not in path and not Path(path).expanduser().exists():
+            raise UserError(
+                f"data.data_dirs.{dataset} = {path!r} does not exist; point it at your local copy "
+                f"of {dataset} (see the README's datasets section; nothing is downloaded)"
+            )
+
+
+def record_trials(tracker: Tracker, rows: dict[str, dict[str, Any]]) -> None:
+    """Back-fill MLflow from the train rows: every trial gets exactly one closed child run with
+    its evaluation, whatever happened to the driver or the server while it trained."""
+    for row in rows.values():
+        metrics = {name: row.get(name) for name in TRAIN_METRICS}
+        for i, value in enumerate(row.get("kl_layers") or [], start=1):
+            metrics[f"kl_layer_{i}"] = value
+        step = int(row.get("steps") or 0)
+        tracker.log_metrics(row, metrics, step=step)
+        ok = row["status"] == "ok"
+        tracker.finish(row, "FINISHED" if ok else "FAILED",
+                       tags={"status": row["status"], **({} if ok else {"reason": row.get("reason") or ""})})
+
+
+def write_report(store: Store, tracker: Tracker | None) -> None:
+    try:
+        from analysis.report import build_report
+    except ImportError:
+        print("report: the analysis package is not installed; skipped")
+        return
+    try:
+        path = build_report(store.uri, tracking_uri=tracker.tracking_uri if tracker else None,
+                            log_to_mlflow=tracker is not None)
+        print(f"report: {path}")
+    except Exception as exc:  # the results are safe in Parquet; a report can be made later
+        print(f"report: failed ({type(exc).__name__}: {exc}); run python -m analysis.report --out {store.uri}")
+
+
+def print_summary(cfg: SweepConfig, store: Store, specs: list[TrialSpec], tracker: Tracker | None) -> None:
+    from sweep.training import finished_trials
+
+    rows = finished_trials(store)
+    attack_means = _attack_means(store)
+    print()
+    header = f"{'trial_id':44s} {'status':8s} {'ELBO':>9s} {'TC':>7s} {'MIG':>5s} {'latent D':>9s} {'output D':>9s}"
+    print(header)
+    print("-" * len(header))
+    for spec in specs:
+        row = rows.get(spec.trial_id, {})
+        means = attack_means.get(spec.trial_id, {})
+        print(f"{spec.trial_id:44s} {row.get('status', 'missing'):8s} {_fmt(row.get('elbo')):>9s} "
+              f"{_fmt(row.get('tc')):>7s} {_fmt(row.get('mig'), 2):>5s} "
+              f"{_fmt(means.get('latent')):>9s} {_fmt(means.get('output')):>9s}")
+    print()
+    print("(latent D / output D: mean over pairs and lambdas of the final attack objective; higher = harder to attack)")
+    print(f"results:     {store.uri}")
+    for name in ("sweep.json", "train", "noise", "checkpoints", "attacks", "gallery", "report/index.html"):
+        print(f"  {name:12s} {store.uri_of(name)}")
+    if tracker is not None:
+        print(f"MLflow:      {tracker.tracking_uri}  experiment {tracker.experiment_name!r}, "
+              f"parent run {tracker.parent_run_id}")
+        print("             open it with: mlflow ui --backend-store-uri " + tracker.tracking_uri)
+        if tracker.failures:
+            print(f"MLflow: {len(tracker.failures)} logging call(s) failed; re-run the command to back-fill:")
+            for failure in tracker.failures[:10]:
+                print(f"  {failure}")
+
+
+def _attack_means(store: Store) -> dict[str, dict[str, float]]:
+    from sweep.fanout import read_attack_rows
+
+    frame = read_attack_rows(store, ["trial_id", "mode", "objective"])
+    if frame is None:
+        return {}
+    means = frame.groupby(["trial_id", "mode"])["objective"].mean()
+    result: dict[str, dict[str, float]] = {}
+    for (trial_id, mode), value in means.items():
+        result.setdefault(trial_id, {})[mode] = float(value)
+    return result
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if abs(value) >= 1e5 or (0 < abs(value) < 1e-2):
+        return f"{value:.2e}"
+    return f"{value:.{digits}f}"

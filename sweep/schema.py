@@ -1,0 +1,91 @@
+"""The Parquet schemas of the results folder (docs/CONTRACTS.md), one place for all writers.
+
+Every file of a dataset is written with the full schema, missing values as nulls, so readers
+can open a folder of files from different trials (ok, diverged, failed) as one table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+IDENTITY = [
+    ("sweep", pa.string()),
+    ("trial_id", pa.string()),
+    ("dataset", pa.string()),
+    ("model", pa.string()),
+    ("beta", pa.float64()),
+    ("layers", pa.int64()),
+    ("z_dim", pa.int64()),
+    ("seed", pa.int64()),
+]
+
+TRAIN = pa.schema(IDENTITY + [
+    ("status", pa.string()),
+    ("reason", pa.string()),
+    ("steps", pa.int64()),
+    ("seconds", pa.float64()),
+    ("images_per_s", pa.float64()),
+    ("elbo", pa.float64()),
+    ("recon_loglik", pa.float64()),
+    ("kl_layers", pa.list_(pa.float64())),
+    ("index_code_mi", pa.float64()),
+    ("tc", pa.float64()),
+    ("dim_kl", pa.float64()),
+    ("mig", pa.float64()),
+    ("encoder_l2", pa.float64()),
+    ("decoder_l2", pa.float64()),
+    ("clean_loglik_mean", pa.float64()),
+    ("noise_loglik_mean", pa.float64()),
+    ("noise_loglik_median", pa.float64()),
+])
+
+NOISE = pa.schema(IDENTITY[1:] + [
+    ("sigma", pa.float64()),
+    ("sample", pa.int64()),
+    ("loglik", pa.float64()),
+])
+
+ATTACKS = pa.schema(IDENTITY + [
+    ("mode", pa.string()),
+    ("similarity", pa.string()),
+    ("pair", pa.int64()),
+    ("source_index", pa.int64()),
+    ("target_index", pa.int64()),
+    ("lam", pa.float64()),
+    ("objective", pa.float64()),
+    ("distance", pa.float64()),
+    ("distortion_l2", pa.float64()),
+    ("adv_target_l2", pa.float64()),
+    ("target_nll", pa.float64()),
+    ("source_target_l2", pa.float64()),
+    ("rec_source_target_l2", pa.float64()),
+    ("rec_target_target_l2", pa.float64()),
+    ("selected", pa.bool_()),
+    ("auddc", pa.float64()),
+    ("solver", pa.string()),
+    ("iterations", pa.int64()),
+    ("seconds", pa.float64()),
+])
+
+ATTACK_KEY = ("trial_id", "mode", "similarity", "pair", "lam")
+
+GALLERY_PANELS = ("input", "reconstruction", "adversarial", "distortion",
+                  "adversarial_reconstruction", "target")
+
+GALLERY = pa.schema(IDENTITY[1:] + [
+    ("mode", pa.string()),
+    ("similarity", pa.string()),
+    ("pair", pa.int64()),
+    ("lam", pa.float64()),
+    ("channels", pa.int64()),
+    ("height", pa.int64()),
+    ("width", pa.int64()),
+] + [(panel, pa.binary()) for panel in GALLERY_PANELS])
+
+
+def table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Rows as a table of exactly ``schema``: extra keys are dropped, missing ones are null."""
+    columns = {name: [row.get(name) for row in rows] for name in schema.names}
+    return pa.Table.from_pydict(columns, schema=schema)

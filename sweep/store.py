@@ -1,0 +1,126 @@
+"""The results folder: a local path or any URI pyarrow can write (``s3://``, ``gs://``, ...).
+
+Every file another step reads is written atomically: to a temporary name beside it, then moved
+into place, so a crash leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from models.errors import UserError
+
+
+def is_uri(location: str) -> bool:
+    return "://" in location and not location.startswith("file://")
+
+
+class Store:
+    """Files under one results folder, addressed by paths relative to it."""
+
+    def __init__(self, location: str | Path):
+        location = str(location)
+        if is_uri(location):
+            try:
+                self.fs, self.root = pafs.FileSystem.from_uri(location)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise UserError(f"--out {location}: pyarrow cannot open this location ({exc})") from None
+            self.uri = location.rstrip("/")
+        else:
+            path = Path(location.removeprefix("file://")).expanduser().resolve()
+            self.fs, self.root = pafs.LocalFileSystem(), str(path)
+            self.uri = str(path)
+        self.fs.create_dir(self.root, recursive=True)
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def path(self, relpath: str) -> str:
+        return posixpath.join(self.root, relpath)
+
+    def uri_of(self, relpath: str) -> str:
+        return posixpath.join(self.uri, relpath)
+
+    # --- writing, always atomic ---------------------------------------------------------
+
+    def write_bytes(self, relpath: str, data: bytes) -> None:
+        final = self.path(relpath)
+        self.fs.create_dir(posixpath.dirname(final), recursive=True)
+        temporary = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+        with self.fs.open_output_stream(temporary) as stream:
+            stream.write(data)
+        self.fs.move(temporary, final)
+
+    def write_json(self, relpath: str, content: Any) -> None:
+        self.write_bytes(relpath, json.dumps(content, indent=2, sort_keys=True).encode())
+
+    def write_table(self, relpath: str, table: pa.Table) -> None:
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
+        self.write_bytes(relpath, sink.getvalue())
+
+    def write_rows(self, relpath: str, rows: list[dict[str, Any]]) -> None:
+        self.write_table(relpath, pa.Table.from_pylist(rows))
+
+    def upload_file(self, local_path: str | Path, relpath: str) -> None:
+        self.write_bytes(relpath, Path(local_path).read_bytes())
+
+    def delete(self, relpath: str) -> None:
+        try:
+            self.fs.delete_file(self.path(relpath))
+        except FileNotFoundError:
+            pass
+
+    # --- reading -------------------------------------------------------------------------
+
+    def exists(self, relpath: str) -> bool:
+        return self.fs.get_file_info(self.path(relpath)).type != pafs.FileType.NotFound
+
+    def read_bytes(self, relpath: str) -> bytes:
+        with self.fs.open_input_stream(self.path(relpath)) as stream:
+            return stream.read()
+
+    def read_json(self, relpath: str) -> Any:
+        return json.loads(self.read_bytes(relpath))
+
+    def download(self, relpath: str, local_path: str | Path) -> Path:
+        local_path = Path(local_path)
+        local_path.write_bytes(self.read_bytes(relpath))
+        return local_path
+
+    def list_files(self, relpath: str, suffix: str = "") -> list[str]:
+        """Relative paths of the finished files below ``relpath`` (temporaries left out)."""
+        selector = pafs.FileSelector(self.path(relpath), recursive=True, allow_not_found=True)
+        found = []
+        for info in self.fs.get_file_info(selector):
+            if info.type == pafs.FileType.File and ".tmp-" not in info.base_name:
+                if info.base_name.endswith(suffix):
+                    found.append(posixpath.relpath(info.path, self.root))
+        return sorted(found)
+
+    def read_table(self, relpath: str, columns: list[str] | None = None) -> pa.Table:
+        """One Parquet file; raises ``pa.ArrowInvalid`` (or OSError) if it is corrupt."""
+        with self.fs.open_input_file(self.path(relpath)) as handle:
+            return pq.read_table(handle, columns=columns)
+
+    def local_dir(self) -> str | None:
+        return self.root if self.is_local else None
+
+
+def local_tmp_dir() -> str:
+    """Scratch space on this node for files in transit to or from the store."""
+    base = os.environ.get("SEATBELT_TMP") or os.environ.get("TMPDIR") or "/tmp"
+    path = Path(base) / "seatbelt-sweep"
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)

@@ -1,0 +1,187 @@
+"""MLflow tracking, from the driver only.
+
+Trials never talk to MLflow: they report to Tune, and this module (in the driver) logs what
+they report, so parallel trials never fight over one SQLite file. One experiment per sweep
+name, a parent run for the sweep, and one nested child run per trial, found again on resume by
+its ``trial_id`` tag so that a re-run never makes a second run for a trial.
+
+If the tracking server goes away mid-sweep, logging calls fail; they are counted and reported
+at the end instead of stopping the sweep, and ``backfill`` logs what the results folder holds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from models.errors import UserError
+
+log = logging.getLogger(__name__)
+
+GRID_FIELDS = ("dataset", "model", "beta", "layers", "z_dim", "seed")
+PARENT_TAG = "seatbelt.role"
+
+
+class Tracker:
+    """The sweep's MLflow experiment, parent run and child runs."""
+
+    def __init__(self, tracking_uri: str | None, sweep_name: str, config: dict[str, Any],
+                 parent_run_id: str | None = None, retries: int = 3):
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.retries = retries
+        self.failures: list[str] = []
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+        self.tracking_uri = mlflow.get_tracking_uri()
+        self.client = MlflowClient(self.tracking_uri)
+        self.experiment_name = sweep_name
+        try:
+            experiment = self.client.get_experiment_by_name(sweep_name)
+            self.experiment_id = (
+                experiment.experiment_id if experiment else self.client.create_experiment(sweep_name)
+            )
+        except Exception as exc:  # any failure to reach the store, before work starts
+            raise UserError(
+                f"cannot reach the MLflow tracking store at {self.tracking_uri} ({type(exc).__name__}: "
+                f"{str(exc)[:200]}); start it, pass another --tracking-uri, or use --no-tracking"
+            ) from None
+        self.parent_run_id = self._parent(parent_run_id, config)
+        self.children = self._existing_children()
+
+    # --- runs --------------------------------------------------------------------------
+
+    def _parent(self, parent_run_id: str | None, config: dict[str, Any]) -> str:
+        if parent_run_id:
+            try:
+                run = self.client.get_run(parent_run_id)
+                if run.info.experiment_id == self.experiment_id:
+                    self.client.update_run(parent_run_id, status="RUNNING")
+                    return parent_run_id
+            except Exception:
+                log.warning("parent run %s not found; starting a new one", parent_run_id)
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"sweep-{self.experiment_name}", tags={PARENT_TAG: "sweep"}
+        )
+        run_id = run.info.run_id
+        flat = _flatten(config)
+        self.client.log_batch(run_id, params=_params(flat))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "sweep_config.json"
+            path.write_text(json.dumps(config, indent=2, sort_keys=True))
+            self.client.log_artifact(run_id, str(path))
+        return run_id
+
+    def _existing_children(self) -> dict[str, str]:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'",
+            max_results=50_000,
+        )
+        children: dict[str, str] = {}
+        for run in sorted(runs, key=lambda r: r.info.start_time):
+            trial_id = run.data.tags.get("trial_id")
+            if trial_id and trial_id not in children:
+                children[trial_id] = run.info.run_id
+        return children
+
+    def child(self, trial: dict[str, Any]) -> str | None:
+        """The run of a trial, created with its grid fields as params and tags if it is new."""
+        trial_id = trial["trial_id"]
+        if trial_id in self.children:
+            return self.children[trial_id]
+
+        def create() -> str:
+            tags = {"mlflow.parentRunId": self.parent_run_id, "trial_id": trial_id,
+                    **{name: str(trial[name]) for name in GRID_FIELDS}}
+            run = self.client.create_run(self.experiment_id, run_name=trial_id, tags=tags)
+            params = {name: trial[name] for name in (*GRID_FIELDS, "trial_id")}
+            self.client.log_batch(run.info.run_id, params=_params(params))
+            return run.info.run_id
+
+        run_id = self._call(f"create run for {trial_id}", create)
+        if run_id:
+            self.children[trial_id] = run_id
+        return run_id
+
+    # --- logging -----------------------------------------------------------------------
+
+    def log_metrics(self, trial: dict[str, Any], metrics: dict[str, Any], step: int | None = None) -> None:
+        run_id = self.child(trial)
+        if run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        entries = [
+            Metric(key, float(value), now, step or 0)
+            for key, value in metrics.items()
+            if _is_number(value)
+        ]
+        for start in range(0, len(entries), 500):  # MLflow's batch limit is 1000 metrics
+            batch = entries[start : start + 500]
+            self._call(f"log metrics of {trial['trial_id']}",
+                       lambda: self.client.log_batch(run_id, metrics=batch))
+
+    def finish(self, trial: dict[str, Any], status: str = "FINISHED", tags: dict[str, str] | None = None) -> None:
+        run_id = self.child(trial)
+        if run_id is None:
+            return
+        for key, value in (tags or {}).items():
+            self._call(f"tag {trial['trial_id']}", lambda k=key, v=value: self.client.set_tag(run_id, k, v))
+        self._call(f"close run of {trial['trial_id']}", lambda: self.client.set_terminated(run_id, status))
+
+    def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
+        self._call("log artifacts", lambda: self.client.log_artifacts(self.parent_run_id, local_dir, artifact_path))
+
+    def close(self, status: str = "FINISHED") -> None:
+        self._call("close the sweep run", lambda: self.client.set_terminated(self.parent_run_id, status))
+
+    def _call(self, what: str, action: Callable[[], Any]) -> Any:
+        """Run one logging call, retrying with back-off; a call that keeps failing is counted,
+        not raised, so a lost tracking server never stops a sweep."""
+        for attempt in range(self.retries):
+            try:
+                return action()
+            except Exception as exc:  # the server or database can fail in many ways
+                if attempt == self.retries - 1:
+                    self.failures.append(f"{what}: {type(exc).__name__}: {str(exc)[:120]}")
+                    log.warning("MLflow: could not %s (%s)", what, exc)
+                    return None
+                time.sleep(0.5 * 2**attempt)
+        return None
+
+    def info(self) -> dict[str, str]:
+        return {
+            "tracking_uri": self.tracking_uri,
+            "experiment_name": self.experiment_name,
+            "experiment_id": self.experiment_id,
+            "parent_run_id": self.parent_run_id,
+        }
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _params(values: dict[str, Any]) -> list:
+    from mlflow.entities import Param
+
+    return [Param(key, str(value)[:6000]) for key, value in values.items()]

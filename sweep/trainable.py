@@ -1,0 +1,178 @@
+"""The Tune trainable: trains one grid point, checkpoints it, evaluates it, writes its results.
+
+A trial writes its own results (final model file, the ``train/`` row, the ``noise/`` rows) into
+the results folder before its last report, so a driver killed at any moment loses nothing: the
+``train/`` row, written last, marks the trial finished. Training resumes from the latest Tune
+checkpoint (model, optimiser, step and the batch stream's position).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from models import ModelConfig, build_model, load_checkpoint, save_checkpoint
+from sweep.data.loaders import load_dataset
+from sweep import schema
+from sweep.evaluate import evaluate
+from sweep.store import Store, local_tmp_dir
+
+MODEL_FILE = "model.pt"
+OPTIMIZER_FILE = "optimizer.pt"
+
+
+@functools.lru_cache(maxsize=2)
+def cached_dataset(name: str, data_dir: str | None, size: int | None, split_seed: int, held_out: float):
+    """One copy per worker process: trials that reuse a worker skip re-loading."""
+    return load_dataset(name, data_dir=data_dir, size=size, seed=split_seed, held_out=held_out)
+
+
+def dataset_for(trial: dict[str, Any], data: dict[str, Any]):
+    name = trial["dataset"]
+    return cached_dataset(name, data["data_dirs"].get(name), data["size"], data["split_seed"], data["held_out"])
+
+
+def model_config_for(trial: dict[str, Any], train: dict[str, Any], dataset) -> ModelConfig:
+    architecture = train["architecture"]
+    if architecture == "auto":
+        architecture = "mlp" if dataset.name.startswith("dsprites") else "conv"
+    return ModelConfig(
+        kind=trial["model"],
+        architecture=architecture,
+        channels=dataset.channels,
+        image_size=dataset.image_size,
+        z_dim=trial["z_dim"],
+        layers=trial["layers"],
+        beta=trial["beta"],
+        likelihood=dataset.likelihood,
+        condition_on_x=train["condition_on_x"],
+        free_bits=train["free_bits"],
+        tc_estimator=train["tc_estimator"],
+        dataset_size=len(dataset.train_indices),
+        hidden_dim=train["hidden_dim"],
+    )
+
+
+def train_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable. ``config``: trial (grid point), train, data, out, sweep, cpus."""
+    trial, train, data = config["trial"], config["train"], config["data"]
+    store = Store(config["out"])
+    if _already_finished(store, trial["trial_id"]):
+        # A driver killed after this trial wrote its results resumes it as unfinished:
+        # report and stop rather than train it again.
+        tune.report({"step": train["steps"], "status": "ok"})
+        return
+    torch.set_num_threads(max(1, int(config.get("cpus", 1))))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dataset = dataset_for(trial, data)
+
+    model = build_model(model_config_for(trial, train, dataset)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=train["lr"])
+    step, seconds = 0, 0.0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            model, step, extra = load_checkpoint(Path(folder) / MODEL_FILE, map_location=device)
+            model.train()
+            optimizer = torch.optim.Adam(model.parameters(), lr=train["lr"])
+            optimizer.load_state_dict(torch.load(Path(folder) / OPTIMIZER_FILE, weights_only=True))
+            seconds = extra.get("seconds", 0.0)
+
+    # The batch stream is a function of (seed, step), so a resumed trial sees the batches it
+    # would have seen without the interruption.
+    generator = torch.Generator().manual_seed(trial["seed"] * 1_000_003 + step)
+    torch.manual_seed(trial["seed"] * 7919 + step)
+    started = time.perf_counter()
+    while step < train["steps"]:
+        x = dataset.sample_batch(generator, train["batch_size"], split="train").to(device)
+        out = model.objective(x)
+        if not torch.isfinite(out.loss):
+            _finish_diverged(config, step, seconds + time.perf_counter() - started, float(out.loss))
+            return
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+        step += 1
+        if step % train["report_every"] == 0 or step % train["checkpoint_every"] == 0:
+            metrics = {"step": step, "loss": float(out.loss),
+                       **{f"train_{k}": float(v) for k, v in out.parts.items()}}
+            if step % train["checkpoint_every"] == 0 and step < train["steps"]:
+                elapsed = seconds + time.perf_counter() - started
+                with tempfile.TemporaryDirectory(dir=local_tmp_dir()) as folder:
+                    _save(folder, model, optimizer, step, elapsed)
+                    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            else:
+                tune.report(metrics)
+
+    seconds += time.perf_counter() - started
+    images_per_s = (train["steps"] * train["batch_size"]) / max(seconds, 1e-9)
+    row, noise_rows = _evaluate(model, dataset, train, trial)
+    if not all(math.isfinite(v) for v in (row["elbo"], row["recon_loglik"])):
+        _finish_diverged(config, step, seconds, row["elbo"])
+        return
+    row.update(_identity(config), status="ok", reason="", steps=step, seconds=seconds,
+               images_per_s=images_per_s)
+
+    with tempfile.TemporaryDirectory(dir=local_tmp_dir()) as folder:
+        _save(folder, model, optimizer, step, seconds)
+        store.upload_file(Path(folder) / MODEL_FILE, f"checkpoints/{trial['trial_id']}.pt")
+        identity = {k: row[k] for k in ("trial_id", "dataset", "model", "beta", "layers", "z_dim", "seed")}
+        noise_table = schema.table([{**identity, **r} for r in noise_rows], schema.NOISE)
+        store.write_table(f"noise/{trial['trial_id']}.parquet", noise_table)
+        # Written last: a train row with status ok marks the trial done.
+        store.write_table(f"train/{trial['trial_id']}.parquet", schema.table([row], schema.TRAIN))
+        final = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        tune.report({**final, "step": step, "status": "ok"},
+                    checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _already_finished(store: Store, trial_id: str) -> bool:
+    relpath = f"train/{trial_id}.parquet"
+    if not store.exists(relpath):
+        return False
+    try:
+        return store.read_table(relpath, columns=["status"]).column("status")[0].as_py() == "ok"
+    except Exception:  # unreadable: train again
+        return False
+
+
+def _evaluate(model, dataset, train: dict[str, Any], trial: dict[str, Any]):
+    held_out = dataset.held_out_indices[: train["eval_size"]]
+    device = next(model.parameters()).device
+    images = dataset.batch(held_out).to(device)
+    factors = dataset.factors[held_out.numpy()] if dataset.factors is not None else None
+    return evaluate(
+        model, images, factors, dataset.factor_sizes, dataset.factor_names,
+        noise_sigmas=train["noise_sigmas"], noise_samples=train["noise_samples"],
+        batch_size=min(train["batch_size"], 256), seed=trial["seed"],
+    )
+
+
+def _save(folder: str, model, optimizer, step: int, seconds: float) -> None:
+    save_checkpoint(Path(folder) / MODEL_FILE, model, step=step, extra={"seconds": seconds})
+    torch.save(optimizer.state_dict(), Path(folder) / OPTIMIZER_FILE)
+
+
+def _identity(config: dict[str, Any]) -> dict[str, Any]:
+    trial = config["trial"]
+    return {"sweep": config["sweep"], **{k: trial[k] for k in
+            ("trial_id", "dataset", "model", "beta", "layers", "z_dim", "seed")}}
+
+
+def _finish_diverged(config: dict[str, Any], step: int, seconds: float, loss: float) -> None:
+    """A diverging trial stops with its reason recorded; it gets no model file, so it is never
+    attacked, and the rest of the sweep goes on."""
+    reason = f"loss became {loss} at step {step}"
+    row = {**_identity(config), "status": "diverged", "reason": reason, "steps": step,
+           "seconds": seconds}
+    Store(config["out"]).write_table(
+        f"train/{config['trial']['trial_id']}.parquet", schema.table([row], schema.TRAIN)
+    )
+    tune.report({"step": step, "status": "diverged", "reason": reason})

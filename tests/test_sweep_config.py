@@ -1,0 +1,107 @@
+"""The sweep config: grid expansion, presets, file parsing and the errors for bad values."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from models.errors import ConfigError
+from sweep.config import SweepConfig, from_dict, load_file
+from sweep.presets import paper, smoke
+from sweep.trials import expand_grid
+
+
+def test_model_kinds_expand_only_where_they_exist():
+    cfg = from_dict({"grid": {"models": ["vae", "tcvae", "tcdlgm", "seatbelt"], "betas": [1.0, 4.0],
+                              "layers": [1, 2, 3], "z_dims": [10], "seeds": [0, 1]}})
+    specs = expand_grid(cfg)
+    by_model = {m: [s for s in specs if s.model == m] for m in ("vae", "tcvae", "tcdlgm", "seatbelt")}
+    assert {(s.beta, s.layers) for s in by_model["vae"]} == {(1.0, 1)}
+    assert {(s.beta, s.layers) for s in by_model["tcvae"]} == {(1.0, 1), (4.0, 1)}
+    for kind in ("tcdlgm", "seatbelt"):
+        assert {(s.beta, s.layers) for s in by_model[kind]} == {(b, l) for b in (1.0, 4.0) for l in (2, 3)}
+    # 2 seeds x (1 + 2 + 4 + 4) grid points
+    assert len(specs) == 2 * 11
+    assert len({s.trial_id for s in specs}) == len(specs)
+
+
+def test_trial_ids_are_readable_and_stable():
+    cfg = from_dict({"grid": {"models": ["seatbelt"], "betas": [2.5], "layers": [3], "z_dims": [10]}})
+    assert [s.trial_id for s in expand_grid(cfg)] == ["dsprites_generated-seatbelt-b2p5-L3-z10-s0"]
+
+
+def test_presets_validate_and_smoke_is_small():
+    small = smoke().validate()
+    specs = expand_grid(small)
+    assert {s.model for s in specs} == {"vae", "tcvae", "tcdlgm", "seatbelt"}
+    assert small.grid.datasets == ["dsprites_generated"]
+    full = paper().validate()
+    assert max(full.grid.betas) == 10 and max(full.grid.layers) == 5
+    assert set(full.grid.datasets) == {"chairs", "faces", "celeba", "dsprites"}
+    assert len(expand_grid(full)) > 500
+
+
+@pytest.mark.parametrize("data, field", [
+    ({"grid": {"datasets": ["imagenet"]}}, "grid.datasets"),
+    ({"grid": {"betas": [-1.0]}}, "grid.betas"),
+    ({"grid": {"layers": [0]}}, "grid.layers"),
+    ({"grid": {"models": ["tcdlgm"], "layers": [1]}}, "grid"),
+    ({"grid": {"models": ["vae"], "betas": [4.0], "layers": [2]}}, "grid"),
+    ({"train": {"tc_estimator": "exact"}}, "train.tc_estimator"),
+    ({"train": {"steps": 0}}, "train.steps"),
+    ({"train": {"learning_rate": 0.1}}, "learning_rate"),
+    ({"attack": {"n_pairs": 0}}, "n_pairs"),
+    ({"resources": {"gpus_per_trial": -0.5}}, "resources.gpus_per_trial"),
+    ({"grid": {"datasets": ["chairs"]}}, "data.data_dirs"),
+    ({"colour": "red"}, "colour"),
+])
+def test_bad_values_name_the_field(data, field):
+    with pytest.raises(ConfigError) as error:
+        from_dict(data)
+    assert field in str(error.value)
+
+
+def test_bad_value_error_lists_the_allowed_values():
+    with pytest.raises(ConfigError, match="dsprites_generated"):
+        from_dict({"grid": {"datasets": ["imagenet"]}})
+
+
+def test_toml_and_yaml_files_give_the_same_config(tmp_path):
+    toml = tmp_path / "sweep.toml"
+    toml.write_text('name = "mine"\n[grid]\nbetas = [1.0, 8.0]\nlayers = [1, 3]\n[attack]\nmodes = ["latent"]\n')
+    yaml_file = tmp_path / "sweep.yaml"
+    yaml_file.write_text("name: mine\ngrid:\n  betas: [1.0, 8.0]\n  layers: [1, 3]\nattack:\n  modes: [latent]\n")
+    a, b = load_file(toml), load_file(yaml_file)
+    assert a.to_dict() == b.to_dict()
+    assert a.fingerprint() == b.fingerprint() != SweepConfig().fingerprint()
+    assert a.attack.modes == ("latent",)
+
+
+def test_config_files_are_data_only(tmp_path):
+    """A YAML tag that would build a Python object is refused, and nothing runs."""
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(f"name: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_file(evil)
+    assert not marker.exists()
+
+
+def test_dry_run_prints_counts_without_starting_ray():
+    result = subprocess.run([sys.executable, "-m", "sweep.grid", "--preset", "paper", "--dry-run"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    first = result.stdout.splitlines()[0]
+    assert "660 trials" in first and "673,200 attacks" in first
+    assert "ray" not in result.stderr.lower()
+
+
+def test_cli_reports_a_bad_config_without_a_traceback(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[grid]\nlayers = [0]\n")
+    result = subprocess.run([sys.executable, "-m", "sweep.grid", "--config", str(bad), "--dry-run"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "grid.layers" in result.stderr and "Traceback" not in result.stderr
