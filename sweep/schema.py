@@ -27,6 +27,7 @@ TRAIN = pa.schema(IDENTITY + [
     ("steps", pa.int64()),
     ("seconds", pa.float64()),
     ("images_per_s", pa.float64()),
+    ("node_id", pa.string()),  # the Ray node that trained it
     ("elbo", pa.float64()),
     ("recon_loglik", pa.float64()),
     ("kl_layers", pa.list_(pa.float64())),

@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
 from models import ModelConfig, build_model, load_checkpoint, save_checkpoint
-from sweep.data.loaders import load_dataset
+from sweep.data import load_dataset
 from sweep import schema
 from sweep.evaluate import evaluate
 from sweep.store import Store, local_tmp_dir
@@ -118,7 +119,7 @@ def train_trial(config: dict[str, Any]) -> None:
         _finish_diverged(config, step, seconds, row["elbo"])
         return
     row.update(_identity(config), status="ok", reason="", steps=step, seconds=seconds,
-               images_per_s=images_per_s)
+               images_per_s=images_per_s, node_id=ray.get_runtime_context().get_node_id())
 
     with tempfile.TemporaryDirectory(dir=local_tmp_dir()) as folder:
         _save(folder, model, optimizer, step, seconds)
