@@ -1,0 +1,96 @@
+"""Training throughput of every model kind on both paper architectures, as a markdown table.
+
+    python benchmarks/train_step.py [--batch-size 256] [--iters 5] [--warmup 1] [--threads N]
+
+For each architecture (paper widths) x kind it times full training steps (objective, backward,
+Adam step) after warm-up and reports images/s, the step's FLOPs (matmuls and convolutions,
+forward + backward, counted by torch.utils.flop_counter) and the fraction of this machine's
+measured float32 matmul peak those FLOPs represent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from models import ModelConfig, build_model  # noqa: E402
+
+KINDS = [("vae", 1, 1.0), ("tcvae", 1, 4.0), ("tcdlgm", 3, 4.0), ("seatbelt", 3, 4.0)]
+
+
+def matmul_peak(n: int = 2048, reps: int = 5) -> float:
+    """Best observed float32 matmul FLOP/s (2 n^3 per product)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def step_flops(model, x) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model.objective(x).loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def time_steps(model, x, warmup: int, iters: int) -> float:
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        model.objective(x).loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]   # median: the box is shared, outliers happen
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--architectures", default="mlp,conv")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's choice); the peak uses the same")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    torch.manual_seed(0)
+    peak = matmul_peak()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
+          f"float32 matmul peak {peak / 1e9:.1f} GFLOP/s\n")
+    print("| architecture | kind | L | images/s | ms/step | GFLOP/step | GFLOP/s | % of matmul peak |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    x = (torch.rand(args.batch_size, 1, 64, 64) > 0.5).float()
+    for arch in args.architectures.split(","):
+        for kind, layers, beta in KINDS:
+            model = build_model(ModelConfig(kind=kind, layers=layers, beta=beta, architecture=arch))
+            model.train()
+            flops = step_flops(model, x)
+            sec = time_steps(model, x, args.warmup, args.iters)
+            print(f"| {arch} | {kind} | {layers} | {args.batch_size / sec:,.0f} | {sec * 1e3:,.0f} | "
+                  f"{flops / 1e9:.1f} | {flops / sec / 1e9:.1f} | {100 * flops / sec / peak:.0f}% |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""The one model class: a hierarchical VAE with L stochastic layers, beta-TC on the top layer.
+
+All four kinds are this class; the config picks what differs:
+
+  kind      L     beta   decoder sees          (inference is the same chain for all)
+  vae       1     1      z^1
+  tcvae     1     any    z^1
+  tcdlgm    >= 2  any    z^1 only              (eq. 5: p(x|z^1) prod p(z^i|z^{i+1}) p(z^L))
+  seatbelt  >= 2  any    z^1..z^L concatenated (eq. 7: the skip connections)
+
+Inference (eq. 6, 2021 form when condition_on_x): q(z^1|x) prod_i q(z^{i+1} | z^i [, h(x)]),
+h(x) being the image encoder's features. Generative chain: p(z^i|z^{i+1}) Gaussians from small
+MLPs, p(z^L) = N(0, I). Training objective: eq. 8, see ``objective``.
+
+Parameters live in two groups so Table 1's weight norms have an unambiguous meaning:
+  self.inference  = image encoder trunk + its head (q(z^1|x)) + the inference chain MLPs
+  self.generative = image decoder + likelihood (learned scale, if any) + the prior chain MLPs
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from models.config import ModelConfig
+from models.distributions import Gaussian
+from models.likelihoods import build_likelihood
+from models.networks import build_architecture, chain_mlp
+from models.tc import decompose_top_kl
+
+
+@dataclass
+class Encoding:
+    posteriors: list[Gaussian]   # q(z^i | parent), layer 1 first, each [B, z_dim]
+    z: list[Tensor]              # the values passed up the chain / to the decoder, [B, z_dim]
+    features: Tensor             # h(x): image encoder features, [B, F]
+
+
+@dataclass
+class Objective:
+    loss: Tensor                 # scalar to minimise (beta and free bits applied)
+    parts: dict[str, Tensor]     # named detached scalars, batch means in nats
+
+
+def _gaussian(params: Tensor) -> Gaussian:
+    mean, logvar = params.chunk(2, dim=-1)
+    return Gaussian(mean, logvar)
+
+
+class HierarchicalVAE(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = ModelConfig.from_dict(cfg.to_dict()).validate()   # a private copy
+        L, zd, width = cfg.layers, cfg.z_dim, cfg.chain_width
+        # Seatbelt's skip connections: the decoder's first (linear) layer reads all layers
+        # concatenated, which is the same as a linear projection of the concatenation.
+        decoder_in = zd * L if cfg.kind == "seatbelt" else zd
+        arch = build_architecture(cfg, decoder_in)
+        chain_in = zd + (arch.feature_dim if cfg.condition_on_x else 0)
+        self.inference = nn.ModuleDict(dict(
+            encoder=arch.encoder,
+            head=nn.Linear(arch.feature_dim, 2 * zd),                     # q(z^1 | x)
+            chain=nn.ModuleList(chain_mlp(chain_in, width, zd) for _ in range(L - 1)),
+        ))
+        self.generative = nn.ModuleDict(dict(
+            decoder=arch.decoder,
+            likelihood=build_likelihood(cfg),
+            prior_chain=nn.ModuleList(chain_mlp(zd, width, zd) for _ in range(L - 1)),  # [i]: p(z^{i+1}|z^{i+2}), 0-based
+        ))
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def attack_layers(self) -> list[int]:
+        """0-based layers a latent attack must match: those the likelihood depends on."""
+        return list(range(self.cfg.layers)) if self.cfg.kind == "seatbelt" else [0]
+
+    def encoder_l2(self) -> float:
+        """L2 norm of every parameter of the inference side (encoder trunk, head, chain)."""
+        return _l2(self.inference)
+
+    def decoder_l2(self) -> float:
+        """L2 norm of every parameter of the generative side (decoder, likelihood, prior chain)."""
+        return _l2(self.generative)
+
+    # ------------------------------------------------------------------ inference
+    def encode(self, x: Tensor, sample: bool = True, eps: list[Tensor] | None = None,
+               input_noise_std: float = 0.0) -> Encoding:
+        """Posterior of every layer. eps (one [B, z_dim] per layer) fixes the noise and wins
+        over ``sample``; sample=False passes each layer's mean up the chain."""
+        self._check_input(x)
+        if eps is not None and len(eps) != self.cfg.layers:
+            raise ValueError(f"eps has {len(eps)} tensors, the model has {self.cfg.layers} layers")
+        x_in = 2.0 * x - 1.0                      # the paper's [-1, 1] encoder input
+        if input_noise_std:
+            x_in = x_in + input_noise_std * torch.randn_like(x_in)
+        h = self.inference.encoder(x_in)
+        posteriors, zs = [], []
+        for i in range(self.cfg.layers):
+            if i == 0:
+                q = _gaussian(self.inference.head(h))
+            else:
+                parent = torch.cat([zs[-1], h], dim=1) if self.cfg.condition_on_x else zs[-1]
+                q = _gaussian(self.inference.chain[i - 1](parent))
+            if eps is not None:
+                z = q.sample(eps[i])
+            else:
+                z = q.sample() if sample else q.mean
+            posteriors.append(q)
+            zs.append(z)
+        return Encoding(posteriors, zs, h)
+
+    # ------------------------------------------------------------------ generation
+    def prior(self, i: int, z_above: Tensor) -> Gaussian:
+        """p(z^{i+1} | z^{i+2}) for 0-based layer i < L-1 (the top layer's prior is N(0, I))."""
+        return _gaussian(self.generative.prior_chain[i](z_above))
+
+    def decode(self, z: list[Tensor]) -> Tensor:
+        """Likelihood parameters [B, C, H, W]: logits (bernoulli) or means in (0, 1) (gaussian)."""
+        if self.cfg.kind == "seatbelt":
+            if len(z) != self.cfg.layers:
+                raise ValueError(f"seatbelt decodes all {self.cfg.layers} layers, got {len(z)}")
+            inp = torch.cat(list(z), dim=1)
+        else:
+            inp = z[0]                             # vae/tcvae/tcdlgm: p(x | z^1) only
+        return self.generative.likelihood.params(self.generative.decoder(inp))
+
+    def log_likelihood(self, x: Tensor, z: list[Tensor]) -> Tensor:
+        """log p(x | z), [B]."""
+        return self.generative.likelihood.log_prob(self.decode(z), x)
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Decoder mean at the deterministic encoding, pixel range, [B, C, H, W]."""
+        return self.generative.likelihood.mean(self.decode(self.encode(x, sample=False).z))
+
+    @torch.no_grad()
+    def generate(self, n: int) -> Tensor:
+        """n images (decoder means) from ancestral sampling of the generative chain."""
+        p = next(self.parameters())
+        z = [torch.randn(n, self.cfg.z_dim, device=p.device, dtype=p.dtype)]
+        for i in reversed(range(self.cfg.layers - 1)):
+            z.insert(0, self.prior(i, z[0]).sample())
+        return self.generative.likelihood.mean(self.decode(z))
+
+    # ------------------------------------------------------------------ objectives
+    def lower_kls(self, enc: Encoding) -> list[Tensor]:
+        """One-sample MC log q(z^i|.) - log p(z^i|z^{i+1}) for layers 1..L-1, each [B].
+
+        Analytic KL(q(z^i|.) || p(z^i|z^{i+1})) would be wrong here: z^{i+1} is drawn from
+        q(z^{i+1}|z^i, .), so it depends on z^i, and only the joint MC term is the ELBO's."""
+        return [enc.posteriors[i].log_prob(enc.z[i]) - self.prior(i, enc.z[i + 1]).log_prob(enc.z[i])
+                for i in range(self.cfg.layers - 1)]
+
+    def kl_to_prior(self, enc: Encoding, analytic_top: bool = False) -> Tensor:
+        """KL(q(z|x) || p(z)) with the hierarchical prior, one-sample MC at enc.z, [B].
+        analytic_top=True uses the closed form for the top layer (exact for L = 1)."""
+        top_q, top_z = enc.posteriors[-1], enc.z[-1]
+        top = top_q.kl_to_standard() if analytic_top else \
+            top_q.log_prob(top_z) - Gaussian.standard_like(top_z).log_prob(top_z)
+        return top + sum(self.lower_kls(enc), torch.zeros_like(top))
+
+    def elbo(self, x: Tensor, eps: list[Tensor] | None = None) -> Tensor:
+        """Per-sample ELBO (beta = 1, no free bits), one-sample MC, [B]."""
+        enc = self.encode(x, eps=eps)
+        return self.log_likelihood(x, enc.z) - self.kl_to_prior(enc)
+
+    def objective(self, x: Tensor, eps: list[Tensor] | None = None) -> Objective:
+        """Eq. 8: loss = -(recon - sum_i KL_i - MI - beta TC - dimKL), batch means, free bits.
+
+        Free bits (Kingma et al. 2016), per layer in nats: a lower layer contributes
+        max(free_bits_i, mean KL_i); the top layer contributes max(free_bits_L, mean(MI + dimKL))
+        + beta mean(TC), so free bits never switch off the disentangling (TC) pressure."""
+        cfg = self.cfg
+        enc = self.encode(x, eps=eps)
+        recon = self.log_likelihood(x, enc.z)
+        lower = self.lower_kls(enc)
+        top = decompose_top_kl(enc.z[-1], enc.posteriors[-1], cfg.dataset_size, cfg.tc_estimator)
+        free = cfg.free_bits_per_layer
+
+        penalty = cfg.beta * top.tc.mean() + _free_bits((top.index_code_mi + top.dim_kl).mean(), free[-1])
+        for kl, fb in zip(lower, free):
+            penalty = penalty + _free_bits(kl.mean(), fb)
+        loss = penalty - recon.mean()
+
+        elbo = recon - top.total - sum(lower, torch.zeros_like(recon))
+        parts = {"recon_loglik": recon.mean()}
+        for i, kl in enumerate(lower):
+            parts[f"kl_{i + 1}"] = kl.mean()
+        parts[f"kl_{cfg.layers}"] = top.total.mean()   # the top layer's whole KL
+        parts.update(index_code_mi=top.index_code_mi.mean(), tc=top.tc.mean(),
+                     dim_kl=top.dim_kl.mean(), elbo=elbo.mean())
+        return Objective(loss, {k: v.detach() for k, v in parts.items()})
+
+    # ------------------------------------------------------------------ helpers
+    def _check_input(self, x: Tensor) -> None:
+        c, s = self.cfg.channels, self.cfg.image_size
+        if x.dim() != 4 or tuple(x.shape[1:]) != (c, s, s):
+            raise ValueError(f"expected images [B, {c}, {s}, {s}] in [0, 1], got {tuple(x.shape)}")
+
+
+def _free_bits(kl_mean: Tensor, nats: float) -> Tensor:
+    # Below the floor the term is constant, so its gradient stops pushing the layer to collapse.
+    return torch.clamp(kl_mean, min=nats) if nats > 0 else kl_mean
+
+
+def _l2(module: nn.Module) -> float:
+    with torch.no_grad():
+        return float(torch.sqrt(sum((p.double() ** 2).sum() for p in module.parameters())))
+
+
+def encoder_l2(model: HierarchicalVAE) -> float:
+    return model.encoder_l2()
+
+
+def decoder_l2(model: HierarchicalVAE) -> float:
+    return model.decoder_l2()
+
+
+def build_model(cfg: ModelConfig | dict) -> HierarchicalVAE:
+    """Validate the config (ConfigError on a bad field) and build the model."""
+    if isinstance(cfg, dict):
+        cfg = ModelConfig.from_dict(cfg)
+    return HierarchicalVAE(cfg)
