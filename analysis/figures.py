@@ -1,0 +1,480 @@
+"""The paper's figures as PNG files.
+
+Drawn with matplotlib's Agg canvas directly (``matplotlib.figure.Figure`` + ``FigureCanvasAgg``):
+no pyplot, no GUI, and a user's own backend choice is left alone. Every figure has labelled
+axes with units, a log scale where the values span orders of magnitude, and its 95% CI as a
+shaded band, error bars, or (heatmaps) the interval printed in each cell. Each function returns
+a :class:`FigureResult` or raises :class:`SkipFigure` saying what data is missing.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
+
+from analysis import aggregate as agg
+from analysis.load import GALLERY_IMAGE_COLUMNS, iter_gallery_images
+from analysis.stats import T_METHOD, summarize, t_interval
+
+__all__ = [
+    "FigureResult",
+    "SkipFigure",
+    "fig_elbo",
+    "fig_attack_vs_beta",
+    "fig_attack_heatmaps",
+    "fig_noise",
+    "fig_weight_norms",
+    "fig_gallery",
+]
+
+MODEL_COLORS = {"vae": "#7f7f7f", "tcvae": "#1f77b4", "tcdlgm": "#d62728", "seatbelt": "#2ca02c"}
+DPI = 100
+
+
+@dataclass(frozen=True)
+class FigureResult:
+    file: str  # file name inside the report folder
+    title: str
+    caption: str
+
+
+class SkipFigure(Exception):
+    """A figure could not be drawn from the data present; the message says what is missing."""
+
+
+def _color(model: str) -> str:
+    return MODEL_COLORS.get(model, "#9467bd")
+
+
+def _new_figure(nrows: int, ncols: int, w: float = 4.6, h: float = 3.4, squeeze: bool = False):
+    fig = Figure(figsize=(max(1, ncols) * w, max(1, nrows) * h), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=squeeze)
+    return fig, axes
+
+
+def _suptitle(fig: Figure, text: str, fontsize: float = 10) -> None:
+    """A figure title wrapped to the figure's width (so narrow figures do not cut it off)."""
+    width_in = fig.get_figwidth()
+    chars = max(40, int(width_in * 72 / (0.55 * fontsize)))
+    fig.suptitle("\n".join(textwrap.wrap(text, chars)), fontsize=fontsize)
+
+
+def _save(fig: Figure, path: Path) -> None:
+    fig.savefig(path, format="png", dpi=DPI)
+
+
+def _spans_orders(values: Sequence[float] | np.ndarray, factor: float = 30.0) -> bool:
+    arr = np.asarray(values, dtype=float)
+    arr = arr[np.isfinite(arr)]
+    return bool(arr.size >= 2 and np.all(arr > 0) and arr.max() / arr.min() >= factor)
+
+
+def _maybe_log_y(ax, values) -> bool:
+    if _spans_orders(values):
+        ax.set_yscale("log")
+        return True
+    return False
+
+
+def _line_band(ax, x, mean, lo, hi, *, label, color, linestyle="-", marker="o") -> None:
+    x = np.asarray(x, dtype=float)
+    mean, lo, hi = (np.asarray(v, dtype=float) for v in (mean, lo, hi))
+    if x.size == 1:
+        yerr = None
+        if np.isfinite(lo[0]) and np.isfinite(hi[0]):
+            yerr = [[mean[0] - lo[0]], [hi[0] - mean[0]]]
+        ax.errorbar(x, mean, yerr=yerr, fmt=marker, color=color, label=label, capsize=4,
+                    linestyle="none", markersize=7)
+        return
+    ax.plot(x, mean, linestyle=linestyle, marker=marker, color=color, label=label, markersize=4)
+    ok = np.isfinite(lo) & np.isfinite(hi)
+    if ok.any():
+        ax.fill_between(x, np.where(ok, lo, mean), np.where(ok, hi, mean), color=color, alpha=0.18,
+                        linewidth=0)
+
+
+def _beta_axis(ax, betas) -> None:
+    ax.set_xlabel("β (TC penalty weight, dimensionless)")
+    if _spans_orders(betas, factor=20):
+        ax.set_xscale("log")
+    ax.grid(True, alpha=0.3)
+
+
+def _datasets(*frames: pd.DataFrame) -> list[str]:
+    names: set[str] = set()
+    for f in frames:
+        if not f.empty and "dataset" in f.columns:
+            names.update(str(d) for d in f["dataset"].dropna().unique())
+    return sorted(names)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def fig_elbo(train: pd.DataFrame, out: Path, file: str = "fig3_elbo_vs_beta.png") -> FigureResult:
+    """Fig. 3: ELBO against β per model (β-TCVAE, Seatbelt-VAE, and VAE/β-TCDLGM where present)."""
+    table = agg.elbo_by_beta(train)
+    if table.empty:
+        raise SkipFigure("no finished trial (status ok) with an ELBO in train/")
+    datasets = _datasets(table)
+    fig, axes = _new_figure(1, len(datasets))
+    for ax, dataset in zip(axes[0], datasets):
+        sub = table.loc[table["dataset"] == dataset]
+        for model in sorted(sub["model"].unique(), key=agg.model_sort_key):
+            m = sub.loc[sub["model"] == model].sort_values("beta")
+            _line_band(ax, m["beta"], m["mean"], m["lo"], m["hi"], label=agg.model_label(model),
+                       color=_color(model))
+        _beta_axis(ax, sub["beta"])
+        ax.set_ylabel("ELBO (nats per image)")
+        ax.set_title(f"{dataset}")
+        ax.legend(fontsize=8)
+    _suptitle(fig, f"ELBO against β (Fig. 3); band: {T_METHOD} over |z|, L and seeds", fontsize=10)
+    _save(fig, out / file)
+    return FigureResult(
+        file, "ELBO against β (Fig. 3)",
+        "Mean test ELBO of the finished trials against β. Shaded band (error bar for a single β): "
+        f"{T_METHOD}, over the trials at that β (variation due to |z|, L and seeds).",
+    )
+
+
+def fig_attack_vs_beta(
+    attacks: pd.DataFrame,
+    metric: str,
+    out: Path,
+    similarity: dict[str, str | None],
+    file: str | None = None,
+) -> FigureResult:
+    """Fig. 5: an attack metric against β for β-TCVAE (all-λ mean and selected-λ), with the VAE
+    (β = 1) as the reference point; one row per attack mode, one column per dataset."""
+    spec = agg.METRICS[metric]
+    file = file or f"fig5_{metric}_vs_beta_tcvae.png"
+    modes = [m for m in ("latent", "output") if not attacks.empty and (attacks["mode"] == m).any()]
+    if not modes:
+        raise SkipFigure("no attack results in attacks/")
+    rows = attacks.loc[attacks["model"].isin(["tcvae", "vae"])]
+    if not (rows["model"] == "tcvae").any():
+        raise SkipFigure("no attack results of β-TCVAE (model 'tcvae') in attacks/")
+    variants = [("all λ", False, "-")] if spec.per_pair else [("all λ", False, "-"), ("selected λ", True, "--")]
+    datasets = _datasets(rows)
+    fig, axes = _new_figure(len(modes), len(datasets))
+    for i, mode in enumerate(modes):
+        sim = similarity.get(mode)
+        for j, dataset in enumerate(datasets):
+            ax = axes[i][j]
+            drows = rows.loc[rows["dataset"] == dataset]
+            vals = []
+            for vname, sel, ls in variants:
+                table = agg.attack_by_beta(drows, metric, mode, sim, selected_only=sel)
+                for model in ("tcvae", "vae"):
+                    m = table.loc[table["model"] == model].sort_values("beta")
+                    if m.empty:
+                        continue
+                    label = f"{agg.model_label(model)}{'' if spec.per_pair else ', ' + vname}"
+                    if model == "vae":
+                        # the reference point, drawn as a point with error bars at its β (= 1)
+                        lo, hi = m["lo"].to_numpy(), m["hi"].to_numpy()
+                        mean = m["mean"].to_numpy()
+                        yerr = None
+                        if np.all(np.isfinite(lo)):
+                            yerr = [mean - lo, hi - mean]
+                        ax.errorbar(m["beta"], mean, yerr=yerr, fmt="s" if not sel else "D",
+                                    color=_color("vae"), capsize=4, label=label, markersize=7,
+                                    markerfacecolor="none" if sel else _color("vae"))
+                    else:
+                        _line_band(ax, m["beta"], m["mean"], m["lo"], m["hi"], label=label,
+                                   color=_color(model), linestyle=ls)
+                    vals.extend(m["mean"].tolist())
+                    vals.extend(v for v in m["lo"].tolist() if np.isfinite(v))
+            unit = agg.objective_unit(mode, sim) if metric == "objective" else spec.unit
+            name = f"Δ_{mode}" if metric == "objective" else spec.label
+            ax.set_ylabel(f"{name} ({unit})")
+            _beta_axis(ax, rows["beta"])
+            if not vals:
+                ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
+            else:
+                _maybe_log_y(ax, vals)
+                ax.legend(fontsize=7)
+            ax.set_title(f"{dataset}: {mode} attack ({sim})", fontsize=10)
+    what = "mean over pairs and λ" if not spec.per_pair else "mean over pairs"
+    _suptitle(fig, f"{spec.label} against β for β-TCVAE (Fig. 5); {what}; band: {T_METHOD}", fontsize=10)
+    _save(fig, out / file)
+    if spec.per_pair:
+        cap = (f"{spec.label} ({spec.unit}) against β for β-TCVAE; square: VAE (β = 1) reference. "
+               f"One value per input–target pair (AUDDC as written by the attack step); band: {T_METHOD} "
+               "over pairs, |z| and seeds.")
+    else:
+        cap = (f"{spec.label} against β for β-TCVAE; squares: VAE (β = 1) reference. Solid: the paper's Δ, "
+               "the mean over input–target pairs and all λ (and |z|, seeds); dashed / open markers: only "
+               f"the λ the attack step selected for each pair. Band / error bars: {T_METHOD} over those "
+               "attacks (pairs × λ × |z| × seeds, as in the paper).")
+    return FigureResult(file, f"{spec.label} against β, β-TCVAE (Fig. 5)", cap)
+
+
+def _fmt(v: float) -> str:
+    if not np.isfinite(v):
+        return "–"
+    a = abs(v)
+    if a != 0 and (a >= 1e4 or a < 1e-2):
+        return f"{v:.1e}"
+    return f"{v:.3g}"
+
+
+def fig_attack_heatmaps(
+    attacks: pd.DataFrame,
+    metric: str,
+    out: Path,
+    similarity: dict[str, str | None],
+    selected_only: bool = False,
+    file: str | None = None,
+) -> FigureResult:
+    """Fig. 6: an attack metric over (β, L) for β-TCDLGM and Seatbelt-VAE (the Seatbelt L = 1
+    row is β-TCVAE); rows: model × attack mode; columns: datasets."""
+    spec = agg.METRICS[metric]
+    suffix = "_selected" if selected_only and not spec.per_pair else ""
+    file = file or f"fig6_{metric}{suffix}_heatmap.png"
+    if attacks.empty:
+        raise SkipFigure("no attack results in attacks/")
+    models = [m for m in ("tcdlgm", "seatbelt") if (attacks["model"] == m).any()]
+    if not models:
+        raise SkipFigure("no attack results of β-TCDLGM or Seatbelt-VAE (model 'tcdlgm' / 'seatbelt')")
+    modes = [m for m in ("latent", "output") if (attacks["mode"] == m).any()]
+    if not modes:
+        raise SkipFigure("no latent or output attacks in attacks/")
+    datasets = _datasets(attacks)
+    panels = [(model, mode) for model in models for mode in modes]
+    fig, axes = _new_figure(len(panels), len(datasets), w=5.2, h=3.9)
+    tables = {
+        (model, mode): agg.attack_heatmap(attacks, metric, mode, model, similarity.get(mode), selected_only,
+                                          l1_model="tcvae" if model == "seatbelt" else None)
+        for model, mode in panels
+    }
+    norms = {}  # one colour scale per (mode, dataset), shared by the models so they compare
+    for mode in modes:
+        for dataset in datasets:
+            vals = np.concatenate([t.loc[t["dataset"] == dataset, "mean"].to_numpy(dtype=float)
+                                   for (_, md), t in tables.items() if md == mode])
+            vals = vals[np.isfinite(vals)]
+            if vals.size:
+                lo, hi = float(vals.min()), float(vals.max())
+                hi = hi if hi > lo else lo + (abs(lo) * 1e-6 or 1e-6)
+                norms[(mode, dataset)] = LogNorm(vmin=lo, vmax=hi) if _spans_orders(vals) else Normalize(lo, hi)
+    for i, (model, mode) in enumerate(panels):
+        sim = similarity.get(mode)
+        table = tables[(model, mode)]
+        for j, dataset in enumerate(datasets):
+            ax = axes[i][j]
+            sub = table.loc[table["dataset"] == dataset]
+            ax.set_title(f"{dataset}: {agg.model_label(model)}, {mode} ({sim})", fontsize=9)
+            if sub.empty:
+                ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                continue
+            betas = sorted(sub["beta"].unique())
+            layers = sorted(sub["layers"].unique())
+            grid = np.full((len(layers), len(betas)), np.nan)
+            text = {}
+            for _, r in sub.iterrows():
+                yi, xi = layers.index(r["layers"]), betas.index(r["beta"])
+                grid[yi, xi] = r["mean"]
+                text[(yi, xi)] = f"{_fmt(r['mean'])}\n[{_fmt(r['lo'])}, {_fmt(r['hi'])}]"
+            norm = norms.get((mode, dataset))
+            im = ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap="viridis", norm=norm)
+            for (yi, xi), t in text.items():
+                # dark text on the bright end of viridis, white on the dark end
+                shade = norm(grid[yi, xi]) if norm is not None else 0.0
+                ax.text(xi, yi, t, ha="center", va="center", fontsize=7,
+                        color="black" if np.ma.filled(shade, 0.0) > 0.6 else "white")
+            ax.set_xticks(range(len(betas)), [f"{b:g}" for b in betas])
+            ax.set_yticks(range(len(layers)), [str(int(L)) for L in layers])
+            ax.set_xlabel("β (dimensionless)")
+            ax.set_ylabel("L (stochastic layers)")
+            unit = agg.objective_unit(mode, sim) if metric == "objective" else spec.unit
+            name = f"Δ_{mode}" if metric == "objective" else spec.label
+            cb = fig.colorbar(im, ax=ax)
+            cb.set_label(f"{name} ({unit})" + (", log scale" if isinstance(norm, LogNorm) else ""), fontsize=8)
+    what = ("mean over pairs" if spec.per_pair else
+            "mean over pairs at the selected λ" if selected_only else "mean over pairs and λ")
+    _suptitle(fig, f"{spec.label} over β and L (Fig. 6); {what}; cells: mean [95% t-interval]", fontsize=10)
+    _save(fig, out / file)
+    return FigureResult(
+        file,
+        f"{spec.label} over β and L, β-TCDLGM and Seatbelt-VAE (Fig. 6)" + (", selected λ" if suffix else ""),
+        f"{spec.label} per (β, L) cell, {what} (and |z|, seeds). Each cell prints the mean and its "
+        f"{T_METHOD} in brackets. Both models share one colour scale per attack mode and dataset. As in the paper, the L = 1 row of the Seatbelt-VAE heatmaps is the "
+        "β-TCVAE data (Seatbelt-VAE with L = 1 is a β-TCVAE). Colour scale is logarithmic where the "
+        "values span orders of magnitude.",
+    )
+
+
+def fig_noise(noise: pd.DataFrame, out: Path, file: str = "fig7_noise_loglik.png") -> FigureResult:
+    """Fig. 7: smoothed densities of log p(x|z), z ~ q(z | x + ε), per model and β."""
+    sigma = agg.noise_sigma(noise)
+    if sigma is None:
+        raise SkipFigure("no noise-robustness samples in noise/")
+    data = noise.loc[np.isclose(noise["sigma"].astype(float), sigma)]
+    datasets = _datasets(data)
+    models = sorted(data["model"].unique(), key=agg.model_sort_key)
+    fig, axes = _new_figure(len(datasets), len(models), w=4.4, h=3.2)
+    from scipy.stats import gaussian_kde  # noqa: PLC0415  (scipy.stats is already imported by stats)
+    import matplotlib as mpl
+
+    cmap = mpl.colormaps["viridis"]
+    rng = np.random.default_rng(0)
+    for i, dataset in enumerate(datasets):
+        for j, model in enumerate(models):
+            ax = axes[i][j]
+            sub = data.loc[(data["dataset"] == dataset) & (data["model"] == model)]
+            if sub.empty:
+                ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
+                ax.set_title(f"{dataset}: {agg.model_label(model)}", fontsize=9)
+                continue
+            L = int(sub["layers"].max())
+            sub = sub.loc[sub["layers"] == L]
+            betas = sorted(sub["beta"].unique())
+            for k, beta in enumerate(betas):
+                vals = sub.loc[sub["beta"] == beta, "loglik"].to_numpy(dtype=float)
+                vals = vals[np.isfinite(vals)]
+                if vals.size == 0:
+                    continue
+                color = cmap(k / max(1, len(betas) - 1))
+                iv = t_interval(vals)
+                label = f"β={beta:g} (mean {_fmt(iv.estimate)})"
+                kde_vals = vals if vals.size <= 20000 else rng.choice(vals, 20000, replace=False)
+                try:
+                    if kde_vals.size < 3 or np.ptp(kde_vals) == 0:
+                        raise np.linalg.LinAlgError("degenerate")
+                    kde = gaussian_kde(kde_vals)
+                    pad = 0.1 * np.ptp(kde_vals)
+                    xs = np.linspace(kde_vals.min() - pad, kde_vals.max() + pad, 256)
+                    ax.plot(xs, kde(xs), color=color, label=label)
+                except (np.linalg.LinAlgError, ValueError):
+                    ax.hist(vals, bins=30, density=True, histtype="step", color=color, label=label)
+                ax.axvline(iv.estimate, color=color, linestyle=":", linewidth=1)
+                if np.isfinite(iv.lo):
+                    ax.axvspan(iv.lo, iv.hi, color=color, alpha=0.15, linewidth=0)
+            ax.set_xlabel(f"log p(x|z), z ~ q(z|x+ε), σ={sigma:g} (nats)")
+            ax.set_ylabel("density (per nat)")
+            Ltxt = f", L={L}" if model in ("tcdlgm", "seatbelt") else ""
+            ax.set_title(f"{dataset}: {agg.model_label(model)}{Ltxt}", fontsize=9)
+            ax.legend(fontsize=7)
+            ax.grid(True, alpha=0.3)
+    _suptitle(fig, f"Robustness of log p(x|z) to input noise ε ~ N(0, σ²I), σ={sigma:g} (Fig. 7); "
+                 f"dotted line + band: mean and {T_METHOD}", fontsize=10)
+    _save(fig, out / file)
+    return FigureResult(
+        file, "Noise robustness (Fig. 7)",
+        f"Gaussian-kernel density of log p(x|z) of the clean image with z ~ q(z | x + ε), ε ~ N(0, σ²I) on "
+        f"the [-1, 1] encoder input, σ = {sigma:g}, per model and β (pooled over samples, |z| and seeds; the "
+        f"largest L of each hierarchical model). Dotted line and band: mean and {T_METHOD} over samples. "
+        "Higher (further right) is more robust; x-axes differ between panels.",
+    )
+
+
+def fig_weight_norms(train: pd.DataFrame, out: Path, file: str = "table1_weight_norms.png") -> FigureResult:
+    """Table 1 as a figure: relative change of encoder/decoder L2 norm against β, per model."""
+    ok = agg.ok_trials(train)
+    if ok.empty or not {"encoder_l2", "decoder_l2"} <= set(ok.columns):
+        raise SkipFigure("no finished trial with encoder_l2 / decoder_l2 in train/")
+    datasets = _datasets(ok)
+    fig, axes = _new_figure(2, len(datasets))
+    drew = False
+    for j, dataset in enumerate(datasets):
+        for i, part in enumerate(("encoder_l2", "decoder_l2")):
+            ax = axes[i][j]
+            sub = ok.loc[ok["dataset"] == dataset]
+            for (model, L), grp in sorted(sub.groupby(["model", "layers"]),
+                                          key=lambda kv: (agg.model_sort_key(kv[0][0]), kv[0][1])):
+                vals = pd.to_numeric(grp[part], errors="coerce")
+                bmin = grp["beta"].min()
+                base = vals[grp["beta"] == bmin].mean()
+                if not np.isfinite(base) or base == 0 or grp["beta"].nunique() < 2:
+                    continue
+                rel = grp[["beta"]].copy()
+                rel["rel"] = 100.0 * (vals / base - 1.0)
+                table = summarize(rel, ["beta"], "rel")
+                Ltxt = f" L={int(L)}" if model in ("tcdlgm", "seatbelt") else ""
+                ls = "-" if int(L) == int(sub.loc[sub["model"] == model, "layers"].max()) else ":"
+                _line_band(ax, table["beta"], table["mean"], table["lo"], table["hi"],
+                           label=f"{agg.model_label(model)}{Ltxt}", color=_color(model), linestyle=ls)
+                drew = True
+            ax.axhline(0, color="black", linewidth=0.6)
+            _beta_axis(ax, sub["beta"])
+            ax.set_ylabel(f"{'encoder' if i == 0 else 'decoder'} L2 norm change vs smallest β (%)")
+            ax.set_title(f"{dataset}: {'encoder' if i == 0 else 'decoder'} weights", fontsize=10)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+    if not drew:
+        raise SkipFigure("weight norms need at least two β values of one model in train/")
+    _suptitle(fig, f"L2 norm of weights relative to the smallest β (Table 1); band: {T_METHOD} over trials",
+                 fontsize=10)
+    _save(fig, out / file)
+    return FigureResult(
+        file, "Weight norms against β (Table 1)",
+        "Relative change (%) of the L2 norm of encoder and decoder weights against β, relative to the mean "
+        f"at the smallest β of the same model and L. Band: {T_METHOD} over trials (|z|, seeds).",
+    )
+
+
+def fig_gallery(
+    gallery: pd.DataFrame,
+    out: Path,
+    similarity: str | None = None,
+    pairs_per_model: int = 2,
+    file: str = "fig1_gallery.png",
+) -> FigureResult:
+    """Fig. 1: input, reconstruction, adversarial input, distortion, adversarial reconstruction
+    and target at the selected λ, for a few pairs of the most robust setting of each model."""
+    if gallery.empty:
+        raise SkipFigure("no attack images in gallery/")
+    rows = gallery.loc[gallery["mode"] == "latent"] if (gallery["mode"] == "latent").any() else gallery
+    if similarity is not None and (rows["similarity"] == similarity).any():
+        rows = rows.loc[rows["similarity"] == similarity]
+    chosen = []
+    for (dataset, model), grp in sorted(rows.groupby(["dataset", "model"]),
+                                        key=lambda kv: (kv[0][0], agg.model_sort_key(kv[0][1]))):
+        best = grp.sort_values(["beta", "layers", "z_dim", "seed"], ascending=[False, False, True, True])
+        trial = best.iloc[0]["trial_id"]
+        picks = best.loc[best["trial_id"] == trial].sort_values("pair").head(pairs_per_model)
+        chosen.extend(r for _, r in picks.iterrows())
+    if not chosen:
+        raise SkipFigure("no gallery rows")
+    names = ["input", "reconstruction", "adversarial", "distortion (normalised)",
+             "adversarial reconstruction", "target"]
+    fig, axes = _new_figure(len(chosen), 6, w=1.45, h=1.6)
+    for i, r in enumerate(chosen):
+        for j, (col, img) in enumerate(iter_gallery_images(r)):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if img is None:
+                ax.text(0.5, 0.5, "missing", ha="center", va="center", transform=ax.transAxes, fontsize=7)
+            elif img.shape[2] == 1:
+                ax.imshow(img[:, :, 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            else:
+                ax.imshow(img[:, :, :3], interpolation="nearest")
+            if i == 0:
+                ax.set_title(names[j], fontsize=7)
+            if j == 0:
+                Ltxt = f" L={int(r['layers'])}" if r["model"] in ("tcdlgm", "seatbelt") else ""
+                ax.set_ylabel(f"{r['dataset']}\n{agg.model_label(r['model'])}\nβ={float(r['beta']):g}{Ltxt}\n"
+                              f"pair {int(r['pair'])}, λ={float(r['lam']):.2g}", fontsize=6)
+    _suptitle(fig, f"{chosen[0]['mode']} attacks at the selected λ (Fig. 1)", fontsize=9)
+    _save(fig, out / file)
+    assert len(GALLERY_IMAGE_COLUMNS) == 6
+    return FigureResult(
+        file, "Attack gallery (Fig. 1)",
+        "For a few input–target pairs of each model's most regularised trial (largest β, then L): the input, "
+        "its reconstruction, the adversarial input, the distortion (normalised to [0, 255]), the adversarial "
+        "input's reconstruction and the target, at the λ the attack step selected for the pair. Pixels in [0, 1] "
+        "shown as 0–255.",
+    )

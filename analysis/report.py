@@ -1,0 +1,516 @@
+"""The sweep's report: PNG figures, tables and a self-contained ``index.html``.
+
+    python -m analysis.report --out DIR [--tracking-uri URI] [--no-mlflow]
+
+writes ``DIR/report/`` (figures, CSV tables, ``index.html`` with relative image links and no
+external resources) and logs the folder as artifacts (under ``report/``) of the sweep's parent
+MLflow run named in ``DIR/tracking.json``. The sweep calls :func:`build_report` at its end.
+
+The report is built in a temporary folder next to ``report/`` and moved into place with renames,
+so a crash never leaves a half-written ``index.html`` (nor an index that links missing images).
+Partial results (a sweep still running, failed trials, a model kind missing, no attacks yet)
+give a report that says what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis import aggregate as agg
+from analysis import figures as figs
+from analysis.errors import AnalysisError, AnalysisWarning
+from analysis.load import (
+    GALLERY_COLUMNS,
+    GALLERY_IMAGE_COLUMNS,
+    load_attacks,
+    load_gallery,
+    load_noise,
+    load_train,
+    read_sweep_config,
+    read_tracking,
+    results_dir,
+)
+from analysis.stats import BOOTSTRAP_METHOD, T_METHOD, summarize
+
+__all__ = ["build_report", "log_report_to_mlflow", "main"]
+
+REPORT_ATTACK_COLUMNS = [
+    "trial_id", "dataset", "model", "beta", "layers", "z_dim", "seed", "mode", "similarity", "pair",
+    "lam", "objective", "distortion_l2", "adv_target_l2", "target_nll", "selected", "auddc",
+]
+NOISE_READ_COLUMNS = ["trial_id", "dataset", "model", "beta", "layers", "z_dim", "seed", "sigma", "loglik"]
+
+
+@dataclass
+class _Content:
+    figures: list[figs.FigureResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what is missing / skipped
+    tables: list[tuple[str, str, str]] = field(default_factory=list)  # (title, caption, html)
+    files: list[str] = field(default_factory=list)  # extra files (CSV) in the report folder
+
+
+def build_report(out_dir: str | Path, tracking_uri: str | None = None, log_to_mlflow: bool = True) -> Path:
+    """Write ``out_dir/report/`` and return its path (``index.html`` is inside).
+
+    ``log_to_mlflow``: log the folder as artifacts of the parent run in ``tracking.json``
+    (``tracking_uri`` overrides the URI stored there). Without ``tracking.json`` the logging is
+    skipped with an :class:`AnalysisWarning`; a failure to reach MLflow raises
+    :class:`AnalysisError` after the report is written.
+    """
+    out = results_dir(out_dir)
+    final = out / "report"
+    tmp = Path(tempfile.mkdtemp(prefix=".report-tmp-", dir=out))
+    try:
+        _render(out, tmp)
+        _install(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if log_to_mlflow:
+        log_report_to_mlflow(out, final, tracking_uri)
+    return final
+
+
+def _install(tmp: Path, final: Path) -> None:
+    """Move the finished folder into place: the old report is renamed away first, so at every
+    moment ``report/`` is either the complete old report, absent, or the complete new one."""
+    os.chmod(tmp, 0o755)
+    old = None
+    if final.exists():
+        old = final.with_name(f".report-old-{uuid.uuid4().hex[:8]}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def log_report_to_mlflow(out_dir: str | Path, report_dir: str | Path, tracking_uri: str | None = None) -> str | None:
+    """Log ``report_dir`` as artifacts (under ``report/``) of the sweep's parent run; return the
+    run id, or None (with a warning) when ``tracking.json`` is absent."""
+    tracking = read_tracking(out_dir)
+    if not tracking or not tracking.get("parent_run_id"):
+        warnings.warn(
+            f"not logged to MLflow: {Path(out_dir) / 'tracking.json'} is missing or names no parent run "
+            "(the sweep writes it when it starts); pass --no-mlflow to skip logging",
+            AnalysisWarning, stacklevel=2,
+        )
+        return None
+    uri = tracking_uri or tracking.get("tracking_uri")
+    run_id = str(tracking["parent_run_id"])
+    try:
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+    except ImportError as exc:  # pragma: no cover - mlflow is a dependency
+        raise AnalysisError("mlflow is not installed: pip install mlflow, or pass --no-mlflow") from exc
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        client.get_run(run_id)
+        client.log_artifacts(run_id, str(report_dir), artifact_path="report")
+    except MlflowException as exc:
+        raise AnalysisError(
+            f"the report was written to {report_dir}, but logging it to MLflow run {run_id} at "
+            f"{uri} failed: {str(exc).splitlines()[0]}. Check --tracking-uri (and that the server "
+            "is up), or pass --no-mlflow"
+        ) from exc
+    except OSError as exc:
+        raise AnalysisError(
+            f"the report was written to {report_dir}, but copying it to the artifact store of run "
+            f"{run_id} failed: {exc}. Check the artifact location, or pass --no-mlflow"
+        ) from exc
+    return run_id
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _safe_json(out: Path, reader, what: str, notes: list[str]) -> dict | None:
+    try:
+        data = reader(out)
+    except AnalysisError as exc:
+        notes.append(str(exc))
+        return None
+    if data is None:
+        notes.append(f"{what} is missing from the results folder.")
+    return data
+
+
+def _skipped(df: pd.DataFrame, folder: str, notes: list[str]) -> None:
+    for path, why in df.attrs.get("skipped_files", []):
+        notes.append(f"Skipped unreadable file in {folder}/: {path} ({why}). Delete it and re-run the sweep "
+                     "step that writes it.")
+
+
+def _render(out: Path, dest: Path) -> None:
+    c = _Content()
+    config = _safe_json(out, read_sweep_config, "sweep.json (the resolved config)", c.notes)
+    tracking = _safe_json(out, read_tracking, "tracking.json (MLflow run ids)", c.notes)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AnalysisWarning)  # the notes below list the skipped files
+        train = load_train(out)
+        attacks = load_attacks(out, columns=REPORT_ATTACK_COLUMNS)
+        noise = load_noise(out, columns=NOISE_READ_COLUMNS)
+        gallery_meta = load_gallery(out, columns=[c for c in GALLERY_COLUMNS if c not in GALLERY_IMAGE_COLUMNS])
+    for df, folder in ((train, "train"), (attacks, "attacks"), (noise, "noise"), (gallery_meta, "gallery")):
+        _skipped(df, folder, c.notes)
+    train = _normalise_train(train, c.notes)
+
+    status = _status_section(config, train, attacks, noise, gallery_meta, c)
+    attacks = agg.drop_failed_trials(attacks, train)
+    if "selected" in attacks.columns and len(attacks) and not attacks["selected"].fillna(False).astype(bool).any():
+        c.notes.append("No attack row is marked selected: the selected-λ variants are empty.")
+    similarity = {m: agg.default_similarity(attacks, m) for m in ("latent", "output")}
+
+    def draw(fn, *args, **kwargs):
+        try:
+            c.figures.append(fn(*args, **kwargs))
+        except figs.SkipFigure as exc:
+            c.notes.append(f"Figure skipped ({fn.__name__.removeprefix('fig_')}"
+                           f"{' ' + args[1] if fn.__name__.startswith('fig_attack') else ''}): {exc}.")
+
+    # Fig. 1: gallery (images loaded only for the rows shown)
+    if not gallery_meta.empty:
+        gallery = _load_gallery_for_figure(out, gallery_meta, similarity.get("latent"))
+        draw(figs.fig_gallery, gallery, dest, similarity.get("latent"))
+    else:
+        c.notes.append("Figure skipped (gallery, Fig. 1): no attack images in gallery/ yet.")
+    draw(figs.fig_elbo, train, dest)
+    for metric in ("objective", "adv_target_l2", "target_nll", "auddc"):
+        draw(figs.fig_attack_vs_beta, attacks, metric, dest, similarity)
+    for metric, sel in (("objective", False), ("objective", True), ("adv_target_l2", False),
+                        ("target_nll", False), ("auddc", False)):
+        draw(figs.fig_attack_heatmaps, attacks, metric, dest, similarity, sel)
+    draw(figs.fig_noise, noise, dest)
+    draw(figs.fig_weight_norms, train, dest)
+
+    ratios = agg.headline_ratios(attacks, similarity)
+    if not ratios.empty:
+        ratios.to_csv(dest / "headline_ratios.csv", index=False)
+        c.files.append("headline_ratios.csv")
+        c.tables.append(("Headline claims on this sweep's data", _ratio_caption(similarity), _ratio_html(ratios)))
+    else:
+        c.notes.append("Headline-ratio table skipped: no attack results yet.")
+    norms = agg.weight_norm_table(train)
+    if not norms.empty:
+        norms.to_csv(dest / "weight_norms.csv", index=False)
+        c.files.append("weight_norms.csv")
+        c.tables.append(("Weight norms (Table 1)", _norm_caption(), _norm_html(norms)))
+    else:
+        c.notes.append("Weight-norm table skipped: it needs finished trials at two or more β values of a model.")
+    elbo = agg.elbo_by_beta(train)
+    if not elbo.empty:
+        elbo.to_csv(dest / "elbo_by_beta.csv", index=False)
+        c.files.append("elbo_by_beta.csv")
+    if not attacks.empty:
+        summ = _attack_summary(attacks, similarity)
+        summ.to_csv(dest / "attack_summary.csv", index=False)
+        c.files.append("attack_summary.csv")
+
+    page = _page(out, config, tracking, status, c)
+    (dest / "index.html").write_text(page, encoding="utf-8")
+
+
+def _normalise_train(train: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """Tolerate older/partial train files: no status column means every row is ok; no reason
+    column means empty reasons; missing grid columns come back null."""
+    if train.empty and not len(train.columns):
+        return train
+    train = train.copy()
+    if "status" not in train.columns:
+        notes.append("train/ has no status column: every trial is taken as ok.")
+        train["status"] = "ok"
+    train["status"] = train["status"].astype("object").where(train["status"].notna(), "unknown").astype(str)
+    if "reason" not in train.columns:
+        train["reason"] = ""
+    train["reason"] = train["reason"].astype("object").where(train["reason"].notna(), "")
+    for col in ("trial_id", "dataset", "model", "beta", "layers", "z_dim", "seed"):
+        if col not in train.columns:
+            train[col] = None
+    return train
+
+
+def _load_gallery_for_figure(out: Path, meta: pd.DataFrame, similarity: str | None) -> pd.DataFrame:
+    mode = "latent" if (meta["mode"] == "latent").any() else str(meta["mode"].iloc[0])
+    rows = meta.loc[meta["mode"] == mode]
+    if similarity is not None and (rows["similarity"] == similarity).any():
+        rows = rows.loc[rows["similarity"] == similarity]
+    sim = str(rows["similarity"].iloc[0]) if similarity is None else similarity
+    if not (rows["similarity"] == sim).any():
+        sim = str(rows["similarity"].iloc[0])
+    rows = rows.loc[rows["similarity"] == sim]
+    trials = []
+    for _, grp in rows.groupby(["dataset", "model"]):
+        best = grp.sort_values(["beta", "layers", "z_dim", "seed"], ascending=[False, False, True, True])
+        trials.append(str(best.iloc[0]["trial_id"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AnalysisWarning)
+        return load_gallery(out, filters={"trial_id": trials, "mode": mode, "similarity": sim})
+
+
+def _attack_summary(attacks: pd.DataFrame, similarity: dict[str, str | None]) -> pd.DataFrame:
+    parts = []
+    for mode in ("latent", "output"):
+        for metric in ("objective", "adv_target_l2", "target_nll", "auddc"):
+            for sel in ((False,) if agg.METRICS[metric].per_pair else (False, True)):
+                rows = agg.attack_rows(attacks, metric, mode, similarity.get(mode), sel)
+                t = summarize(rows, ["dataset", "model", "layers", "beta"], metric)
+                if t.empty:
+                    continue
+                t.insert(0, "variant", "selected λ" if sel else ("per pair" if agg.METRICS[metric].per_pair else "all λ"))
+                t.insert(0, "metric", metric)
+                t.insert(0, "similarity", similarity.get(mode))
+                t.insert(0, "mode", mode)
+                parts.append(t)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+# ---------------------------------------------------------------------------------------------
+# status: what is there and what is missing
+
+
+def _expected_models(config: dict | None) -> list[str]:
+    grid = (config or {}).get("grid") if isinstance(config, dict) else None
+    models = grid.get("model") if isinstance(grid, dict) else None
+    if isinstance(models, str):
+        return [models]
+    if isinstance(models, list) and all(isinstance(m, str) for m in models):
+        return models
+    return list(agg.MODEL_ORDER)
+
+
+def _status_section(config, train, attacks, noise, gallery, c: _Content) -> str:
+    notes = c.notes
+    parts = []
+    n_trials = int(train["trial_id"].nunique()) if not train.empty else 0
+    if train.empty:
+        notes.append("No training results yet (train/ is missing or empty): the sweep has not finished a trial; "
+                     "ELBO, noise and weight-norm figures are left out.")
+        ok_ids: set[str] = set()
+    else:
+        st = train["status"].astype(str).value_counts()
+        parts.append("Trials in train/: " + ", ".join(f"{html.escape(k)}: {v}" for k, v in st.items())
+                     + f" (total {n_trials}).")
+        ok_ids = set(agg.ok_trials(train)["trial_id"].astype(str))
+        bad = train.loc[train["status"].astype(str) != "ok"]
+        if not bad.empty:
+            notes.append(f"{len(bad)} trial(s) did not finish ok and are left out of every aggregate "
+                         "(see the table of failed trials).")
+            rows = "".join(
+                f"<tr><td>{html.escape(str(r.trial_id))}</td><td>{html.escape(str(r.status))}</td>"
+                f"<td>{html.escape(str(r.reason) if r.reason is not None else '')}</td></tr>"
+                for r in bad[["trial_id", "status", "reason"]].itertuples()
+            )
+            c.tables.append(("Failed trials", "Trials with status other than ok (not used in any figure).",
+                             f"<table><tr><th>trial</th><th>status</th><th>reason</th></tr>{rows}</table>"))
+    expected = _expected_models(config)
+    present_train = set(agg.ok_trials(train)["model"].astype(str)) if not train.empty else set()
+    present_att = set(attacks["model"].astype(str)) if not attacks.empty else set()
+    for m in expected:
+        label = f"{agg.model_label(m)} ('{m}')"
+        if not train.empty and m not in present_train:
+            notes.append(f"No finished trial of model kind {label}: its curves and cells are missing from the figures.")
+        elif not attacks.empty and m not in present_att:
+            notes.append(f"No attack results of model kind {label} yet.")
+    if attacks.empty:
+        notes.append("No attack results yet (attacks/ is missing or empty): the attack figures (Fig. 1, 5, 6) and "
+                     "the headline-ratio table are left out. Re-run the report when the attack step has run.")
+    else:
+        attacked = set(attacks["trial_id"].astype(str))
+        waiting = sorted(ok_ids - attacked)
+        if waiting:
+            shown = ", ".join(waiting[:10]) + (f" and {len(waiting) - 10} more" if len(waiting) > 10 else "")
+            notes.append(f"{len(waiting)} finished trial(s) have no attack results yet: {shown}.")
+        parts.append(f"Attack rows: {len(attacks):,} from {len(attacked)} trial(s); modes: "
+                     + ", ".join(sorted(attacks["mode"].astype(str).unique())) + ".")
+    if noise.empty and not train.empty:
+        notes.append("No noise-robustness samples (noise/ is missing or empty): Fig. 7 is left out.")
+    if gallery.empty and not attacks.empty:
+        notes.append("No attack images (gallery/ is missing or empty).")
+    return " ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML
+
+
+def _num(v: Any, pct: bool = False) -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return html.escape(str(v))
+    if not np.isfinite(f):
+        return "–"
+    if pct:
+        return f"{100 * f:+.1f}%"
+    a = abs(f)
+    if a != 0 and (a >= 1e4 or a < 1e-2):
+        return f"{f:.2e}"
+    return f"{f:.3g}"
+
+
+def _ratio_caption(similarity: dict[str, str | None]) -> str:
+    return (
+        "Ratio of means of the attack objective Δ (higher = harder to attack), numerator over denominator. "
+        "'all λ': the paper's Δ, the mean over input–target pairs and all λ (and |z|, seeds); 'selected λ': only "
+        f"the λ the attack step selected per pair. Similarities: latent = {similarity.get('latent')}, output = "
+        f"{similarity.get('output')}. CI: {BOOTSTRAP_METHOD} (4000 resamples) of the ratio of the pair means, "
+        "paired when both sides share the pairs. The verdict is about the direction of the paper's claim: a ratio "
+        "above 1 means the numerator is harder to attack. For the β-TCDLGM claim (Δ does not grow with β or L, "
+        f"'≈1') growth counts only when the whole CI lies above ×{agg.NO_GROWTH_MARGIN:g}."
+    )
+
+
+def _ratio_html(df: pd.DataFrame) -> str:
+    head = ("<tr><th>dataset</th><th>claim</th><th>λ</th><th>numerator</th><th>denominator</th>"
+            "<th>ratio [95% CI]</th><th>pairs</th><th>paper</th><th>here</th></tr>")
+    body = []
+    for r in df.itertuples():
+        cls = "ok" if str(r.verdict).startswith("holds") else ("na" if "not measured" in str(r.verdict) else "bad")
+        body.append(
+            f"<tr><td>{html.escape(str(r.dataset))}</td><td>{html.escape(r.claim)}</td><td>{html.escape(r.variant)}</td>"
+            f"<td>{html.escape(r.numerator)}</td><td>{html.escape(r.denominator)}</td>"
+            f"<td>{_num(r.ratio)} [{_num(r.lo)}, {_num(r.hi)}]</td><td>{int(r.pairs)}</td>"
+            f"<td>{html.escape(r.paper)}</td><td class='{cls}'>{html.escape(r.verdict)}</td></tr>"
+        )
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def _norm_caption() -> str:
+    return ("Relative change of the L2 norm of the encoder and decoder weights from the smallest to the largest β "
+            "of each model kind and L (paper, Table 1: β 1 → 10, encoder grows, decoder shrinks). 95% CI: "
+            "percentile bootstrap over trials (|z|, seeds) of the ratio of the means at the two β values.")
+
+
+def _norm_html(df: pd.DataFrame) -> str:
+    head = ("<tr><th>weights</th><th>dataset</th><th>model</th><th>L</th><th>β</th><th>mean L2 norm</th>"
+            "<th>change [95% CI]</th><th>trials</th></tr>")
+    body = []
+    for r in df.itertuples():
+        good = (r.change > 0) if r.part == "encoder" else (r.change < 0)
+        body.append(
+            f"<tr><td>{r.part}</td><td>{html.escape(str(r.dataset))}</td><td>{html.escape(agg.model_label(r.model))}</td>"
+            f"<td>{r.layers}</td><td>{r.beta_min:g} → {r.beta_max:g}</td>"
+            f"<td>{_num(r.norm_min)} → {_num(r.norm_max)}</td>"
+            f"<td class='{'ok' if good else 'bad'}'>{_num(r.change, True)} [{_num(r.change_lo, True)}, "
+            f"{_num(r.change_hi, True)}]</td><td>{r.n_min} / {r.n_max}</td></tr>"
+        )
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.5em 0;font-size:.85em}
+td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}
+th{background:#f3f3f3}td.ok{color:#126b12}td.bad{color:#a11}td.na{color:#777}
+figure{margin:1.5em 0}figure img{max-width:100%;border:1px solid #eee}
+figcaption{font-size:.9em;color:#444;max-width:1000px}
+pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.8em}
+ul.notes li{margin:.2em 0}.meta{color:#555;font-size:.9em}
+"""
+
+
+def _page(out: Path, config, tracking, status: str, c: _Content) -> str:
+    name = (config or {}).get("name") if isinstance(config, dict) else None
+    title = f"Sweep report: {name}" if name else "Sweep report"
+    when = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    esc = html.escape
+    h = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        f"<p class='meta'>Results folder: <code>{esc(str(out.resolve()))}</code>. Generated {esc(when)}.</p>",
+    ]
+    if tracking:
+        h.append(
+            "<p class='meta'>MLflow: experiment <code>{}</code>, parent run <code>{}</code>, tracking URI <code>{}</code>.</p>"
+            .format(esc(str(tracking.get("experiment_name"))), esc(str(tracking.get("parent_run_id"))),
+                    esc(str(tracking.get("tracking_uri"))))
+        )
+    h.append("<h2 id='status'>Status</h2>")
+    h.append(f"<p>{status or 'No results yet.'}</p>")
+    if c.notes:
+        h.append("<p><b>What is missing or was skipped:</b></p><ul class='notes'>")
+        h.extend(f"<li>{esc(n)}</li>" for n in c.notes)
+        h.append("</ul>")
+    else:
+        h.append("<p>All expected results are present.</p>")
+    h.append(f"<p class='meta'>Confidence intervals: figures and aggregate tables use the {esc(T_METHOD)} over "
+             "the units named in each caption; ratios use a percentile bootstrap over input–target pairs.</p>")
+    # tables first: the headline claims are the summary of the page
+    for t_title, caption, body in c.tables:
+        h.append(f"<h2>{esc(t_title)}</h2><p class='meta'>{esc(caption)}</p>{body}")
+    if c.figures:
+        h.append("<h2 id='figures'>Figures</h2>")
+    for f in c.figures:
+        h.append(
+            f"<figure><img src=\"{esc(f.file, quote=True)}\" alt=\"{esc(f.title, quote=True)}\">"
+            f"<figcaption><b>{esc(f.title)}.</b> {esc(f.caption)}</figcaption></figure>"
+        )
+    if c.files:
+        h.append("<h2>Tables as CSV</h2><ul>")
+        h.extend(f"<li><a href=\"{esc(f, quote=True)}\">{esc(f)}</a></li>" for f in c.files)
+        h.append("</ul>")
+    h.append("<h2 id='config'>Sweep config (sweep.json)</h2>")
+    if config is not None:
+        h.append(f"<pre>{html.escape(json.dumps(config, indent=2, default=str), quote=False)}</pre>")
+    else:
+        h.append("<p>sweep.json is missing.</p>")
+    h.append("</body></html>")
+    return "\n".join(h) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis.report",
+        description="Write DIR/report/ (figures, tables, index.html) from a sweep's results folder and log it "
+                    "to the sweep's parent MLflow run.",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="the sweep's results folder (its --out)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: the one in DIR/tracking.json)")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
+    args = parser.parse_args(argv)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", AnalysisWarning)
+            report = build_report(args.out, tracking_uri=args.tracking_uri, log_to_mlflow=not args.no_mlflow)
+    except AnalysisError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for w in caught:
+        if issubclass(w.category, AnalysisWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+    n_png = len(list(report.glob("*.png")))
+    print(f"wrote {report / 'index.html'} ({n_png} figures)")
+    if not args.no_mlflow and not any(issubclass(w.category, AnalysisWarning) and "not logged" in str(w.message)
+                                      for w in caught):
+        tracking = read_tracking(args.out) or {}
+        print(f"logged to MLflow run {tracking.get('parent_run_id')} "
+              f"({args.tracking_uri or tracking.get('tracking_uri')}) under artifacts/report/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""Write a small, realistic synthetic results folder (the ``--out`` layout of CONTRACTS.md).
+
+For tests, benchmarks and trying the report without running a sweep. The numbers follow the
+paper's headline results in direction (β-TCVAE and Seatbelt-VAE grow harder to attack with β
+and L, β-TCDLGM does not; ELBO of β-TCVAE falls faster with β than Seatbelt's; encoder norm
+grows and decoder norm shrinks with β), with noise. The λ-selection rule of the attack step is
+applied here only to fill the ``selected`` column realistically.
+
+    python -c "from analysis.synthetic import write_synthetic_results as w; w('sweeps/demo')"
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = ["DEFAULT_GRID", "trial_id", "write_synthetic_results", "log_synthetic_runs"]
+
+# (model, beta, layers)
+DEFAULT_GRID: list[tuple[str, float, int]] = (
+    [("vae", 1.0, 1)]
+    + [("tcvae", b, 1) for b in (1.0, 4.0, 10.0)]
+    + [("tcdlgm", b, L) for b in (1.0, 4.0, 10.0) for L in (2, 3)]
+    + [("seatbelt", b, L) for b in (1.0, 4.0, 10.0) for L in (2, 3)]
+)
+
+
+def trial_id(dataset: str, model: str, beta: float, layers: int, z_dim: int, seed: int) -> str:
+    """The sweep's readable trial id, e.g. ``dsprites-seatbelt-b4-L3-z10-s0``."""
+    return f"{dataset}-{model}-b{beta:g}-L{layers}-z{z_dim}-s{seed}"
+
+
+def _lams(n: int) -> np.ndarray:
+    if n <= 1:
+        return np.zeros(1)
+    return np.concatenate([[0.0], 2.0 ** np.linspace(-20, 20, n - 1)])
+
+
+def _latent_scale(model: str, beta: float, layers: int) -> float:
+    if model == "vae":
+        return 1.0
+    if model == "tcvae":
+        return 2.0 * beta**1.5
+    if model == "seatbelt":
+        return 3.0 * beta**1.5 * layers**2
+    return 1.2  # tcdlgm: an attacker only needs z^1
+
+
+def _output_scale(model: str, beta: float, layers: int) -> float:
+    if model == "tcvae":
+        return 100.0 * (1 + 0.02 * beta)
+    if model == "seatbelt":
+        return 100.0 * (1 + 0.03 * beta + 0.02 * layers)
+    return 100.0
+
+
+def _select(obj: np.ndarray, lam: np.ndarray) -> int:
+    """The paper's rule: the largest λ whose Δ is the smallest value above the mean of Δ."""
+    above = obj > obj.mean()
+    if not above.any():
+        return int(np.argmax(lam))
+    m = obj[above].min()
+    cand = np.where(above & np.isclose(obj, m))[0]
+    return int(cand[np.argmax(lam[cand])])
+
+
+def _write(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("." + path.name + ".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+
+
+def write_synthetic_results(
+    out_dir: str | Path,
+    *,
+    datasets: Sequence[str] = ("dsprites",),
+    grid: Iterable[tuple[str, float, int]] | None = None,
+    z_dims: Sequence[int] = (10,),
+    seeds: Sequence[int] = (0,),
+    pairs: int = 3,
+    n_lam: int = 6,
+    similarities: Sequence[str] = ("kl",),
+    failed: Sequence[str] = (),
+    attacks: bool = True,
+    noise: bool = True,
+    gallery: bool = True,
+    noise_samples: int = 40,
+    image_size: int = 12,
+    channels: int = 1,
+    sweep_name: str = "synthetic",
+    seed: int = 0,
+    row_group_size: int | None = None,
+) -> list[str]:
+    """Write ``sweep.json``, ``train/``, ``noise/``, ``attacks/`` and ``gallery/`` into
+    ``out_dir`` and return the trial ids. ``failed``: trial ids written with status ``failed``
+    (and nothing else). ``attacks/noise/gallery=False`` leave those folders out."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    grid = list(DEFAULT_GRID if grid is None else grid)
+    rng = np.random.default_rng(seed)
+    lam = _lams(n_lam)
+    config = {
+        "name": sweep_name,
+        "grid": {
+            "dataset": list(datasets),
+            "model": sorted({g[0] for g in grid}),
+            "beta": sorted({g[1] for g in grid}),
+            "layers": sorted({g[2] for g in grid}),
+            "z_dim": list(z_dims),
+            "seed": list(seeds),
+        },
+        "train": {"epochs": 1, "batch_size": 64},
+        "attack": {"pairs": pairs, "lambdas": int(lam.size), "similarity": list(similarities)},
+        "config_hash": "synthetic",
+    }
+    (out / "sweep.json").write_text(json.dumps(config, indent=2))
+    ids = []
+    failed = set(failed)
+    for dataset in datasets:
+        for model, beta, layers in grid:
+            for z in z_dims:
+                for s in seeds:
+                    tid = trial_id(dataset, model, beta, layers, z, s)
+                    ids.append(tid)
+                    base = dict(dataset=dataset, model=model, beta=float(beta), layers=int(layers),
+                                z_dim=int(z), seed=int(s))
+                    ok = tid not in failed
+                    _write_train(out, tid, base, ok, sweep_name, rng)
+                    if not ok:
+                        continue
+                    if noise:
+                        _write_noise(out, tid, base, noise_samples, rng)
+                    if attacks:
+                        _write_attacks(out, tid, base, pairs, lam, similarities, sweep_name, rng,
+                                       gallery, image_size, channels, row_group_size)
+    return ids
+
+
+def _write_train(out: Path, tid: str, g: dict, ok: bool, sweep: str, rng: np.random.Generator) -> None:
+    model, beta, L = g["model"], g["beta"], g["layers"]
+    elbo = {"vae": -100.0, "tcvae": -100.0 - 5.0 * beta, "tcdlgm": -95.0 - 1.0 * beta,
+            "seatbelt": -90.0 - 1.0 * beta - L}.get(model, -100.0) + rng.normal(0, 1.0)
+    kl = [float(v) for v in rng.uniform(1, 5, size=L)]
+    row = {
+        "sweep": sweep, "trial_id": tid, **g,
+        "status": "ok" if ok else "failed", "reason": "" if ok else "CUDA out of memory (synthetic)",
+        "steps": 1000 if ok else 12, "seconds": 60.0, "images_per_s": 500.0,
+        "elbo": elbo if ok else None, "recon_loglik": elbo + sum(kl) if ok else None,
+        "kl_layers": kl if ok else None, "index_code_mi": 2.0, "tc": 1.0 / beta, "dim_kl": 3.0,
+        "mig": None, "encoder_l2": 50.0 * (1 + 0.02 * beta) + rng.normal(0, 0.1),
+        "decoder_l2": 60.0 * (1 - 0.02 * beta) + rng.normal(0, 0.1),
+        "noise_loglik_mean": -200.0, "noise_loglik_median": -190.0, "clean_loglik_mean": -90.0,
+    }
+    schema = pa.schema([
+        ("sweep", pa.string()), ("trial_id", pa.string()), ("dataset", pa.string()), ("model", pa.string()),
+        ("beta", pa.float64()), ("layers", pa.int64()), ("z_dim", pa.int64()), ("seed", pa.int64()),
+        ("status", pa.string()), ("reason", pa.string()), ("steps", pa.int64()), ("seconds", pa.float64()),
+        ("images_per_s", pa.float64()), ("elbo", pa.float64()), ("recon_loglik", pa.float64()),
+        ("kl_layers", pa.list_(pa.float64())), ("index_code_mi", pa.float64()), ("tc", pa.float64()),
+        ("dim_kl", pa.float64()), ("mig", pa.float64()), ("encoder_l2", pa.float64()),
+        ("decoder_l2", pa.float64()), ("noise_loglik_mean", pa.float64()),
+        ("noise_loglik_median", pa.float64()), ("clean_loglik_mean", pa.float64()),
+    ])
+    _write(pa.Table.from_pylist([row], schema=schema), out / "train" / f"{tid}.parquet")
+
+
+def _write_noise(out: Path, tid: str, g: dict, n: int, rng: np.random.Generator) -> None:
+    model, beta = g["model"], g["beta"]
+    shift = {"tcvae": 8.0 * beta, "seatbelt": 10.0 * beta, "tcdlgm": -6.0 * beta}.get(model, 0.0)
+    sigmas = np.repeat([0.5, 1.0], n)
+    loglik = -300.0 + shift + 60.0 * (1.0 - sigmas) + rng.normal(0, 15.0, size=sigmas.size)
+    k = sigmas.size
+    table = pa.table({
+        "trial_id": [tid] * k, "dataset": [g["dataset"]] * k, "model": [model] * k,
+        "beta": np.full(k, beta), "layers": np.full(k, g["layers"]), "z_dim": np.full(k, g["z_dim"]),
+        "seed": np.full(k, g["seed"]), "sigma": sigmas, "sample": np.tile(np.arange(n), 2), "loglik": loglik,
+    })
+    _write(table, out / "noise" / f"{tid}.parquet")
+
+
+def _write_attacks(out, tid, g, pairs, lam, sims, sweep, rng, gallery, size, channels, rgs) -> None:
+    model, beta, L = g["model"], g["beta"], g["layers"]
+    tasks = [("latent", s) for s in sims] + [("output", "elbo")]
+    nl = lam.size
+    for mode, sim in tasks:
+        scale = _latent_scale(model, beta, L) if mode == "latent" else _output_scale(model, beta, L)
+        pair = np.repeat(np.arange(pairs), nl)
+        lams = np.tile(lam, pairs)
+        pair_scale = scale * (1 + 0.1 * pair) * rng.lognormal(0, 0.1, size=pair.size)
+        dist_l2 = 5.0 / (1.0 + lams) * (1 + 0.05 * pair)
+        frac = lams / (1.0 + lams)
+        distance = pair_scale * (0.1 + 0.9 * frac)
+        objective = distance + lams * dist_l2
+        selected = np.zeros(pair.size, dtype=bool)
+        auddc = np.empty(pair.size)
+        robust = np.log1p(scale) / (1 + np.log1p(scale))
+        for p in range(pairs):
+            sl = slice(p * nl, (p + 1) * nl)
+            selected[p * nl + _select(objective[sl], lams[sl])] = True
+            auddc[sl] = float(np.clip(robust + rng.normal(0, 0.03), 0, 1))
+        n = pair.size
+        table = pa.table({
+            "sweep": [sweep] * n, "trial_id": [tid] * n, "dataset": [g["dataset"]] * n, "model": [model] * n,
+            "beta": np.full(n, beta), "layers": np.full(n, L), "z_dim": np.full(n, g["z_dim"]),
+            "seed": np.full(n, g["seed"]), "mode": [mode] * n, "similarity": [sim] * n,
+            "pair": pair, "source_index": pair * 2, "target_index": pair * 2 + 1, "lam": lams,
+            "objective": objective, "distance": distance, "distortion_l2": dist_l2,
+            "adv_target_l2": 3.0 + 4.0 * frac * robust + rng.normal(0, 0.05, n),
+            "target_nll": 50.0 + 100.0 * frac * robust + rng.normal(0, 1.0, n),
+            "source_target_l2": np.full(n, 9.0), "rec_source_target_l2": np.full(n, 8.5),
+            "rec_target_target_l2": np.full(n, 2.0), "selected": selected, "auddc": auddc,
+            "solver": ["lbfgsb"] * n, "iterations": np.full(n, 100), "seconds": np.full(n, 0.5),
+        })
+        task = f"{mode}-{sim}"
+        path = out / "attacks" / tid / f"{task}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name("." + path.name + ".tmp")
+        pq.write_table(table, tmp, row_group_size=rgs)
+        tmp.replace(path)
+        if gallery:
+            _write_gallery(out, tid, g, mode, sim, lams[selected], pairs, size, channels, rng)
+
+
+def _write_gallery(out, tid, g, mode, sim, sel_lams, pairs, size, channels, rng) -> None:
+    rows = []
+    yy, xx = np.mgrid[0:size, 0:size]
+    for p in range(pairs):
+        src = ((xx + p) % 4 < 2).astype(np.uint8) * 255
+        tgt = ((yy + p) % 4 < 2).astype(np.uint8) * 255
+        dist = rng.integers(0, 256, size=(size, size), dtype=np.uint8)
+        imgs = {
+            "input": src, "reconstruction": (src * 0.9).astype(np.uint8),
+            "adversarial": np.clip(src.astype(int) + (dist // 8) - 16, 0, 255).astype(np.uint8),
+            "distortion": dist, "adversarial_reconstruction": ((src // 2) + (tgt // 2)).astype(np.uint8),
+            "target": tgt,
+        }
+        row = {"trial_id": tid, **g, "mode": mode, "similarity": sim, "pair": p, "lam": float(sel_lams[p]),
+               "channels": channels, "height": size, "width": size}
+        for k, v in imgs.items():
+            row[k] = np.repeat(v[:, :, None], channels, axis=2).tobytes()
+        rows.append(row)
+    _write(pa.Table.from_pylist(rows), out / "gallery" / tid / f"{mode}-{sim}.parquet")
+
+
+def log_synthetic_runs(
+    out_dir: str | Path,
+    tracking_uri: str,
+    experiment_name: str = "synthetic",
+    artifact_location: str | None = None,
+) -> str:
+    """Create an MLflow experiment with a parent run and one child run per trial in
+    ``out_dir/train`` (params dataset, model, beta, layers, z_dim, seed, trial_id; tag trial_id;
+    the train metrics), the way the sweep logs them, and write ``out_dir/tracking.json``.
+    Returns the parent run id. β is logged as ``f"{beta:g}"`` ("4", "10"), so numeric filters on
+    params must not compare strings."""
+    import mlflow  # noqa: PLC0415  (optional at import time)
+    import time  # noqa: PLC0415
+
+    import pandas as pd  # noqa: PLC0415
+    from mlflow.entities import Metric, Param  # noqa: PLC0415
+
+    now = int(time.time() * 1000)
+
+    out = Path(out_dir)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment_name)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment_name, artifact_location=artifact_location)
+    parent = client.create_run(exp_id, run_name="sweep", tags={"sweep": "synthetic"})
+    pid = parent.info.run_id
+    files = sorted((out / "train").glob("*.parquet"))
+    train = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True) if files else pd.DataFrame()
+    metrics = ["elbo", "tc", "mig", "encoder_l2", "decoder_l2", "recon_loglik", "noise_loglik_mean"]
+    for r in train.itertuples():
+        run = client.create_run(exp_id, run_name=r.trial_id,
+                                tags={"mlflow.parentRunId": pid, "trial_id": r.trial_id, "status": r.status})
+        rid = run.info.run_id
+        params = {"dataset": r.dataset, "model": r.model, "beta": f"{r.beta:g}", "layers": str(r.layers),
+                  "z_dim": str(r.z_dim), "seed": str(r.seed), "trial_id": r.trial_id}
+        values = {m: getattr(r, m, None) for m in metrics}
+        client.log_batch(
+            rid,
+            metrics=[Metric(m, float(v), now, 0) for m, v in values.items() if v is not None and np.isfinite(v)],
+            params=[Param(k, v) for k, v in params.items()],
+        )
+        client.set_terminated(rid, status="FINISHED" if r.status == "ok" else "FAILED")
+    (out / "tracking.json").write_text(json.dumps(
+        {"tracking_uri": tracking_uri, "experiment_name": experiment_name, "parent_run_id": pid}, indent=2))
+    return pid

@@ -1,0 +1,157 @@
+"""The attack protocol's pure-numpy parts: the λ grid, the pairs, the λ-selection rule and AUDDC.
+
+This module imports only numpy, so ``analysis`` (which runs without torch) can use it too.
+
+References: Gondim-Ribeiro, Tabacof & Valle (2018), "Adversarial Attacks on Variational
+Autoencoders" (λ-selection rule and AUDDC), and Willetts et al., "Disentangling Improves VAEs'
+Robustness to Adversarial Attacks" (10 pairs, 51 values of λ).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+__all__ = [
+    "lambda_grid",
+    "sample_pairs",
+    "select_lambda",
+    "ddc_points",
+    "auddc",
+    "auddc_from_points",
+]
+
+
+def lambda_grid(n: int = 51, low: float = -20.0, high: float = 20.0) -> list[float]:
+    """The paper's λ values: ``[0] + [2**c for c in linspace(low, high, n - 1)]``.
+
+    The default is the paper's 51 values (it calls them "50 λ"): 0 and 2^c for 50 equally
+    spaced c in [-20, 20], ascending.
+    """
+    if n < 1:
+        raise ValueError(f"lambda_grid needs n >= 1, got {n}")
+    exps = np.linspace(low, high, n - 1) if n > 1 else np.empty(0)
+    return [0.0] + [float(2.0**c) for c in exps]
+
+
+def sample_pairs(
+    held_out_indices: Sequence[int], n_pairs: int = 10, seed: int = 0
+) -> list[tuple[int, int]]:
+    """``n_pairs`` random (source_index, target_index) pairs drawn from ``held_out_indices``.
+
+    Deterministic given (held_out_indices, n_pairs, seed). Source and target always differ
+    (as dataset indices); pairs are distinct as long as enough exist (with fewer than
+    ``n_pairs`` distinct ordered pairs available, pairs repeat).
+    """
+    idx = np.asarray(list(held_out_indices), dtype=np.int64)
+    if n_pairs < 0:
+        raise ValueError(f"n_pairs must be >= 0, got {n_pairs}")
+    distinct = np.unique(idx)
+    if n_pairs > 0 and distinct.size < 2:
+        raise ValueError(
+            "sample_pairs needs at least 2 distinct held-out indices to make a pair, "
+            f"got {distinct.size}"
+        )
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x9A125]))
+    n_possible = distinct.size * (distinct.size - 1)
+    pairs: list[tuple[int, int]] = []
+    seen: set[tuple[int, int]] = set()
+    while len(pairs) < n_pairs:
+        s, t = rng.choice(distinct, size=2, replace=False)
+        pair = (int(s), int(t))
+        if pair in seen and len(seen) < n_possible:
+            continue
+        seen.add(pair)
+        pairs.append(pair)
+    return pairs
+
+
+def select_lambda(lams: Sequence[float], deltas: Sequence[float]) -> int:
+    """Index of the λ the paper shows for one pair (Gondim-Ribeiro et al. 2018's rule).
+
+    Rule: among the attacks whose Δ is *strictly above* the mean of Δ over all λ, take those
+    with the smallest such Δ, and of these the largest λ.
+
+    Edge cases (our definitions; the papers do not state them):
+    - Non-finite Δ (NaN, ±inf: a failed attack) are ignored, both in the mean and as
+      candidates. If no Δ is finite, ``ValueError``.
+    - If no finite Δ is strictly above the mean (only possible when all finite Δ are equal),
+      the λ with the largest Δ is chosen, ties again going to the largest λ — i.e. the largest
+      λ among the finite attacks.
+    - Ties in Δ are exact float equality.
+
+    Returns an index into ``lams`` / ``deltas`` (which must have the same length).
+    """
+    lam = np.asarray(lams, dtype=np.float64)
+    delta = np.asarray(deltas, dtype=np.float64)
+    if lam.shape != delta.shape or lam.ndim != 1:
+        raise ValueError(
+            f"select_lambda needs two 1-D arrays of the same length, got {lam.shape} and {delta.shape}"
+        )
+    finite = np.isfinite(delta)
+    if not finite.any():
+        raise ValueError("select_lambda: no finite Δ among the attacks of this pair")
+    mean = delta[finite].mean()
+    above = finite & (delta > mean)
+    if above.any():
+        target = delta[above].min()
+        candidates = np.flatnonzero(above & (delta == target))
+    else:
+        target = delta[finite].max()
+        candidates = np.flatnonzero(finite & (delta == target))
+    return int(candidates[np.argmax(lam[candidates])])
+
+
+def ddc_points(
+    distortion_l2, adv_target_l2, source_target_l2, rec_source_target_l2, rec_target_target_l2
+) -> tuple[np.ndarray, np.ndarray]:
+    """The distortion–distortion curve's points for one pair (one point per λ).
+
+    x = ‖d‖ / ‖x − x^t‖,
+    y = (‖rec(x*) − x^t‖ − ‖rec(x^t) − x^t‖) / (‖rec(x) − x^t‖ − ‖rec(x^t) − x^t‖).
+    The last three arguments may be scalars (they are per pair) or arrays.
+    """
+    d = np.asarray(distortion_l2, dtype=np.float64)
+    a = np.asarray(adv_target_l2, dtype=np.float64)
+    st = np.asarray(source_target_l2, dtype=np.float64)
+    rst = np.asarray(rec_source_target_l2, dtype=np.float64)
+    rtt = np.asarray(rec_target_target_l2, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = d / st
+        y = (a - rtt) / (rst - rtt)
+    x, y = np.broadcast_arrays(x, y)
+    return np.array(x, dtype=np.float64), np.array(y, dtype=np.float64)
+
+
+def auddc_from_points(x, y) -> float:
+    """Area under a distortion–distortion curve, as Gondim-Ribeiro et al. (2018) define it.
+
+    Keep the points with 0 ≤ x ≤ 1 (and finite y), sort them by x, append (max x, min y) and
+    (1, min y), and take the trapezoid area. Higher = harder to attack. NaN when no point is
+    kept (e.g. every attack distorted more than ‖x − x^t‖, or the pair's denominators are 0).
+    """
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"auddc needs x and y of the same length, got {x.shape} and {y.shape}")
+    keep = np.isfinite(x) & np.isfinite(y) & (x >= 0.0) & (x <= 1.0)
+    if not keep.any():
+        return float("nan")
+    x, y = x[keep], y[keep]
+    order = np.argsort(x, kind="stable")
+    x, y = x[order], y[order]
+    y_min = y.min()
+    x = np.concatenate([x, [x[-1], 1.0]])
+    y = np.concatenate([y, [y_min, y_min]])
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
+
+
+def auddc(
+    distortion_l2, adv_target_l2, source_target_l2, rec_source_target_l2, rec_target_target_l2
+) -> float:
+    """AUDDC of one pair from its attacks' metrics (see ``ddc_points`` and ``auddc_from_points``)."""
+    x, y = ddc_points(
+        distortion_l2, adv_target_l2, source_target_l2, rec_source_target_l2, rec_target_target_l2
+    )
+    return auddc_from_points(x, y)

@@ -1,0 +1,227 @@
+"""The attack driver: every (pair, λ) attack of one checkpoint for one (mode, similarity).
+
+``run_attacks`` is what the sweep's Ray tasks call. It returns plain rows (dicts of Python
+scalars) for the ``attacks/`` table and, per pair, the six pictures of the paper's Fig. 1 for
+the λ the paper's rule selects (``gallery/`` table). No files, no Ray: a notebook can call it.
+
+Randomness: every random draw of an attack (the start d0, the fixed noise of its objective, the
+sample z* behind ``target_nll``) comes from a generator seeded by (seed, source_index,
+target_index, stream), so a result does not depend on how the problems were batched into tasks,
+and the attacks of one pair share their noise across λ (common random numbers).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from attacks.config import AttackConfig, SIMILARITIES
+from attacks.metrics import auddc, select_lambda
+from attacks.objectives import build_objective, sample_encoder_noise
+from attacks.solvers import SolveResult, get_solver
+
+__all__ = ["run_attacks", "attack_problems", "problem_generators", "attack_metrics", "to_uint8_image",
+           "distortion_image", "ATTACK_COLUMNS", "GALLERY_PANELS"]
+
+# the columns of a row from run_attacks (the sweep adds sweep, trial_id, dataset, model, ...)
+ATTACK_COLUMNS = (
+    "mode", "similarity", "pair", "source_index", "target_index", "lam", "objective", "distance",
+    "distortion_l2", "adv_target_l2", "target_nll", "source_target_l2", "rec_source_target_l2",
+    "rec_target_target_l2", "selected", "auddc", "solver", "iterations", "seconds",
+)
+GALLERY_PANELS = ("input", "reconstruction", "adversarial", "distortion",
+                  "adversarial_reconstruction", "target")
+
+_STREAM_D0, _STREAM_OBJECTIVE, _STREAM_METRICS = 0, 1, 2
+_CHUNK = 64  # problems per no-grad evaluation batch
+
+
+def problem_generators(seed: int, source_indices: Sequence[int], target_indices: Sequence[int],
+                       stream: int) -> list[torch.Generator]:
+    """One torch generator per problem, seeded by (seed, source, target, stream)."""
+    gens = []
+    for s, t in zip(source_indices, target_indices):
+        ss = np.random.SeedSequence([int(seed), int(s), int(t), int(stream)])
+        gens.append(torch.Generator().manual_seed(int(ss.generate_state(1, dtype=np.uint64)[0] >> 1)))
+    return gens
+
+
+def to_uint8_image(img: Tensor) -> np.ndarray:
+    """``[C, H, W]`` in [0, 1] → uint8 ``H×W×C``."""
+    return (img.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def distortion_image(d: Tensor) -> np.ndarray:
+    """d ``[C, H, W]`` min–max normalised to [0, 255] as uint8 ``H×W×C`` (all 0 if d is constant)."""
+    d = d.detach().double()
+    lo, hi = d.min(), d.max()
+    scaled = (d - lo) / (hi - lo) if hi > lo else torch.zeros_like(d)
+    return to_uint8_image(scaled)
+
+
+@torch.no_grad()
+def attack_metrics(model, x: Tensor, x_target: Tensor, d: Tensor,
+                   generators: Sequence[torch.Generator]) -> dict[str, Tensor]:
+    """The reporting metrics of attacks already solved, one value per problem.
+
+    distortion_l2 = ‖d‖, adv_target_l2 = ‖rec(x*) − x^t‖, target_nll = −log p(x^t | z*) with one
+    z* ~ q(z | x*) drawn from ``generators``, source_target_l2 = ‖x − x^t‖,
+    rec_source_target_l2 = ‖rec(x) − x^t‖, rec_target_target_l2 = ‖rec(x^t) − x^t‖,
+    plus the reconstructions themselves (``rec_adv``, ``rec_source``) for the pictures.
+    """
+    def norm(t: Tensor) -> Tensor:
+        return torch.linalg.vector_norm(t.flatten(1), dim=1)
+
+    x_adv = (x + d).clamp(0.0, 1.0)
+    eps = [n[0] for n in sample_encoder_noise(model, x, generators, 1)]
+    out: dict[str, list[Tensor]] = {k: [] for k in (
+        "distortion_l2", "adv_target_l2", "target_nll", "source_target_l2",
+        "rec_source_target_l2", "rec_target_target_l2", "rec_adv", "rec_source")}
+    for a in range(0, x.shape[0], _CHUNK):
+        sl = slice(a, a + _CHUNK)
+        xa, xt, xs = x_adv[sl], x_target[sl], x[sl]
+        rec_adv, rec_src, rec_tgt = model.reconstruct(xa), model.reconstruct(xs), model.reconstruct(xt)
+        enc = model.encode(xa, eps=[e[sl] for e in eps])
+        out["distortion_l2"].append(norm(d[sl]))
+        out["adv_target_l2"].append(norm(rec_adv - xt))
+        out["target_nll"].append(-model.log_likelihood(xt, enc.z))
+        out["source_target_l2"].append(norm(xs - xt))
+        out["rec_source_target_l2"].append(norm(rec_src - xt))
+        out["rec_target_target_l2"].append(norm(rec_tgt - xt))
+        out["rec_adv"].append(rec_adv)
+        out["rec_source"].append(rec_src)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def attack_problems(model, x: Tensor, x_target: Tensor, lams: Tensor, mode: str, similarity: str,
+                    config: AttackConfig, source_indices: Sequence[int], target_indices: Sequence[int],
+                    seed: int) -> tuple[SolveResult, Tensor, Tensor]:
+    """Solve P independent problems (row p: source x[p], target x_target[p], λ lams[p]).
+
+    Returns the solver's result and Δ and its distance part re-evaluated at the final d.
+    """
+    gen_d0 = problem_generators(seed, source_indices, target_indices, _STREAM_D0)
+    gen_obj = problem_generators(seed, source_indices, target_indices, _STREAM_OBJECTIVE)
+    objective = build_objective(model, mode, similarity, x, x_target, lams, gen_obj,
+                                mc_samples=config.output_mc_samples)
+    lower = -x.detach().double()
+    upper = 1.0 - x.detach().double()
+    d0 = torch.stack([
+        (torch.rand(x.shape[1:], generator=g, dtype=torch.float64) * 2 - 1) * config.init_scale
+        for g in gen_d0]).to(x.device)
+    d0 = torch.minimum(torch.maximum(d0, lower), upper).to(x.dtype)
+    result = get_solver(config.solver).solve(objective, d0, lower, upper, config)
+    totals, dists = [], []
+    with torch.no_grad():
+        for a in range(0, x.shape[0], _CHUNK):
+            idx = list(range(a, min(a + _CHUNK, x.shape[0])))
+            v = objective.evaluate(result.d[a:a + _CHUNK], idx)
+            totals.append(v.total)
+            dists.append(v.distance)
+    return result, torch.cat(totals), torch.cat(dists)
+
+
+def run_attacks(
+    model,
+    sources: Tensor,
+    targets: Tensor,
+    pair_ids: Sequence[int],
+    source_indices: Sequence[int],
+    target_indices: Sequence[int],
+    lams: Sequence[float],
+    mode: str,
+    similarity: str,
+    config: Optional[AttackConfig] = None,
+    seed: Optional[int] = None,
+) -> tuple[list[dict], list[dict]]:
+    """Attack every pair at every λ with one (mode, similarity); the paper's protocol.
+
+    sources, targets: ``[n_pairs, C, H, W]`` in [0, 1], row i being pair ``pair_ids[i]`` (dataset
+    indices ``source_indices[i]`` → ``target_indices[i]``). ``lams``: the λ values, each pair is
+    attacked at all of them (n_pairs · len(lams) attacks). ``mode``: "latent" (``similarity`` in
+    kl | l2_mean | l2_sample | w2) or "output" (``similarity`` = "elbo"). ``seed`` defaults to
+    ``config.seed``.
+
+    Returns ``(rows, gallery)``: one row per attack with the columns ``ATTACK_COLUMNS`` (Python
+    scalars; ``selected`` marks the λ chosen by ``select_lambda`` on the pair's ``objective``
+    values, ``auddc`` is the pair's AUDDC over these λ), and one gallery dict per pair for its
+    selected λ: mode, similarity, pair, lam, channels, height, width and the six uint8
+    ``H×W×C`` arrays ``GALLERY_PANELS``.
+    """
+    config = (config or AttackConfig()).validate()
+    seed = config.seed if seed is None else int(seed)
+    if mode not in SIMILARITIES or similarity not in SIMILARITIES[mode]:
+        raise ValueError(f"unknown (mode, similarity) = ({mode!r}, {similarity!r}); "
+                         f"allowed: {SIMILARITIES}")
+    n = sources.shape[0]
+    pair_ids, source_indices, target_indices = (
+        [int(v) for v in seq] for seq in (pair_ids, source_indices, target_indices))
+    if not (targets.shape == sources.shape and len(pair_ids) == len(source_indices)
+            == len(target_indices) == n):
+        raise ValueError("sources, targets, pair_ids, source_indices and target_indices must "
+                         "describe the same number of pairs")
+    lam_list = [float(v) for v in lams]
+    m = len(lam_list)
+    if n == 0 or m == 0:
+        return [], []
+
+    # problem p = (pair i, λ j) with p = i * m + j
+    dtype = next(model.parameters()).dtype
+    device = next(model.parameters()).device
+    x = sources.to(device=device, dtype=dtype).repeat_interleave(m, dim=0)
+    xt = targets.to(device=device, dtype=dtype).repeat_interleave(m, dim=0)
+    lam_t = torch.tensor(lam_list * n, dtype=dtype, device=device)
+    src_p = [s for s in source_indices for _ in range(m)]
+    tgt_p = [t for t in target_indices for _ in range(m)]
+
+    was_training = model.training
+    model.eval()
+    try:
+        result, total, dist = attack_problems(model, x, xt, lam_t, mode, similarity, config,
+                                              src_p, tgt_p, seed)
+        metrics = attack_metrics(model, x, xt, result.d,
+                                 problem_generators(seed, src_p, tgt_p, _STREAM_METRICS))
+    finally:
+        model.train(was_training)
+
+    scal = {k: v.detach().double().cpu().numpy() for k, v in metrics.items()
+            if k not in ("rec_adv", "rec_source")}
+    total_np = total.detach().double().cpu().numpy()
+    dist_np = dist.detach().double().cpu().numpy()
+    rows: list[dict] = []
+    gallery: list[dict] = []
+    for i in range(n):
+        ps = slice(i * m, (i + 1) * m)
+        sel = select_lambda(lam_list, total_np[ps])
+        area = auddc(scal["distortion_l2"][ps], scal["adv_target_l2"][ps],
+                     scal["source_target_l2"][i * m], scal["rec_source_target_l2"][i * m],
+                     scal["rec_target_target_l2"][i * m])
+        for j in range(m):
+            p = i * m + j
+            rows.append({
+                "mode": mode, "similarity": similarity, "pair": pair_ids[i],
+                "source_index": source_indices[i], "target_index": target_indices[i],
+                "lam": lam_list[j], "objective": float(total_np[p]), "distance": float(dist_np[p]),
+                **{k: float(scal[k][p]) for k in (
+                    "distortion_l2", "adv_target_l2", "target_nll", "source_target_l2",
+                    "rec_source_target_l2", "rec_target_target_l2")},
+                "selected": j == sel, "auddc": float(area), "solver": config.solver,
+                "iterations": int(result.iterations[p]), "seconds": float(result.seconds[p]),
+            })
+        p = i * m + sel
+        C, H, W = sources.shape[1:]
+        x_adv = (x[p] + result.d[p]).clamp(0, 1)
+        gallery.append({
+            "mode": mode, "similarity": similarity, "pair": pair_ids[i], "lam": lam_list[sel],
+            "channels": int(C), "height": int(H), "width": int(W),
+            "input": to_uint8_image(x[p]),
+            "reconstruction": to_uint8_image(metrics["rec_source"][p]),
+            "adversarial": to_uint8_image(x_adv),
+            "distortion": distortion_image(result.d[p]),
+            "adversarial_reconstruction": to_uint8_image(metrics["rec_adv"][p]),
+            "target": to_uint8_image(xt[p]),
+        })
+    return rows, gallery

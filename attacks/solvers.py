@@ -1,0 +1,115 @@
+"""Solvers for a batch of box-constrained attack problems, behind one small interface.
+
+A solver minimises ``objective(d, idx)`` (one value per problem, see ``attacks.objectives``)
+over d within ``lower <= d <= upper`` (elementwise: the box that keeps x + d in [0, 1]),
+starting from ``d0``. ``SOLVERS`` maps a config name to a solver; a batched torch solver can be
+added under another name without touching the callers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Protocol, Sequence
+
+import numpy as np
+import scipy.optimize
+import torch
+from torch import Tensor
+
+__all__ = ["SolveResult", "Solver", "ScipyLBFGSB", "SOLVERS", "get_solver", "ObjectiveFn"]
+
+# objective(d [k, ...], idx: the k problem indices or None for all) -> Δ per problem [k]
+ObjectiveFn = Callable[[Tensor, Optional[Sequence[int]]], Tensor]
+
+
+@dataclass
+class SolveResult:
+    d: Tensor                  # [P, C, H, W] final distortions, float32
+    objective: np.ndarray      # [P] Δ at d as the solver last evaluated it
+    iterations: np.ndarray     # [P] int
+    evaluations: np.ndarray    # [P] int, objective+gradient evaluations
+    seconds: np.ndarray        # [P] wall time per problem (batched solvers: the share)
+    converged: np.ndarray      # [P] bool: stopped on a tolerance, not on a limit or failure
+    messages: list[str] = field(default_factory=list)
+
+
+class Solver(Protocol):
+    name: str
+
+    def solve(self, objective: ObjectiveFn, d0: Tensor, lower: Tensor, upper: Tensor,
+              config) -> SolveResult:
+        """Minimise every problem; ``config`` is an ``AttackConfig`` (memory, factr, pgtol,
+        maxiter, maxfun)."""
+        ...
+
+
+class ScipyLBFGSB:
+    """The reference: ``scipy.optimize.minimize(method="L-BFGS-B", jac=True)``, one problem at
+    a time, in float64 on the scipy side and float32 (the model's dtype) in torch.
+
+    Options: maxcor = config.memory, ftol = config.factr · eps(float64) (scipy's ``factr``
+    convention), gtol = config.pgtol, maxiter, maxfun.
+    """
+
+    name = "scipy"
+
+    def solve(self, objective: ObjectiveFn, d0: Tensor, lower: Tensor, upper: Tensor,
+              config) -> SolveResult:
+        P = d0.shape[0]
+        shape = tuple(d0.shape[1:])
+        dtype, device = d0.dtype, d0.device
+        out = torch.empty_like(d0)
+        res_f = np.empty(P)
+        iters = np.zeros(P, dtype=np.int64)
+        nfev = np.zeros(P, dtype=np.int64)
+        secs = np.zeros(P)
+        conv = np.zeros(P, dtype=bool)
+        msgs: list[str] = []
+        options = dict(maxcor=int(config.memory), ftol=float(config.factr) * np.finfo(float).eps,
+                       gtol=float(config.pgtol), maxiter=int(config.maxiter),
+                       maxfun=int(config.maxfun))
+        for p in range(P):
+            lo = lower[p].detach().double().cpu().numpy().ravel()
+            hi = upper[p].detach().double().cpu().numpy().ravel()
+            start = np.clip(d0[p].detach().double().cpu().numpy().ravel(), lo, hi)
+
+            def fun(v: np.ndarray, p=p):
+                d = torch.as_tensor(v, dtype=dtype, device=device).reshape((1,) + shape)
+                d.requires_grad_(True)
+                with torch.enable_grad():
+                    val = objective(d, [p]).sum()
+                    (grad,) = torch.autograd.grad(val, d)
+                g = grad.detach().double().cpu().numpy().ravel()
+                f = float(val.detach())
+                if not np.isfinite(f) or not np.all(np.isfinite(g)):
+                    # L-BFGS-B cannot recover from NaN; a huge value makes its line search back off.
+                    return 1e30, np.zeros_like(g)
+                return f, g
+
+            t0 = time.perf_counter()
+            r = scipy.optimize.minimize(fun, start, jac=True, method="L-BFGS-B",
+                                        bounds=scipy.optimize.Bounds(lo, hi), options=options)
+            secs[p] = time.perf_counter() - t0
+            x = np.clip(r.x, lo, hi)
+            out[p] = torch.as_tensor(x, dtype=dtype, device=device).reshape(shape)
+            res_f[p] = float(r.fun)
+            iters[p] = int(r.nit)
+            nfev[p] = int(r.nfev)
+            msg = r.message if isinstance(r.message, str) else r.message.decode()
+            conv[p] = bool(r.success)
+            msgs.append(msg)
+        return SolveResult(d=out, objective=res_f, iterations=iters, evaluations=nfev,
+                           seconds=secs, converged=conv, messages=msgs)
+
+
+SOLVERS: dict[str, Callable[[], Solver]] = {"scipy": ScipyLBFGSB}
+
+
+def get_solver(name: str) -> Solver:
+    """A solver instance by its config name (``AttackConfig.solver``)."""
+    try:
+        return SOLVERS[name]()
+    except KeyError:
+        from models.errors import ConfigError
+        raise ConfigError(f"unknown attack solver {name!r}; choose one of {sorted(SOLVERS)}") from None

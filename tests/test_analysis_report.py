@@ -1,0 +1,237 @@
+"""End to end: a hand-built results folder plus a real MLflow SQLite store -> report/ with every
+figure, an index.html that references only files that exist, the artifacts on the parent run,
+the query CLI on that store, and reports from partial results."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from analysis import figures as figs
+from analysis.errors import AnalysisError, AnalysisWarning
+from analysis.load import load_train
+from analysis.query import main as query_main
+from analysis.report import build_report, log_report_to_mlflow
+from analysis.report import main as report_main
+from analysis.synthetic import log_synthetic_runs, write_synthetic_results
+
+REPO = Path(__file__).resolve().parents[1]
+
+GRID = (
+    [("vae", 1.0, 1)]
+    + [("tcvae", b, 1) for b in (1.0, 4.0, 10.0)]
+    + [("tcdlgm", b, L) for b in (1.0, 10.0) for L in (2, 3)]
+    + [("seatbelt", b, L) for b in (1.0, 4.0, 10.0) for L in (2, 3)]
+)
+EXPECTED_FIGURES = {
+    "fig1_gallery.png",
+    "fig3_elbo_vs_beta.png",
+    "fig5_objective_vs_beta_tcvae.png",
+    "fig5_adv_target_l2_vs_beta_tcvae.png",
+    "fig5_target_nll_vs_beta_tcvae.png",
+    "fig5_auddc_vs_beta_tcvae.png",
+    "fig6_objective_heatmap.png",
+    "fig6_objective_selected_heatmap.png",
+    "fig6_adv_target_l2_heatmap.png",
+    "fig6_target_nll_heatmap.png",
+    "fig6_auddc_heatmap.png",
+    "fig7_noise_loglik.png",
+    "table1_weight_norms.png",
+}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    out = root / "out"
+    write_synthetic_results(out, grid=GRID, seeds=(0, 1), pairs=3, n_lam=6)
+    uri = f"sqlite:///{root}/mlflow.db"
+    parent = log_synthetic_runs(out, uri, "seatbelt-test", artifact_location=(root / "artifacts").as_uri())
+    report = build_report(out)
+    return {"out": out, "uri": uri, "parent": parent, "report": report}
+
+
+def referenced_files(index: Path) -> list[str]:
+    text = index.read_text(encoding="utf-8")
+    return re.findall(r'(?:src|href)="([^"]+)"', text)
+
+
+def check_references(report: Path) -> list[str]:
+    refs = referenced_files(report / "index.html")
+    for ref in refs:
+        assert not re.match(r"^[a-z]+:", ref), f"external or absolute reference {ref}"
+        assert not ref.startswith("/"), ref
+        assert (report / ref).is_file(), f"index.html references missing {ref}"
+    return refs
+
+
+def check_png(path: Path) -> None:
+    assert path.stat().st_size > 0
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        assert im.size[0] > 0 and im.size[1] > 0
+        im.load()
+
+
+def test_every_figure_is_a_nonempty_png(sweep):
+    report = sweep["report"]
+    pngs = {p.name for p in report.glob("*.png")}
+    assert pngs == EXPECTED_FIGURES
+    for name in pngs:
+        check_png(report / name)
+
+
+def test_html_references_only_existing_files(sweep):
+    report = sweep["report"]
+    refs = check_references(report)
+    assert {r for r in refs if r.endswith(".png")} == EXPECTED_FIGURES
+    html = (report / "index.html").read_text(encoding="utf-8")
+    assert "<script" not in html and "http://" not in html and "https://" not in html
+    assert '"name": "synthetic"' in html  # the sweep config is shown
+    assert not list(sweep["out"].glob(".report-*")), "temporary folders left behind"
+
+
+def test_headline_claims_and_tables(sweep):
+    html = (sweep["report"] / "index.html").read_text(encoding="utf-8")
+    assert "Headline claims on this sweep" in html and "Weight norms (Table 1)" in html
+    ratios = pd.read_csv(sweep["report"] / "headline_ratios.csv")
+    latent = ratios[(ratios["claim"] == "latent Δ: β-TCVAE (largest β) over VAE") & (ratios["variant"] == "all λ")].iloc[0]
+    # synthetic data: β-TCVAE latent scale 2·10^1.5 ≈ 63 vs VAE 1
+    assert latent["ratio"] > 10 and latent["lo"] > 1 and latent["verdict"] == "holds (CI above 1)"
+    dlgm = ratios[ratios["claim"].str.contains("TCDLGM") & (ratios["variant"] == "all λ")].iloc[0]
+    assert dlgm["verdict"].startswith("holds")
+    norms = pd.read_csv(sweep["report"] / "weight_norms.csv")
+    tc = norms[(norms["model"] == "tcvae")].set_index("part")
+    assert tc.loc["encoder", "change"] > 0 > tc.loc["decoder", "change"]
+
+
+def test_report_is_logged_to_the_parent_run(sweep):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=sweep["uri"])
+    names = {Path(a.path).name for a in client.list_artifacts(sweep["parent"], "report")}
+    assert "index.html" in names and EXPECTED_FIGURES <= names
+
+
+def test_query_cli_on_the_store(sweep, tmp_path, capsys):
+    out = sweep["out"]
+    train = load_train(out)
+    want = set(train.loc[(train["model"] == "seatbelt") & (train["beta"] >= 4), "trial_id"])
+    assert len(want) == 8  # β ∈ {4, 10} × L ∈ {2, 3} × 2 seeds; "10" < "4" as strings
+    csv, parquet = tmp_path / "runs.csv", tmp_path / "runs.parquet"
+    rc = query_main(["--out", str(out), "--where", "model='seatbelt' and beta>=4",
+                     "--csv", str(csv), "--parquet", str(parquet)])
+    assert rc == 0, capsys.readouterr().err
+    got = pd.read_csv(csv)
+    assert set(got["trial_id"]) == want and len(got) == len(want)
+    assert set(pd.read_parquet(parquet)["trial_id"]) == want
+    assert {"beta", "layers", "elbo", "encoder_l2"} <= set(got.columns)
+    assert sweep["parent"] not in set(got["run_id"])
+
+    # explicit URI + experiment; a metric filter and a numeric 'in' on a param, printed as a table
+    want2 = set(train.loc[(train["elbo"] < -110) & train["layers"].isin([1, 3]), "trial_id"])
+    assert want2
+    rc = query_main(["--tracking-uri", sweep["uri"], "--experiment", "seatbelt-test",
+                     "--where", "elbo < -110 and layers in (1, 3)", "--columns", "trial_id,elbo"])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    assert f"{len(want2)} run(s)" in printed
+    assert all(t in printed for t in want2)
+
+    rc = query_main(["--tracking-uri", sweep["uri"], "--experiment", "nope"])
+    assert rc == 2 and "no MLflow experiment named 'nope'" in capsys.readouterr().err
+
+
+def test_mlflow_failure_is_a_user_error(sweep, tmp_path):
+    out = tmp_path / "other"
+    out.mkdir()
+    (out / "tracking.json").write_text(json.dumps(
+        {"tracking_uri": sweep["uri"], "experiment_name": "seatbelt-test", "parent_run_id": "0" * 32}))
+    with pytest.raises(AnalysisError, match="report was written to .* but logging it to MLflow run 0+ .* failed"):
+        log_report_to_mlflow(out, sweep["report"])
+
+
+def test_a_crash_never_leaves_a_half_written_report(sweep, monkeypatch):
+    out = sweep["out"]
+    before = (out / "report" / "index.html").read_text(encoding="utf-8")
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated crash while drawing")
+
+    monkeypatch.setattr(figs, "fig_elbo", boom)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        build_report(out, log_to_mlflow=False)
+    assert (out / "report" / "index.html").read_text(encoding="utf-8") == before
+    assert not list(out.glob(".report-*"))
+    check_references(out / "report")
+
+
+def test_cli_errors_exit_2_without_traceback(tmp_path, capsys):
+    assert report_main(["--out", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: results folder") and "pass the --out folder" in err
+    res = subprocess.run([sys.executable, "-m", "analysis.report", "--out", str(tmp_path / "missing"), "--no-mlflow"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "does not exist" in res.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# partial results
+
+
+def test_partial_no_attacks_failed_trial_missing_model(tmp_path):
+    out = tmp_path / "partial"
+    grid = [("vae", 1.0, 1), ("tcvae", 1.0, 1), ("tcvae", 10.0, 1), ("seatbelt", 1.0, 2), ("seatbelt", 10.0, 2)]
+    write_synthetic_results(out, grid=grid, seeds=(0, 1), attacks=False,
+                            failed=["dsprites-tcvae-b10-L1-z10-s1"])
+    cfg = json.loads((out / "sweep.json").read_text())
+    cfg["grid"]["model"] = ["vae", "tcvae", "tcdlgm", "seatbelt"]  # the config asked for β-TCDLGM too
+    (out / "sweep.json").write_text(json.dumps(cfg))
+    with pytest.warns(AnalysisWarning, match="not logged to MLflow: .*tracking.json is missing"):
+        report = build_report(out)  # no tracking.json: logging skipped, the report is still written
+    html = (report / "index.html").read_text(encoding="utf-8")
+    assert "No attack results yet (attacks/ is missing or empty)" in html
+    assert "dsprites-tcvae-b10-L1-z10-s1" in html and "CUDA out of memory" in html
+    assert "No finished trial of model kind β-TCDLGM (&#x27;tcdlgm&#x27;)" in html
+    pngs = {p.name for p in report.glob("*.png")}
+    assert pngs == {"fig3_elbo_vs_beta.png", "fig7_noise_loglik.png", "table1_weight_norms.png"}
+    for p in pngs:
+        check_png(report / p)
+    check_references(report)
+
+
+def test_partial_running_sweep_with_a_corrupt_file(tmp_path, capsys):
+    out = tmp_path / "running"
+    grid = [("vae", 1.0, 1), ("tcvae", 1.0, 1), ("tcvae", 4.0, 1)]
+    write_synthetic_results(out, grid=grid, seeds=(0,), noise=False, gallery=False)
+    shutil.rmtree(out / "attacks" / "dsprites-tcvae-b4-L1-z10-s0")  # not attacked yet
+    (out / "attacks" / "broken").mkdir()
+    (out / "attacks" / "broken" / "latent-kl.parquet").write_bytes(b"PAR1 truncated")
+    rc = report_main(["--out", str(out), "--no-mlflow"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    html = (out / "report" / "index.html").read_text(encoding="utf-8")
+    assert "1 finished trial(s) have no attack results yet: dsprites-tcvae-b4-L1-z10-s0" in html
+    assert "Skipped unreadable file in attacks/" in html and "latent-kl.parquet" in html
+    assert "no attack results of β-TCDLGM or Seatbelt-VAE" in html
+    assert "No noise-robustness samples" in html
+    assert "Traceback" not in err
+    assert "fig5_objective_vs_beta_tcvae.png" in {p.name for p in (out / "report").glob("*.png")}
+    check_references(out / "report")
+
+
+def test_empty_results_folder_still_gives_a_report(tmp_path):
+    (tmp_path / "new").mkdir()
+    report = build_report(tmp_path / "new", log_to_mlflow=False)
+    html = (report / "index.html").read_text(encoding="utf-8")
+    assert "No training results yet" in html and "sweep.json is missing" in html
+    assert not list(report.glob("*.png"))
+    check_references(report)
