@@ -2,8 +2,9 @@
 
 A solver minimises ``objective(d, idx)`` (one value per problem, see ``attacks.objectives``)
 over d within ``lower <= d <= upper`` (elementwise: the box that keeps x + d in [0, 1]),
-starting from ``d0``. ``SOLVERS`` maps a config name to a solver; a batched torch solver can be
-added under another name without touching the callers.
+starting from ``d0``. ``SOLVERS`` maps a config name to a solver: ``"scipy"`` (the reference,
+one problem at a time) and ``"batched"`` (``attacks.batched``: projected L-BFGS in torch on the
+whole batch at once, on CPU or GPU).
 """
 
 from __future__ import annotations
@@ -103,7 +104,14 @@ class ScipyLBFGSB:
                            seconds=secs, converged=conv, messages=msgs)
 
 
-SOLVERS: dict[str, Callable[[], Solver]] = {"scipy": ScipyLBFGSB}
+def _batched() -> Solver:
+    """The batched torch solver (``attacks.batched.BatchedLBFGSB``), imported on first use."""
+    from attacks.batched import BatchedLBFGSB
+
+    return BatchedLBFGSB()
+
+
+SOLVERS: dict[str, Callable[[], Solver]] = {"scipy": ScipyLBFGSB, "batched": _batched}
 
 
 def get_solver(name: str) -> Solver:
