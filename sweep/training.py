@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
-from ray import tune
+# Tune's own console output would interleave with the sweep's progress line: keep it quiet
+# (set before Tune is imported, which reads them at import).
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+from ray import tune  # noqa: E402
 
 from sweep import schema
 from sweep.config import SweepConfig

@@ -35,8 +35,9 @@ def child_runs(tracking_uri: str, experiment: str):
 def test_tiny_sweep_trains_attacks_tracks_and_resumes(tmp_path, ray_tmp):
     config = write_config(tmp_path)
     out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
-    result = run_sweep(sweep_command(config, out, uri, "--no-report", ray_tmp=ray_tmp), tmp_path)
+    result = run_sweep(sweep_command(config, out, uri, ray_tmp=ray_tmp), tmp_path)
     assert "started a local Ray instance on 127.0.0.1" in result.stdout
+    assert (out / "report" / "index.html").stat().st_size > 0  # the sweep ends with its report
 
     train = read_rows(out / "train")
     assert set(train["trial_id"]) == TRIALS and len(train) == len(TRIALS)
@@ -65,6 +66,8 @@ def test_tiny_sweep_trains_attacks_tracks_and_resumes(tmp_path, ray_tmp):
 
     parents, children = child_runs(uri, "tiny")
     assert len(parents) == 1 and len(children) == len(TRIALS)
+    client = mlflow.tracking.MlflowClient(uri)
+    assert "report" in {a.path for a in client.list_artifacts(parents["run_id"].iloc[0])}
     assert set(children["tags.trial_id"]) == TRIALS
     assert (children["status"] == "FINISHED").all()
     assert (children["tags.mlflow.parentRunId"] == parents["run_id"].iloc[0]).all()
@@ -74,7 +77,6 @@ def test_tiny_sweep_trains_attacks_tracks_and_resumes(tmp_path, ray_tmp):
     seatbelt = mlflow.search_runs(experiment_names=["tiny"],
                                   filter_string="params.model = 'seatbelt' and params.beta = '4.0'")
     assert list(seatbelt["tags.trial_id"]) == ["dsprites_generated-seatbelt-b4-L2-z4-s0"]
-    client = mlflow.tracking.MlflowClient(uri)
     curve = client.get_metric_history(seatbelt["run_id"].iloc[0], "loss")
     assert [m.step for m in curve] == [10, 15, 20, 30]  # every report_every and checkpoint_every step
 
