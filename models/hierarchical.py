@@ -44,9 +44,14 @@ class Objective:
     parts: dict[str, Tensor]     # named detached scalars, batch means in nats
 
 
+LOGVAR_BOUND = 10.0
+
+
 def _gaussian(params: Tensor) -> Gaussian:
+    # A smooth bound on log-variances (std between e^-5 and e^5): an unbounded exp() of a
+    # network output overflows to inf/NaN within a few hundred steps at lr 3e-3 in deep chains.
     mean, logvar = params.chunk(2, dim=-1)
-    return Gaussian(mean, logvar)
+    return Gaussian(mean, LOGVAR_BOUND * torch.tanh(logvar / LOGVAR_BOUND))
 
 
 class HierarchicalVAE(nn.Module):
