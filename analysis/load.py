@@ -8,6 +8,10 @@ The layout and the columns are the contract in ``docs/CONTRACTS.md``::
     gallery/<trial_id>/<task>.parquet     images of the selected attack of each pair
     sweep.json, tracking.json
 
+The folder is a local path or any URI pyarrow can open (``s3://bucket/sweeps/x``, ``gs://...``):
+the sweep may write to object storage and the analysis reads it in place (an S3-compatible
+endpoint other than AWS comes from ``AWS_ENDPOINT_URL``, as for the sweep).
+
 Each folder is read as one pyarrow dataset: only the requested columns are read and filters are
 pushed down to the Parquet scan (row groups whose statistics exclude the filter are skipped).
 Files whose schemas differ a little (a column missing in older files, ``int`` in one and
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import json
 import operator
+import posixpath
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -37,6 +42,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from analysis.errors import AnalysisError, AnalysisWarning
@@ -49,6 +55,7 @@ __all__ = [
     "GALLERY_IMAGE_COLUMNS",
     "ATTACK_KEY",
     "GRID_FIELDS",
+    "RemotePath",
     "results_dir",
     "list_parquet_files",
     "load_table",
@@ -91,19 +98,90 @@ _OPS = {
 Filters = Mapping[str, Any] | pc.Expression | None
 
 
-def results_dir(out_dir: str | Path) -> Path:
-    """The results folder as a Path; AnalysisError if it is not an existing local folder.
+class RemotePath:
+    """A file or folder on a pyarrow filesystem (``s3://``, ``gs://``, ``hdfs://``...), with the
+    few ``pathlib.Path`` methods the analysis uses: ``/``, ``exists``, ``is_dir``,
+    ``read_text``, ``read_bytes``, ``name``. ``str()`` gives its URI."""
 
-    ``file://`` URIs are accepted; other URIs (s3://, gs://, hdfs://: a sweep may write there)
-    are not read in place: copy the folder to a local disk first."""
+    def __init__(self, fs: pafs.FileSystem, path: str, uri: str):
+        self.fs, self.path, self.uri = fs, path.rstrip("/"), uri.rstrip("/")
+
+    @classmethod
+    def from_uri(cls, uri: str) -> "RemotePath":
+        base, _, _query = uri.partition("?")
+        try:
+            fs, path = pafs.FileSystem.from_uri(uri)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise AnalysisError(f"{uri}: pyarrow cannot open this location ({_short(exc)})") from exc
+        return cls(fs, path, base)
+
+    def __truediv__(self, name: str) -> "RemotePath":
+        return RemotePath(self.fs, posixpath.join(self.path, str(name)), posixpath.join(self.uri, str(name)))
+
+    def __str__(self) -> str:
+        return self.uri
+
+    def __repr__(self) -> str:
+        return f"RemotePath({self.uri!r})"
+
+    def __fspath__(self) -> str:  # so os.fspath / f-strings of paths keep working
+        return self.uri
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path)
+
+    def resolve(self) -> "RemotePath":
+        return self
+
+    def _type(self) -> pafs.FileType:
+        try:
+            return self.fs.get_file_info(self.path).type
+        except OSError as exc:
+            raise AnalysisError(f"cannot reach {self.uri} ({_short(exc)}): check the location and the "
+                                "store's credentials / endpoint (AWS_ENDPOINT_URL)") from exc
+
+    def exists(self) -> bool:
+        return self._type() != pafs.FileType.NotFound
+
+    def is_dir(self) -> bool:
+        return self._type() == pafs.FileType.Directory
+
+    def is_file(self) -> bool:
+        return self._type() == pafs.FileType.File
+
+    def read_bytes(self) -> bytes:
+        with self.fs.open_input_stream(self.path) as stream:
+            return stream.read()
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self.read_bytes().decode(encoding)
+
+    def write_bytes(self, data: bytes) -> None:
+        self.fs.create_dir(posixpath.dirname(self.path), recursive=True)
+        with self.fs.open_output_stream(self.path) as stream:
+            stream.write(data)
+
+    def files(self) -> list[str]:
+        """Paths (on ``fs``) of every file below this folder."""
+        selector = pafs.FileSelector(self.path, recursive=True, allow_not_found=True)
+        return sorted(i.path for i in self.fs.get_file_info(selector) if i.type == pafs.FileType.File)
+
+
+Location = Path | RemotePath
+
+
+def results_dir(out_dir: str | Path | RemotePath) -> Location:
+    """The results folder: a local Path, or a :class:`RemotePath` for a URI pyarrow can open
+    (``s3://bucket/sweeps/x``; an S3-compatible endpoint comes from ``AWS_ENDPOINT_URL``, as for
+    the sweep). AnalysisError if it does not exist or is a file."""
+    if isinstance(out_dir, RemotePath):
+        return out_dir
     text = str(out_dir)
     if "://" in text and not text.startswith("file://"):
-        raise AnalysisError(
-            f"{text} is a remote location: analysis reads a local results folder. Copy it first, e.g. "
-            f"python -c \"import pyarrow.fs as f; f.copy_files('{text}', 'local-results')\" "
-            "and pass --out local-results"
-        )
-    path = Path(text.removeprefix("file://")).expanduser()
+        path: Location = RemotePath.from_uri(text)
+    else:
+        path = Path(text.removeprefix("file://")).expanduser()
     if not path.exists():
         raise AnalysisError(
             f"results folder {path} does not exist: pass the --out folder of a sweep "
@@ -114,9 +192,16 @@ def results_dir(out_dir: str | Path) -> Path:
     return path
 
 
-def list_parquet_files(folder: str | Path) -> list[Path]:
+def list_parquet_files(folder: str | Location) -> list:
     """All ``*.parquet`` files under ``folder`` (recursive, sorted), skipping hidden/temporary
-    names (a leading ``.`` or ``_`` in any part of the relative path)."""
+    names (a leading ``.`` or ``_`` in any part of the relative path). Paths for a local folder; paths on ``folder.fs`` for a remote one."""
+    if isinstance(folder, RemotePath):
+        found = []
+        for path in folder.files():
+            rel = posixpath.relpath(path, folder.path).split("/")
+            if path.endswith(".parquet") and not any(part.startswith((".", "_")) for part in rel):
+                found.append(path)
+        return found
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -173,7 +258,7 @@ def _empty_frame(columns: Sequence[str]) -> pd.DataFrame:
 
 
 def load_table(
-    folder: str | Path,
+    folder: str | Location,
     columns: Sequence[str] | None = None,
     filters: Filters = None,
     *,
@@ -187,16 +272,18 @@ def load_table(
     a column absent from every file matches no rows. ``dedup_key``: drop duplicate rows on these
     columns (keeping the last file's) when they are all read.
     """
-    folder = Path(folder)
+    if not isinstance(folder, RemotePath):
+        folder = Path(folder)
+    filesystem = folder.fs if isinstance(folder, RemotePath) else None
     files = list_parquet_files(folder)
     wanted = list(columns) if columns is not None else None
     skipped: list[tuple[str, str]] = []
 
-    good: list[Path] = []
+    good: list = []
     schemas: list[pa.Schema] = []
     for path in files:
         try:
-            schemas.append(pq.read_schema(path))
+            schemas.append(pq.read_schema(path, filesystem=filesystem))
             good.append(path)
         except (pa.ArrowException, OSError, ValueError) as exc:
             skipped.append((str(path), _short(exc)))
@@ -214,7 +301,7 @@ def load_table(
         table = schema.empty_table().select(read_cols)
     else:
         expr = _filter_expression(filters)
-        table = _scan(good, schema, read_cols, expr, skipped)
+        table = _scan(good, schema, read_cols, expr, skipped, filesystem)
 
     df = table.to_pandas(self_destruct=True, split_blocks=True)
     if wanted is not None:
@@ -231,14 +318,15 @@ def load_table(
 
 
 def _scan(
-    files: list[Path],
+    files: list,
     schema: pa.Schema,
     columns: list[str],
     expr: pc.Expression | None,
     skipped: list[tuple[str, str]],
+    filesystem: pafs.FileSystem | None = None,
 ) -> pa.Table:
     try:
-        dataset = ds.dataset([str(p) for p in files], schema=schema, format="parquet")
+        dataset = ds.dataset([str(p) for p in files], schema=schema, format="parquet", filesystem=filesystem)
         return dataset.to_table(columns=columns, filter=expr, use_threads=True)
     except (pa.ArrowException, OSError, ValueError):
         pass
@@ -246,7 +334,7 @@ def _scan(
     tables = []
     for path in files:
         try:
-            one = ds.dataset(str(path), schema=schema, format="parquet")
+            one = ds.dataset(str(path), schema=schema, format="parquet", filesystem=filesystem)
             tables.append(one.to_table(columns=columns, filter=expr, use_threads=True))
         except (pa.ArrowException, OSError, ValueError) as exc:
             skipped.append((str(path), _short(exc)))
@@ -260,7 +348,7 @@ def _short(exc: BaseException) -> str:
     return text[:200]
 
 
-def _note_skipped(df: pd.DataFrame, skipped: list[tuple[str, str]], folder: Path) -> None:
+def _note_skipped(df: pd.DataFrame, skipped: list[tuple[str, str]], folder: Location) -> None:
     df.attrs["skipped_files"] = list(skipped)
     if skipped:
         listing = "; ".join(f"{p} ({why})" for p, why in skipped)
@@ -273,31 +361,31 @@ def _note_skipped(df: pd.DataFrame, skipped: list[tuple[str, str]], folder: Path
         )
 
 
-def load_train(out_dir: str | Path, columns: Sequence[str] | None = None, filters: Filters = None) -> pd.DataFrame:
+def load_train(out_dir: str | Location, columns: Sequence[str] | None = None, filters: Filters = None) -> pd.DataFrame:
     """``train/``: one row per trial (deduplicated on trial_id, the last file wins)."""
     return load_table(results_dir(out_dir) / "train", columns, filters,
                       known_columns=TRAIN_COLUMNS, dedup_key=["trial_id"])
 
 
-def load_noise(out_dir: str | Path, columns: Sequence[str] | None = None, filters: Filters = None) -> pd.DataFrame:
+def load_noise(out_dir: str | Location, columns: Sequence[str] | None = None, filters: Filters = None) -> pd.DataFrame:
     """``noise/``: log p(x|z) of clean images with z ~ q(z | x + ε), one row per sample."""
     return load_table(results_dir(out_dir) / "noise", columns, filters, known_columns=NOISE_COLUMNS)
 
 
-def load_attacks(out_dir: str | Path, columns: Sequence[str] | None = None, filters: Filters = None) -> pd.DataFrame:
+def load_attacks(out_dir: str | Location, columns: Sequence[str] | None = None, filters: Filters = None) -> pd.DataFrame:
     """``attacks/``: one row per attack; duplicate keys (trial_id, mode, similarity, pair, lam)
     are dropped when the key columns are read."""
     return load_table(results_dir(out_dir) / "attacks", columns, filters,
                       known_columns=ATTACK_COLUMNS, dedup_key=ATTACK_KEY)
 
 
-def load_gallery(out_dir: str | Path, columns: Sequence[str] | None = None, filters: Filters = None) -> pd.DataFrame:
+def load_gallery(out_dir: str | Location, columns: Sequence[str] | None = None, filters: Filters = None) -> pd.DataFrame:
     """``gallery/``: the six images (raw uint8 H×W×C bytes) of the selected attack of each pair."""
     return load_table(results_dir(out_dir) / "gallery", columns, filters, known_columns=GALLERY_COLUMNS,
                       dedup_key=["trial_id", "mode", "similarity", "pair"])
 
 
-def _read_json(path: Path, what: str) -> dict | None:
+def _read_json(path: Location, what: str) -> dict | None:
     if not path.exists():
         return None
     try:
@@ -312,12 +400,12 @@ def _read_json(path: Path, what: str) -> dict | None:
     return data
 
 
-def read_tracking(out_dir: str | Path) -> dict | None:
+def read_tracking(out_dir: str | Location) -> dict | None:
     """``tracking.json`` as a dict (tracking_uri, experiment_name, parent_run_id), None if absent."""
     return _read_json(results_dir(out_dir) / "tracking.json", "MLflow tracking URI and run ids")
 
 
-def read_sweep_config(out_dir: str | Path) -> dict | None:
+def read_sweep_config(out_dir: str | Location) -> dict | None:
     """``sweep.json`` (the resolved config, treated as opaque), None if absent."""
     return _read_json(results_dir(out_dir) / "sweep.json", "sweep's resolved config")
 

@@ -18,6 +18,7 @@ import argparse
 import html
 import json
 import os
+import posixpath
 import shutil
 import sys
 import tempfile
@@ -36,6 +37,7 @@ from analysis import figures as figs
 from analysis.errors import AnalysisError, AnalysisWarning
 from analysis.load import (
     GALLERY_COLUMNS,
+    RemotePath,
     GALLERY_IMAGE_COLUMNS,
     load_attacks,
     load_gallery,
@@ -64,15 +66,22 @@ class _Content:
     files: list[str] = field(default_factory=list)  # extra files (CSV) in the report folder
 
 
-def build_report(out_dir: str | Path, tracking_uri: str | None = None, log_to_mlflow: bool = True) -> Path:
+def build_report(out_dir: str | Path, tracking_uri: str | None = None,
+                 log_to_mlflow: bool = True) -> Path | RemotePath:
     """Write ``out_dir/report/`` and return its path (``index.html`` is inside).
 
     ``log_to_mlflow``: log the folder as artifacts of the parent run in ``tracking.json``
     (``tracking_uri`` overrides the URI stored there). Without ``tracking.json`` the logging is
     skipped with an :class:`AnalysisWarning`; a failure to reach MLflow raises
     :class:`AnalysisError` after the report is written.
+
+    A remote results folder (``s3://...``) is read in place; the report is built in a local
+    temporary folder and uploaded to ``out_dir/report/`` (``index.html`` last, so it never links
+    a missing figure), then logged to MLflow from the local copy.
     """
     out = results_dir(out_dir)
+    if isinstance(out, RemotePath):
+        return _build_remote(out, tracking_uri, log_to_mlflow)
     final = out / "report"
     tmp = Path(tempfile.mkdtemp(prefix=".report-tmp-", dir=out))
     try:
@@ -84,6 +93,36 @@ def build_report(out_dir: str | Path, tracking_uri: str | None = None, log_to_ml
     if log_to_mlflow:
         log_report_to_mlflow(out, final, tracking_uri)
     return final
+
+
+def _build_remote(out: RemotePath, tracking_uri: str | None, log_to_mlflow: bool) -> RemotePath:
+    final = out / "report"
+    tmp = Path(tempfile.mkdtemp(prefix="seatbelt-report-"))
+    try:
+        _render(out, tmp)
+        _upload(tmp, final)
+        if log_to_mlflow:
+            log_report_to_mlflow(out, tmp, tracking_uri)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _upload(local: Path, final: RemotePath) -> None:
+    """Copy the finished report to the store: figures and tables first, ``index.html`` last,
+    then remove files of an older report that the new one no longer has. Each object appears
+    whole when its upload completes, so a reader sees the old or the new version of a file."""
+    names = sorted(p.name for p in local.iterdir() if p.is_file())
+    names.sort(key=lambda name: name == "index.html")
+    try:
+        old = {posixpath.relpath(path, final.path) for path in final.files()} if final.exists() else set()
+        for name in names:
+            (final / name).write_bytes((local / name).read_bytes())
+        for name in sorted(old - set(names)):
+            final.fs.delete_file((final / name).path)
+    except OSError as exc:
+        raise AnalysisError(f"writing the report to {final} failed: {exc}. Check the store's "
+                            "credentials and endpoint (AWS_ENDPOINT_URL)") from exc
 
 
 def _install(tmp: Path, final: Path) -> None:
@@ -105,7 +144,7 @@ def log_report_to_mlflow(out_dir: str | Path, report_dir: str | Path, tracking_u
     tracking = read_tracking(out_dir)
     if not tracking or not tracking.get("parent_run_id"):
         warnings.warn(
-            f"not logged to MLflow: {Path(out_dir) / 'tracking.json'} is missing or names no parent run "
+            f"not logged to MLflow: {str(out_dir).rstrip('/')}/tracking.json is missing or names no parent run "
             "(the sweep writes it when it starts); pass --no-mlflow to skip logging",
             AnalysisWarning, stacklevel=2,
         )
@@ -502,7 +541,10 @@ def main(argv: list[str] | None = None) -> int:
     for w in caught:
         if issubclass(w.category, AnalysisWarning):
             print(f"warning: {w.message}", file=sys.stderr)
-    n_png = len(list(report.glob("*.png")))
+    if isinstance(report, RemotePath):
+        n_png = sum(1 for path in report.files() if path.endswith(".png"))
+    else:
+        n_png = len(list(report.glob("*.png")))
     print(f"wrote {report / 'index.html'} ({n_png} figures)")
     if not args.no_mlflow and not any(issubclass(w.category, AnalysisWarning) and "not logged" in str(w.message)
                                       for w in caught):

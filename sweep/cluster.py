@@ -10,34 +10,66 @@ from models.errors import UserError
 
 log = logging.getLogger(__name__)
 
+# Storage settings every worker needs to reach the results store the driver names with --out
+# (an S3-compatible endpoint, the region, GCP's project). Non-secret, so they are forwarded to
+# the job's workers by default; credentials are forwarded only when named with --worker-env
+# (on a cloud cluster the nodes' instance profile / service account supplies them).
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
+                 "AWS_EC2_METADATA_DISABLED", "AWS_PROFILE", "GOOGLE_CLOUD_PROJECT",
+                 "MLFLOW_S3_ENDPOINT_URL")
 
-def connect(cluster: str, temp_dir: str | None = None, num_cpus: int | None = None) -> str:
+_CONNECTED: str | None = None  # what connect() did, said again if it is called twice
+
+
+def connect(cluster: str, temp_dir: str | None = None, num_cpus: int | None = None,
+            worker_env: list[str] | None = None) -> str:
     """Initialise Ray and say what was done.
 
     ``auto`` joins the cluster named by RAY_ADDRESS or started with ``ray start`` on this
     machine, and otherwise starts a local instance; ``local`` always starts a fresh local
-    instance; anything else is an address that must answer.
+    instance; anything else is an address that must answer. The storage settings in
+    FORWARDED_ENV (and the variables named in ``worker_env``) that are set in this process are
+    passed to every worker of the job, so workers on other nodes reach the same store.
     """
+    global _CONNECTED
     import ray
 
     if ray.is_initialized():
-        return "using the Ray instance already initialised in this process"
+        return _CONNECTED or "using the Ray instance already initialised in this process"
+    _CONNECTED = _connect(cluster, temp_dir, num_cpus, _runtime_env(worker_env))
+    return _CONNECTED
+
+
+def _runtime_env(worker_env: list[str] | None) -> dict | None:
+    missing = [name for name in worker_env or [] if name not in os.environ]
+    if missing:
+        raise UserError(f"--worker-env {', '.join(missing)}: not set in this shell; export it first")
+    names = [*FORWARDED_ENV, *(worker_env or [])]
+    env_vars = {name: os.environ[name] for name in names if name in os.environ}
+    return {"env_vars": env_vars} if env_vars else None
+
+
+def _connect(cluster: str, temp_dir: str | None, num_cpus: int | None, runtime_env: dict | None) -> str:
+    import ray
+
     if cluster == "local":
-        _start_local(temp_dir, num_cpus)
+        _start_local(temp_dir, num_cpus, runtime_env)
         return f"started a local Ray instance on 127.0.0.1 ({_cpus()} CPUs, {_gpus()} GPUs)"
     if cluster == "auto":
         _keep_loopback(os.environ.get("RAY_ADDRESS") or _address_of_running_cluster())
         try:
-            ray.init(address="auto", logging_level=logging.WARNING, log_to_driver=False)
+            ray.init(address="auto", logging_level=logging.WARNING, log_to_driver=False,
+                     runtime_env=runtime_env)
         except (ConnectionError, RuntimeError, ValueError):
-            _start_local(temp_dir, num_cpus)
+            _start_local(temp_dir, num_cpus, runtime_env)
             return (f"no running Ray cluster found (RAY_ADDRESS={os.environ.get('RAY_ADDRESS', 'unset')}); "
                     f"started a local one on 127.0.0.1 ({_cpus()} CPUs, {_gpus()} GPUs)")
         return f"joined the running Ray cluster ({_cpus()} CPUs, {_gpus()} GPUs, {_nodes()} nodes)"
     _keep_loopback(cluster)
     _check_reachable(cluster)
     try:
-        ray.init(address=cluster, logging_level=logging.WARNING, log_to_driver=False)
+        ray.init(address=cluster, logging_level=logging.WARNING, log_to_driver=False,
+                 runtime_env=runtime_env)
     except Exception as exc:  # Ray raises several types for an address that does not answer
         raise UserError(
             f"--cluster {cluster}: no Ray cluster answers at this address ({type(exc).__name__}: "
@@ -84,11 +116,12 @@ def _address_of_running_cluster() -> str | None:
         return None
 
 
-def _start_local(temp_dir: str | None, num_cpus: int | None) -> None:
+def _start_local(temp_dir: str | None, num_cpus: int | None, runtime_env: dict | None = None) -> None:
     import ray
 
     ray.init(
         address="local",
+        runtime_env=runtime_env,
         _node_ip_address="127.0.0.1",  # never listen beyond this machine unless asked to
         include_dashboard=False,
         num_cpus=num_cpus,
@@ -117,7 +150,62 @@ def _nodes() -> int:
 
 
 def shutdown() -> None:
+    global _CONNECTED
     import ray
 
+    _CONNECTED = None
     if ray.is_initialized():
         ray.shutdown()
+
+
+# --- GPUs ----------------------------------------------------------------------------------
+
+
+def place_on_gpus(resources) -> list[str]:
+    """Check the GPU requests of trials and attack tasks against the connected cluster.
+
+    A request the cluster can meet now, or that its autoscaler can meet by adding GPU nodes
+    (``ray up`` / KubeRay worker types with GPUs, up to their max_workers), is kept. A request
+    no node has and none can be added for would wait forever: it is dropped (the work runs on
+    CPUs) with a warning. Returns the lines to print; ``resources`` (a ResourceConfig) is
+    changed in place.
+    """
+    import ray
+
+    asked = {"--gpus-per-trial": resources.gpus_per_trial,
+             "--gpus-per-attack-task": resources.gpus_per_attack_task}
+    asked = {flag: value for flag, value in asked.items() if value and value > 0}
+    if not asked:
+        return []
+    wanted = ", ".join(f"{flag} {value:g}" for flag, value in asked.items())
+    now = ray.cluster_resources().get("GPU", 0)
+    if now > 0:
+        per_node = max((n.get("Resources", {}).get("GPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+        lines = [f"GPUs: {now:g} in the cluster (at most {per_node:g} on one node); {wanted}"]
+        too_big = [flag for flag, value in asked.items() if value > per_node]
+        if too_big and max_autoscaled("GPU") in (None, 0):
+            raise UserError(f"{', '.join(too_big)} asks for more GPUs than any node has ({per_node:g}); "
+                            "lower it (fractions like 0.5 share a GPU)")
+        return lines
+    can_add = max_autoscaled("GPU")
+    if can_add:
+        return [f"GPUs: none up yet; the autoscaler can add up to {can_add:g} (trials wait for GPU "
+                f"nodes to start); {wanted}"]
+    resources.gpus_per_trial = 0.0
+    resources.gpus_per_attack_task = 0.0
+    return [f"warning: {wanted} asked for GPUs, but this Ray cluster has none and no autoscaler "
+            "can add any: trials and attack tasks run on CPUs instead"]
+
+
+def max_autoscaled(resource: str) -> float | None:
+    """How much of ``resource`` the cluster's autoscaler may bring up at most (the sum over its
+    node types of max workers x resource per node), or None without an autoscaler config."""
+    try:
+        from ray._private import state
+
+        limits = state.state.get_max_resources_from_cluster_config()
+    except Exception:  # a private API: without it, assume nothing can be added
+        return None
+    if not limits:
+        return None
+    return float(limits.get(resource, 0) or 0)

@@ -49,6 +49,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-report", action="store_true", help="skip the report at the end")
     parser.add_argument("--num-cpus", type=int, help="CPUs of a local Ray instance (default: all)")
     parser.add_argument("--ray-temp-dir", help="temp folder of a local Ray instance")
+    parser.add_argument("--worker-env", action="append", default=[], metavar="NAME",
+                        help="also pass this environment variable to every Ray worker (repeatable; "
+                             "e.g. AWS_ACCESS_KEY_ID when the nodes have no instance profile). The "
+                             "storage endpoint and region variables are passed without asking")
+    plan = parser.add_argument_group("resource planning (--plan)")
+    plan.add_argument("--plan", action="store_true",
+                      help="measure a training step and an attack on this device and print the "
+                           "GPU-hours and wall time of the sweep; starts nothing")
+    plan.add_argument("--gpus", type=float, default=8, help="GPUs to plan for (default 8)")
+    plan.add_argument("--gpu-speedup", type=float, default=None,
+                      help="how many times faster a GPU is than this machine's measurement; only "
+                           "used when no GPU is present (default 1: figures are this device's)")
+    plan.add_argument("--evals-per-attack", type=float, default=None,
+                      help="objective evaluations an attack takes on average (default: the solver's "
+                           "limit min(maxiter, maxfun), an upper bound); benchmarks/attack.py "
+                           "prints evaluations/attack")
+    plan.add_argument("--plan-steps", type=int, default=2,
+                      help="training steps timed per model shape (after one warm-up step)")
     return parser
 
 
@@ -70,7 +88,7 @@ def resolve_config(args: argparse.Namespace) -> SweepConfig:
     return cfg.validate()
 
 
-def describe(cfg: SweepConfig, specs: list[TrialSpec]) -> str:
+def describe(cfg: SweepConfig, specs: list[TrialSpec], listing: bool = True) -> str:
     """The expanded grid and the work it means, for --dry-run and the start of a sweep."""
     attack = cfg.attack
     per_trial = attack.n_pairs * len(attack.resolved_lams()) * len(attack.tasks())
@@ -81,6 +99,8 @@ def describe(cfg: SweepConfig, specs: list[TrialSpec]) -> str:
     for (dataset, model), count in sorted(counts.items()):
         lines.append(f"  {dataset:20s} {model:9s} {count:5d} trials")
     lines.append(f"  training: {cfg.train.steps} steps x batch {cfg.train.batch_size} per trial")
+    if not listing:
+        return "\n".join(lines)
     lines.append("")
     lines.append(f"  {'trial_id':44s} {'dataset':18s} {'model':9s} {'beta':>5s} {'L':>2s} {'z':>3s} {'seed':>4s}")
     for s in specs:
@@ -92,13 +112,28 @@ def describe(cfg: SweepConfig, specs: list[TrialSpec]) -> str:
 def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     specs = expand_grid(cfg)
+    if args.plan:
+        from sweep.plan import plan_sweep
+
+        print(describe(cfg, specs, listing=False))
+        print()
+        print(plan_sweep(cfg, specs, gpus=args.gpus, gpu_speedup=args.gpu_speedup,
+                         evals_per_attack=args.evals_per_attack, steps=args.plan_steps))
+        return 0
     if args.dry_run:
         print(describe(cfg, specs))
         return 0
 
+    from sweep.cluster import connect, place_on_gpus
     from sweep.pipeline import run_pipeline
 
     out = args.out or str(Path("sweeps") / cfg.name)
+    # Connect before the pipeline does (it reuses this connection and prints what was done), so
+    # GPU requests are checked against the real cluster: a request no node can ever meet is
+    # dropped with a warning instead of leaving every trial pending forever.
+    connect(args.cluster, temp_dir=args.ray_temp_dir, num_cpus=args.num_cpus, worker_env=args.worker_env)
+    for line in place_on_gpus(cfg.resources):
+        print(line, file=sys.stderr if line.startswith("warning") else sys.stdout, flush=True)
     return run_pipeline(cfg, specs, out, args)
 
 

@@ -1,7 +1,13 @@
 """The results folder: a local path or any URI pyarrow can write (``s3://``, ``gs://``, ...).
 
-Every file another step reads is written atomically: to a temporary name beside it, then moved
-into place, so a crash leaves either the old file or the new one, never half of one.
+Every file another step reads is written atomically, so a crash leaves either the old file or
+the new one, never half of one: on a local or network filesystem it is written to a temporary
+name beside it and moved into place; on an object store (S3, GCS) an object becomes visible only
+when its upload completes, so it is written in place (a "move" there is a copy and a delete).
+
+An S3-compatible store other than AWS (MinIO, Ceph, a test server) is named by pyarrow's usual
+environment: ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``), ``AWS_DEFAULT_REGION`` and the
+credentials; or in the URI itself, ``s3://bucket/path?endpoint_override=host:port&scheme=http``.
 """
 
 from __future__ import annotations
@@ -25,6 +31,10 @@ def is_uri(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
 
 
+# Filesystems whose objects appear whole when their upload completes (no rename needed).
+OBJECT_STORES = ("s3", "gcs")
+
+
 class Store:
     """Files under one results folder, addressed by paths relative to it."""
 
@@ -35,12 +45,21 @@ class Store:
                 self.fs, self.root = pafs.FileSystem.from_uri(location)
             except (pa.ArrowInvalid, OSError) as exc:
                 raise UserError(f"--out {location}: pyarrow cannot open this location ({exc})") from None
-            self.uri = location.rstrip("/")
+            base, sep, query = location.partition("?")
+            self.uri = base.rstrip("/") + sep + query
+            self.root = self.root.rstrip("/")
         else:
             path = Path(location.removeprefix("file://")).expanduser().resolve()
             self.fs, self.root = pafs.LocalFileSystem(), str(path)
             self.uri = str(path)
-        self.fs.create_dir(self.root, recursive=True)
+        try:
+            self.fs.create_dir(self.root, recursive=True)
+        except OSError as exc:
+            hint = ""
+            if self.fs.type_name == "s3":
+                hint = ("; check that the bucket exists, the credentials (AWS_ACCESS_KEY_ID / an "
+                        "instance profile) and, for a store other than AWS, AWS_ENDPOINT_URL")
+            raise UserError(f"--out {location}: cannot create the results folder ({exc}){hint}") from None
 
     @property
     def is_local(self) -> bool:
@@ -50,12 +69,21 @@ class Store:
         return posixpath.join(self.root, relpath)
 
     def uri_of(self, relpath: str) -> str:
-        return posixpath.join(self.uri, relpath)
+        base, query = (self.uri.split("?", 1) + [""])[:2]  # keep ?endpoint_override=... last
+        return posixpath.join(base.rstrip("/"), relpath) + (f"?{query}" if query else "")
 
     # --- writing, always atomic ---------------------------------------------------------
 
+    @property
+    def is_object_store(self) -> bool:
+        return self.fs.type_name in OBJECT_STORES
+
     def write_bytes(self, relpath: str, data: bytes) -> None:
         final = self.path(relpath)
+        if self.is_object_store:  # an object is visible only once whole: write it in place
+            with self.fs.open_output_stream(final) as stream:
+                stream.write(data)
+            return
         self.fs.create_dir(posixpath.dirname(final), recursive=True)
         temporary = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
         with self.fs.open_output_stream(temporary) as stream:

@@ -1,0 +1,246 @@
+"""Scale-out, storage: the real CLI with ``--out s3://...`` against an S3-compatible server
+(moto's server mode) on 127.0.0.1: a tiny sweep interrupted and resumed (Tune restores its
+experiment from the bucket), every result and the report in the bucket, and the analysis
+reading the bucket in place. Also the GPU fallback: GPUs asked for on a cluster that has none.
+
+The servers of the scale-out tests (S3, PostgreSQL, the MLflow tracking server) are started
+here, on 127.0.0.1 and free ports, and stopped by the tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.sweep_helpers import sweep_command, sweep_env, write_config
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "seatbelt"
+# Four trials (two model kinds x two betas) keep these tests within a few minutes on 2 cores.
+MODELS = '["tcvae", "seatbelt"]'
+TRIALS = {"dsprites_generated-tcvae-b1-L1-z4-s0", "dsprites_generated-tcvae-b4-L1-z4-s0",
+          "dsprites_generated-seatbelt-b1-L2-z4-s0", "dsprites_generated-seatbelt-b4-L2-z4-s0"}
+ATTACKS_PER_TRIAL = 2 * 3 * 2  # pairs x lambdas x (latent kl, output)
+
+
+# --- servers ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_env():
+    """An S3-compatible server on 127.0.0.1 with one bucket; yields the environment that names
+    it (set in this process too, for pyarrow here), and stops it afterwards."""
+    pytest.importorskip("moto.server", reason="pip install 'moto[server]'")
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+           "AWS_EC2_METADATA_DISABLED": "true", "MLFLOW_S3_ENDPOINT_URL": f"http://{host}:{port}"}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket=BUCKET)
+        yield env
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        server.stop()
+
+
+def s3_fs():
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystem.from_uri(f"s3://{BUCKET}")[0]
+
+
+def s3_files(prefix: str) -> dict[str, object]:
+    """Path -> modification time of every object under ``prefix`` (a path in the bucket)."""
+    import pyarrow.fs as pafs
+
+    infos = s3_fs().get_file_info(pafs.FileSelector(f"{BUCKET}/{prefix}", recursive=True, allow_not_found=True))
+    return {i.path: i.mtime for i in infos if i.type == pafs.FileType.File}
+
+
+def read_s3_rows(prefix: str):
+    import pyarrow.dataset as pads
+
+    files = [p for p in s3_files(prefix) if p.endswith(".parquet")]
+    if not files:
+        return None
+    return pads.dataset(files, format="parquet", filesystem=s3_fs()).to_table().to_pandas()
+
+
+def run_cli(command: list[str], tmp_path: Path, env: dict[str, str], timeout: float = 600):
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                            env={**sweep_env(tmp_path), **env}, cwd=tmp_path)
+    assert result.returncode == 0, f"command failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def _postgres_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    return str(candidates[-1]) if candidates else None
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A PostgreSQL server (Debian's package) in a temp folder on 127.0.0.1 and a free port,
+    with a database ``mlflow``; yields its URL and stops it. Postgres refuses to run as root,
+    so as root it runs as the ``postgres`` user."""
+    initdb, pg_ctl, psql = (_postgres_bin(n) for n in ("initdb", "pg_ctl", "psql"))
+    if not (initdb and pg_ctl and psql):
+        message = "PostgreSQL server binaries not found (apt-get install postgresql)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    pytest.importorskip("psycopg2", reason="pip install psycopg2-binary")
+    folder = Path(tempfile.mkdtemp(prefix="pg", dir="/tmp"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(folder, "postgres")
+    data, port = folder / "data", free_port()
+    subprocess.run([*as_user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True, timeout=120)
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off"
+    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(folder / "log"), "-o", options, "-w",
+                    "start"], check=True, capture_output=True, timeout=120)
+    try:
+        subprocess.run([psql, "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c",
+                        "CREATE DATABASE mlflow"], check=True, capture_output=True, timeout=60)
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"],
+                       capture_output=True, timeout=120)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_uri: str, artifacts: str, env: dict[str, str], log: Path):
+    """``mlflow server`` on 127.0.0.1 with the given backend store and artifact destination;
+    yields its URL once it answers, and stops it."""
+    import urllib.request
+
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+               "--backend-store-uri", backend_uri, "--artifacts-destination", artifacts,
+               "--workers", "1"]
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **env}, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert process.poll() is None, f"mlflow server exited:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"mlflow server did not answer:\n{log.read_text()[-3000:]}"
+            time.sleep(1)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+# --- the tests -------------------------------------------------------------------------------
+
+
+def test_sweep_on_s3_resumes_and_reports_from_the_bucket(tmp_path, s3_env, ray_tmp):
+    config = write_config(tmp_path, name="s3tiny", models=MODELS, steps=40, checkpoint_every=20)
+    out, uri = f"s3://{BUCKET}/sweeps/s3tiny", f"sqlite:///{tmp_path}/mlflow.db"
+    # GPUs asked for on a local cluster without any: a warning, and the work runs on CPUs.
+    command = sweep_command(config, Path("unused"), uri, "--max-concurrent", "1",
+                            "--gpus-per-trial", "0.5", "--gpus-per-attack-task", "0.5", ray_tmp=ray_tmp)
+    command[command.index("--out") + 1] = out
+
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**sweep_env(tmp_path), **s3_env}, cwd=tmp_path, start_new_session=True)
+    try:  # kill the driver and its Ray instance once two trials have written their rows
+        deadline = time.monotonic() + 400
+        while len(s3_files("sweeps/s3tiny/train")) < 2:
+            assert process.poll() is None, "the sweep ended before it could be interrupted"
+            assert time.monotonic() < deadline, "no trial finished in time"
+            time.sleep(0.5)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    finished_before = s3_files("sweeps/s3tiny/train")
+    assert 2 <= len(finished_before) < len(TRIALS)
+    assert s3_files("sweeps/s3tiny/tune"), "Tune's experiment state is not in the bucket"
+
+    result = run_cli(command, tmp_path, s3_env)
+    assert "resuming the interrupted Tune experiment at s3://" in result.stdout
+    assert "asked for GPUs, but this Ray cluster has none" in result.stderr
+    assert "run on CPUs" in result.stderr
+
+    train = read_s3_rows("sweeps/s3tiny/train")
+    assert set(train["trial_id"]) == TRIALS and len(train) == len(TRIALS)
+    assert (train["status"] == "ok").all() and (train["steps"] == 40).all()
+    after = s3_files("sweeps/s3tiny/train")
+    for path, mtime in finished_before.items():  # finished trials were not retrained
+        assert after[path] == mtime
+    checkpoints = {Path(p).name for p in s3_files("sweeps/s3tiny/checkpoints")}
+    assert checkpoints == {f"{t}.pt" for t in TRIALS}
+    attacks = read_s3_rows("sweeps/s3tiny/attacks")
+    assert len(attacks) == len(TRIALS) * ATTACKS_PER_TRIAL
+    assert not attacks.duplicated(["trial_id", "mode", "similarity", "pair", "lam"]).any()
+    tune_files = s3_files("sweeps/s3tiny/tune")
+    assert any(Path(p).name.startswith("experiment_state") for p in tune_files)
+    assert any("/checkpoint_" in p for p in tune_files)  # Tune's checkpoints went to the bucket
+    report = s3_files("sweeps/s3tiny/report")
+    assert f"{BUCKET}/sweeps/s3tiny/report/index.html" in report
+    assert sum(p.endswith(".png") for p in report) >= 3
+    assert not list(Path(tmp_path).glob("**/sweeps/s3tiny"))  # nothing went to a local folder
+
+    # The analysis reads the bucket in place, and the report CLI rewrites the report there.
+    from analysis.load import load_attacks, load_train
+
+    assert set(load_train(out)["trial_id"]) == TRIALS
+    assert len(load_attacks(out, filters={"mode": "latent"})) == len(TRIALS) * ATTACKS_PER_TRIAL // 2
+    before = s3_files("sweeps/s3tiny/report")
+    result = run_cli([sys.executable, "-m", "analysis.report", "--out", out, "--no-mlflow"], tmp_path, s3_env,
+                     timeout=300)
+    assert f"wrote {out}/report/index.html" in result.stdout
+    after = s3_files("sweeps/s3tiny/report")
+    assert set(after) == set(before)
+    index = f"{BUCKET}/sweeps/s3tiny/report/index.html"
+    assert after[index] > before[index]
+    page = s3_fs().open_input_stream(index).read().decode()
+    for name in (Path(p).name for p in after if p.endswith(".png")):
+        assert f'src="{name}"' in page  # relative links to figures beside it
