@@ -1,15 +1,28 @@
-"""Benchmark: speed of the reference attack solver (scipy L-BFGS-B) on each architecture.
+"""Benchmark: the batched attack solver against the scipy L-BFGS-B reference, side by side.
 
-Prints a markdown table of seconds per attack and attacks per second for the latent (KL) and
-output (ELBO) attacks, on models *briefly trained* (--train-steps Adam steps on random binary
-squares; the paper's widths unless --hidden-dim), with the L-BFGS-B iterations, objective
-evaluations and stop reasons behind each figure. Training changes how many iterations an
-attack takes, not the cost of one evaluation, so ms/evaluation is the figure to extrapolate
-from; --maxiter caps the iterations (the literature default, 15000, would make this run long).
-The attacks use λ values cycled from --lams (the sweep runs all 51).
+Both solvers attack the same problems in one process: every (pair, λ) of the smoke protocol
+(3 pairs from the held-out split of the generated dSprites, 11 λ) for each model and mode
+(latent KL, output ELBO), one ``attack_problems`` call per (model, mode) — for the batched solver
+that is one batch of 33 problems, as an attack task of the smoke sweep would run it.
 
-    python benchmarks/attack.py                       # mlp + conv, 3 problems each, 1 thread
-    python benchmarks/attack.py --kind seatbelt --layers 3 --maxiter 500
+Models: ``--checkpoints DIR`` loads every ``*.pt`` in DIR (e.g. the smoke sweep's
+``<out>/checkpoints``; all of them are MLPs) and groups them by architecture; any architecture
+in ``--architectures`` without a checkpoint gets one small model trained here for
+``--train-steps`` Adam steps on the same dataset (so the benchmark runs on a fresh machine, and
+the conv architecture is always covered).
+
+It prints two tables per maxiter:
+
+* quality, per architecture and mode: the fraction of problems whose batched Δ is within
+  ``Δ_scipy + rtol·|Δ_scipy| + atol`` (the issue's bar: >= 95%), and the median and worst of
+  Δ_batched / Δ_scipy (bar: median <= 1.00);
+* speed, per architecture and mode: attacks/s of each solver (wall time of the whole
+  ``attack_problems`` call) and their ratio (bar: >= 10x), plus the batched solver on the GPU
+  when one is present.
+
+    python benchmarks/attack.py --checkpoints /tmp/smoke/out/checkpoints   # the smoke set
+    python benchmarks/attack.py                                            # trains its models
+    python benchmarks/attack.py --checkpoints DIR --maxiter 100 15000      # and at the default
 """
 
 from __future__ import annotations
@@ -17,6 +30,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -25,90 +39,169 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attacks.config import AttackConfig  # noqa: E402
+from attacks.metrics import lambda_grid, sample_pairs  # noqa: E402
 from attacks.run import attack_problems  # noqa: E402
-from models import ModelConfig, build_model  # noqa: E402
+from models import ModelConfig, build_model, load_checkpoint  # noqa: E402
+
+MODES = (("latent", "kl"), ("output", "elbo"))
 
 
-def squares(n: int, seed: int) -> torch.Tensor:
-    """n binary 64×64 images, one filled square each at a random place and size."""
-    rng = np.random.default_rng(seed)
-    x = torch.zeros(n, 1, 64, 64)
-    for k in range(n):
-        s = int(rng.integers(8, 24))
-        r, c = (int(v) for v in rng.integers(0, 64 - s, size=2))
-        x[k, 0, r : r + s, c : c + s] = 1.0
-    return x
+def load_models(folder: str | None, architectures: list[str]) -> dict[str, list[tuple[str, torch.nn.Module]]]:
+    """{architecture: [(name, model)]} from the checkpoints in ``folder``."""
+    out: dict[str, list] = defaultdict(list)
+    if folder:
+        paths = sorted(Path(folder).glob("*.pt"))
+        if not paths:
+            raise SystemExit(f"no *.pt checkpoints in {folder}")
+        for path in paths:
+            model, _, extra = load_checkpoint(path)
+            arch = model.cfg.architecture
+            if arch in architectures:
+                out[arch].append((path.stem, model.eval()))
+    return out
 
 
-def train(model, steps: int) -> None:
-    """A few Adam steps of the model's own objective on random squares, then eval mode."""
-    if steps > 0:
-        data = squares(64, 2)
-        with torch.no_grad():  # start the Bernoulli logits at the mean image (faster start)
-            last = [m for m in model.generative.decoder.modules() if hasattr(m, "bias")][-1]
-            if last.bias is not None and last.bias.numel() == 64 * 64:
-                last.bias.copy_(torch.logit(data.mean(0).flatten().clamp(1e-3, 1 - 1e-3)))
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        model.train()
-        g = torch.Generator().manual_seed(0)
-        for _ in range(steps):
-            batch = data[torch.randint(0, len(data), (32,), generator=g)]
-            opt.zero_grad()
-            model.objective(batch).loss.backward()
-            opt.step()
-    model.eval()
+def train_model(arch: str, dataset, steps: int, seed: int = 0) -> torch.nn.Module:
+    """A small VAE of ``arch`` (z 6, hidden 256, as the smoke sweep), ``steps`` Adam steps of
+    batch 64 on the dataset's training split."""
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(kind="vae", architecture=arch, z_dim=6, layers=1,
+                                    hidden_dim=256, dataset_size=len(dataset.train_indices)))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(seed)
+    train = dataset.train_indices
+    model.train()
+    for _ in range(steps):
+        batch = dataset.batch(train[torch.randint(0, len(train), (64,), generator=g)].tolist())
+        opt.zero_grad()
+        model.objective(batch).loss.backward()
+        opt.step()
+    return model.eval()
 
 
-def stops(messages: list[str]) -> str:
-    """Stop reasons of L-BFGS-B, counted: factr / pgtol / maxiter / maxfun / linesearch."""
-    names = {"REDUCTION OF F": "factr", "PROJECTED GRADIENT": "pgtol", "ITERATIONS": "maxiter",
-             "EVALUATIONS": "maxfun", "ABNORMAL": "linesearch"}
-    counts: dict[str, int] = {}
-    for m in messages:
-        key = next((v for k, v in names.items() if k in m.upper()), m[:20])
-        counts[key] = counts.get(key, 0) + 1
-    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+def smoke_problems(dataset, n_pairs: int, n_lambdas: int):
+    """The smoke protocol's problems: pair i at every λ, p = i·m + j (as run_attacks)."""
+    pairs = sample_pairs(dataset.held_out_indices.tolist(), n_pairs, seed=0)
+    lams = lambda_grid(n_lambdas)
+    m = len(lams)
+    src = dataset.batch([s for s, _ in pairs])
+    tgt = dataset.batch([t for _, t in pairs])
+    x, xt = src.repeat_interleave(m, 0), tgt.repeat_interleave(m, 0)
+    lam = torch.tensor(lams * n_pairs, dtype=torch.float32)
+    si = [s for s, _ in pairs for _ in range(m)]
+    ti = [t for _, t in pairs for _ in range(m)]
+    return x, xt, lam, si, ti
+
+
+def run(model, problems, mode, sim, cfg, device="cpu"):
+    x, xt, lam, si, ti = problems
+    model = model.to(device)
+    t0 = time.perf_counter()
+    res, total, _ = attack_problems(model, x.to(device), xt.to(device), lam.to(device), mode, sim,
+                                    cfg, si, ti, seed=0)
+    if device != "cpu":
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    model.to("cpu")
+    return total.double().cpu().numpy(), wall, res
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoints", default=None, help="folder of *.pt model files (smoke sweep)")
     ap.add_argument("--architectures", nargs="+", default=["mlp", "conv"])
-    ap.add_argument("--kind", default="vae")
-    ap.add_argument("--layers", type=int, default=1)
-    ap.add_argument("--z-dim", type=int, default=10)
-    ap.add_argument("--hidden-dim", type=int, default=None, help="default: the paper's widths")
-    ap.add_argument("--problems", type=int, default=3, help="attacks per (architecture, mode)")
-    ap.add_argument("--lams", type=float, nargs="+", default=[0.0, 2.0**-4, 1.0])
-    ap.add_argument("--train-steps", type=int, default=200)
-    ap.add_argument("--maxiter", type=int, default=200)
+    ap.add_argument("--train-steps", type=int, default=300,
+                    help="Adam steps for a model trained here (no checkpoint of an architecture)")
+    ap.add_argument("--n-pairs", type=int, default=3)
+    ap.add_argument("--n-lambdas", type=int, default=11)
+    ap.add_argument("--maxiter", type=int, nargs="+", default=[100],
+                    help="maxiter values to compare at (smoke preset: 100; default config: 15000)")
+    ap.add_argument("--rtol", type=float, default=0.01)
+    ap.add_argument("--atol", type=float, default=1e-4)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (a Ray attack task has 1 CPU)")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    cfg = AttackConfig(maxiter=args.maxiter).validate()
-    P = args.problems
-    src, tgt = squares(P, 0), squares(P, 1)
-    lams = torch.tensor([args.lams[i % len(args.lams)] for i in range(P)])
-    print(f"kind={args.kind} layers={args.layers} z_dim={args.z_dim} hidden_dim={args.hidden_dim or 'paper'} "
-          f"({args.train_steps} Adam steps on 64 random squares), λ={[float(v) for v in lams]}, maxiter={args.maxiter}, memory={cfg.memory}, factr={cfg.factr:g}, "
-          f"pgtol={cfg.pgtol:g}, torch threads={args.threads}, {P} attacks per row\n")
-    print("| architecture | mode | similarity | attacks | s/attack | attacks/s | iterations/attack "
-          "| evaluations/attack | ms/evaluation | stops |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---|")
+    from sweep.data import load_dataset
+
+    t0 = time.perf_counter()
+    dataset = load_dataset("dsprites_generated", size=20000, seed=0, held_out=0.1)
+    problems = smoke_problems(dataset, args.n_pairs, args.n_lambdas)
+    models = load_models(args.checkpoints, args.architectures)
     for arch in args.architectures:
-        torch.manual_seed(0)
-        model = build_model(ModelConfig(kind=args.kind, architecture=arch, z_dim=args.z_dim,
-                                        layers=args.layers, hidden_dim=args.hidden_dim))
-        train(model, args.train_steps)
-        for mode, sim in (("latent", "kl"), ("output", "elbo")):
-            t0 = time.perf_counter()
-            res, _, _ = attack_problems(model, src, tgt, lams, mode, sim, cfg, list(range(P)),
-                                        list(range(P, 2 * P)), seed=0)
-            wall = time.perf_counter() - t0
-            spa = wall / P
-            print(f"| {arch} | {mode} | {sim} | {P} | {spa:.3f} | {1 / spa:.2f} | "
-                  f"{res.iterations.mean():.0f} | {res.evaluations.mean():.0f} | "
-                  f"{1000 * res.seconds.sum() / res.evaluations.sum():.2f} | {stops(res.messages)} |")
+        if not models.get(arch):
+            models[arch] = [(f"{arch}-vae-trained{args.train_steps}",
+                             train_model(arch, dataset, args.train_steps))]
+    gpu = torch.cuda.is_available()
+    P = len(problems[0])
+    print(f"setup {time.perf_counter() - t0:.0f}s; {P} problems per (model, mode) = {args.n_pairs} "
+          f"pairs x {args.n_lambdas} λ; torch threads={args.threads}; GPU: "
+          f"{torch.cuda.get_device_name() if gpu else 'none'}")
+    for arch in args.architectures:
+        print(f"  {arch}: {', '.join(name for name, _ in models[arch])}")
+
+    # warm-up (first calls allocate and initialise kernels)
+    warm = tuple(t[:2] if torch.is_tensor(t) else t[:2] for t in problems)
+    for arch in args.architectures:
+        for solver in ("scipy", "batched"):
+            run(models[arch][0][1], warm, "latent", "kl", AttackConfig(solver=solver, maxiter=5))
+
+    for maxiter in args.maxiter:
+        quality, speed = [], []
+        for arch in args.architectures:
+            acc = defaultdict(lambda: defaultdict(list))
+            for name, model in models[arch]:
+                for mode, sim in MODES:
+                    ref, t_ref, r_ref = run(model, problems, mode, sim,
+                                            AttackConfig(solver="scipy", maxiter=maxiter))
+                    new, t_new, r_new = run(model, problems, mode, sim,
+                                            AttackConfig(solver="batched", maxiter=maxiter))
+                    a = acc[mode]
+                    a["ref"].append(ref)
+                    a["new"].append(new)
+                    a["t_ref"].append(t_ref)
+                    a["t_new"].append(t_new)
+                    a["ev_ref"].append(r_ref.evaluations.mean())
+                    a["ev_new"].append(r_new.evaluations.mean())
+                    if gpu:
+                        _, t_gpu, _ = run(model, problems, mode, sim,
+                                          AttackConfig(solver="batched", maxiter=maxiter), "cuda")
+                        a["t_gpu"].append(t_gpu)
+                    print(f"  [{arch} {name} {mode} maxiter={maxiter}] scipy {t_ref:.2f}s "
+                          f"batched {t_new:.2f}s ({t_ref / t_new:.1f}x)", flush=True)
+            for mode in list(acc) + ["all"]:
+                modes = list(acc) if mode == "all" else [mode]
+                ref = np.concatenate([np.concatenate(acc[m]["ref"]) for m in modes])
+                new = np.concatenate([np.concatenate(acc[m]["new"]) for m in modes])
+                within = new <= ref + args.rtol * np.abs(ref) + args.atol
+                ratio = new / ref
+                quality.append((arch, mode, len(ref), within.mean(), np.median(ratio), ratio.max(),
+                                np.mean(new < ref)))
+                t_ref = sum(sum(acc[m]["t_ref"]) for m in modes)
+                t_new = sum(sum(acc[m]["t_new"]) for m in modes)
+                t_gpu = sum(sum(acc[m]["t_gpu"]) for m in modes) if gpu else None
+                ev_ref = np.mean([v for m in modes for v in acc[m]["ev_ref"]])
+                ev_new = np.mean([v for m in modes for v in acc[m]["ev_new"]])
+                speed.append((arch, mode, len(ref), len(ref) / t_ref, len(ref) / t_new,
+                              t_ref / t_new, ev_ref, ev_new,
+                              None if t_gpu is None else len(ref) / t_gpu))
+
+        print(f"\nQuality at maxiter={maxiter} (batched vs scipy Δ; within = Δ_b <= Δ_s + "
+              f"{args.rtol:g}·|Δ_s| + {args.atol:g}; bar: within >= 95%, median ratio <= 1.00)\n")
+        print("| architecture | mode | problems | within tolerance | median Δ_b/Δ_s | worst Δ_b/Δ_s | batched lower |")
+        print("|---|---|---:|---:|---:|---:|---:|")
+        for arch, mode, n, w, med, worst, lower in quality:
+            print(f"| {arch} | {mode} | {n} | {100 * w:.1f}% | {med:.6f} | {worst:.3f} | {100 * lower:.0f}% |")
+        print(f"\nSpeed at maxiter={maxiter} (attacks/s over whole attack_problems calls, "
+              f"{args.threads} thread(s); bar: ratio >= 10x)\n")
+        gpu_col = " batched GPU attacks/s |" if gpu else ""
+        print(f"| architecture | mode | attacks | scipy attacks/s | batched attacks/s | ratio "
+              f"| scipy evals/attack | batched evals/attack |{gpu_col}")
+        print("|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if gpu else ""))
+        for arch, mode, n, a_ref, a_new, ratio, ev_ref, ev_new, a_gpu in speed:
+            g = f" {a_gpu:.1f} |" if a_gpu is not None else ""
+            print(f"| {arch} | {mode} | {n} | {a_ref:.1f} | {a_new:.1f} | {ratio:.1f}x | "
+                  f"{ev_ref:.1f} | {ev_new:.1f} |{g}")
     return 0
 
 
