@@ -119,6 +119,7 @@ def _address_of_running_cluster() -> str | None:
 def _start_local(temp_dir: str | None, num_cpus: int | None, runtime_env: dict | None = None) -> None:
     import ray
 
+    _keep_loopback("127.0.0.1")  # else Ray swaps 127.0.0.1 for the external IP and listens there
     ray.init(
         address="local",
         runtime_env=runtime_env,

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from models.errors import UserError
 from sweep import schema
 from sweep.config import SweepConfig
 from sweep.progress import Progress
@@ -99,21 +100,29 @@ def _readable(store: Store, relpath: str) -> bool:
 
 
 def run_attacks(cfg: SweepConfig, store: Store, rows: dict[str, dict[str, Any]],
-                tracker: Tracker | None) -> None:
+                tracker: Tracker | None) -> dict[str, str]:
+    """Run the attack tasks still to do; returns trial_id -> reason for the trials whose attacks
+    failed (after retries), which are also tagged in their MLflow runs."""
     todo, done = plan_tasks(cfg, rows, store)
     total = len(todo) + done
     per_task = len(cfg.attack.resolved_lams())
+    failed: dict[str, str] = {}
     if not todo:
         print(f"attacks: all {total} tasks already written")
     else:
         print(f"attacks: {len(todo)} of {total} tasks to run "
               f"({len(todo) * per_task * cfg.resources.pairs_per_task:,} attacks at most)")
-        _run_tasks(cfg, store, todo, done, total)
+        failed = _run_tasks(cfg, store, todo, done, total)
     if tracker is not None:
         log_attack_summaries(store, tracker, rows)
+        for trial_id, reason in failed.items():
+            if trial_id in rows:
+                tracker.finish(rows[trial_id], "FAILED", tags={"attack_status": "failed",
+                                                               "attack_reason": reason[:5000]})
+    return failed
 
 
-def _run_tasks(cfg: SweepConfig, store: Store, todo: list[AttackTask], done: int, total: int) -> None:
+def _run_tasks(cfg: SweepConfig, store: Store, todo: list[AttackTask], done: int, total: int) -> dict[str, str]:
     res = cfg.resources
     remote = attack_task.options(
         num_cpus=res.cpus_per_attack_task,
@@ -124,14 +133,15 @@ def _run_tasks(cfg: SweepConfig, store: Store, todo: list[AttackTask], done: int
     pair_refs = {name: ray.put(attack_pairs(cfg, name))
                  for name in sorted({t.trial["dataset"] for t in todo})}
     attack_cfg = dataclasses.asdict(cfg.attack)
-    pending = [
-        remote.remote(task, pair_refs[task.trial["dataset"]], attack_cfg, store.uri, cfg.name,
-                      res.cpus_per_attack_task)
-        for task in todo
-    ]
+    tasks = {}
+    for task in todo:
+        ref = remote.remote(task, pair_refs[task.trial["dataset"]], attack_cfg, store.uri, cfg.name,
+                            res.cpus_per_attack_task)
+        tasks[ref] = task
+    pending = list(tasks)
     progress = Progress("attacks", total, done, unit="tasks")
     finished, compute_seconds, started, last = done, 0.0, time.monotonic(), 0.0
-    failures = []
+    failures: dict[str, list[str]] = {}  # trial_id -> why each of its failed tasks failed
     while pending:
         ready, pending = ray.wait(pending, num_returns=1, timeout=5.0)
         for ref in ready:
@@ -139,16 +149,28 @@ def _run_tasks(cfg: SweepConfig, store: Store, todo: list[AttackTask], done: int
                 compute_seconds += ray.get(ref)
                 finished += 1
             except ray.exceptions.RayError as exc:  # retries used up: the rest goes on
-                failures.append(str(exc).strip().splitlines()[-1][:300])
+                failures.setdefault(tasks[ref].trial["trial_id"], []).append(_why(exc))
         if time.monotonic() - last > 5 or not pending:
             last = time.monotonic()
             progress.update(finished, extra=f"{len(pending)} queued or running")
     wall = time.monotonic() - started
     print(f"attacks: {finished - done} tasks in {wall:.1f}s wall, {compute_seconds:.1f}s of task compute")
     if failures:
-        print(f"attacks: {len(failures)} task(s) failed after retries; re-run the command to redo them:")
-        for failure in failures[:10]:
-            print(f"  {failure}")
+        count = sum(len(v) for v in failures.values())
+        print(f"attacks: {count} task(s) of {len(failures)} trial(s) failed; their trials are marked "
+              f"failed (fix the cause, then re-run the command to redo them):")
+        for trial_id, reasons in sorted(failures.items()):
+            print(f"  {trial_id}: {len(reasons)} task(s): {reasons[0]}")
+    return {trial_id: reasons[0] for trial_id, reasons in failures.items()}
+
+
+def _why(exc: Exception) -> str:
+    """One line saying why a task failed: the user error it raised, else the exception's end."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, UserError):
+        return f"{type(cause).__name__}: {cause}"[:1000]
+    lines = str(exc).strip().splitlines()
+    return (lines[-1] if lines else type(exc).__name__)[:300]
 
 
 @ray.remote
@@ -161,6 +183,7 @@ def attack_task(task: AttackTask, pairs: dict[str, Any], attack_cfg: dict[str, A
     from attacks.config import AttackConfig
     from attacks.run import run_attacks as attack
     from models import load_checkpoint
+    from models.errors import CheckpointError
 
     started = time.perf_counter()
     torch.set_num_threads(max(1, int(cpus)))
@@ -168,7 +191,11 @@ def attack_task(task: AttackTask, pairs: dict[str, Any], attack_cfg: dict[str, A
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     relpath = f"checkpoints/{task.trial['trial_id']}.pt"
     with tempfile.TemporaryDirectory(dir=local_tmp_dir()) as folder:
-        model, _, _ = load_checkpoint(store.download(relpath, Path(folder) / "model.pt"), map_location=device)
+        local = store.download(relpath, Path(folder) / "model.pt")
+        try:
+            model, _, _ = load_checkpoint(local, map_location=device)
+        except CheckpointError as exc:  # name the results folder's file, not the local copy
+            raise CheckpointError(str(exc).replace(str(local), store.uri_of(relpath))) from None
     config = AttackConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in attack_cfg.items()})
     chunk = list(task.pairs)
     rows, gallery = attack(

@@ -124,16 +124,9 @@ def run(args: argparse.Namespace) -> int:
         print(describe(cfg, specs))
         return 0
 
-    from sweep.cluster import connect, place_on_gpus
     from sweep.pipeline import run_pipeline
 
     out = args.out or str(Path("sweeps") / cfg.name)
-    # Connect before the pipeline does (it reuses this connection and prints what was done), so
-    # GPU requests are checked against the real cluster: a request no node can ever meet is
-    # dropped with a warning instead of leaving every trial pending forever.
-    connect(args.cluster, temp_dir=args.ray_temp_dir, num_cpus=args.num_cpus, worker_env=args.worker_env)
-    for line in place_on_gpus(cfg.resources):
-        print(line, file=sys.stderr if line.startswith("warning") else sys.stdout, flush=True)
     return run_pipeline(cfg, specs, out, args)
 
 

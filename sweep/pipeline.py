@@ -7,12 +7,13 @@ anywhere and the same command picks up where it stopped.
 from __future__ import annotations
 
 import argparse
+import sys
 import math
 from pathlib import Path
 from typing import Any
 
 from models.errors import UserError
-from sweep.cluster import connect, shutdown
+from sweep.cluster import connect, place_on_gpus, shutdown
 from sweep.config import SweepConfig
 from sweep.store import Store
 from sweep.tracking import Tracker
@@ -36,7 +37,13 @@ def run_pipeline(cfg: SweepConfig, specs: list[TrialSpec], out: str, args: argpa
     store.write_json("sweep.json", {**cfg.to_dict(), "fingerprint": cfg.fingerprint()})
 
     print(f"sweep {cfg.name!r}: {len(specs)} trials -> {store.uri}")
-    print(connect(args.cluster, temp_dir=args.ray_temp_dir, num_cpus=args.num_cpus))
+    # Connected only after the checks above, so a bad folder or tracking store fails first.
+    print(connect(args.cluster, temp_dir=args.ray_temp_dir, num_cpus=args.num_cpus,
+                  worker_env=getattr(args, "worker_env", None)), flush=True)
+    # GPU requests are checked against the real cluster: one no node can ever meet is dropped
+    # with a warning instead of leaving every trial pending forever.
+    for line in place_on_gpus(cfg.resources):
+        print(line, file=sys.stderr if line.startswith("warning") else sys.stdout, flush=True)
     status = "FAILED"
     try:
         from sweep.training import finished_trials, run_training
@@ -45,13 +52,14 @@ def run_pipeline(cfg: SweepConfig, specs: list[TrialSpec], out: str, args: argpa
         rows = finished_trials(store)
         if tracker is not None:
             record_trials(tracker, rows)
+        attack_failures: dict[str, str] = {}
         if not args.no_attacks:
             from sweep.fanout import run_attacks
 
-            run_attacks(cfg, store, rows, tracker)
+            attack_failures = run_attacks(cfg, store, rows, tracker) or {}
         if not args.no_report:
             write_report(store, tracker)
-        print_summary(cfg, store, specs, tracker)
+        print_summary(cfg, store, specs, tracker, attack_failures)
         status = "FINISHED"
     finally:
         shutdown()
@@ -113,10 +121,14 @@ def write_report(store: Store, tracker: Tracker | None) -> None:
         print(f"report: failed ({type(exc).__name__}: {exc}); run python -m analysis.report --out {store.uri}")
 
 
-def print_summary(cfg: SweepConfig, store: Store, specs: list[TrialSpec], tracker: Tracker | None) -> None:
+def print_summary(cfg: SweepConfig, store: Store, specs: list[TrialSpec], tracker: Tracker | None,
+                  attack_failures: dict[str, str] | None = None) -> None:
+    """The table of trials, why any of them did not finish (diverged, failed, or its attacks
+    failed), where the results are, and what could not be logged to MLflow."""
     from sweep.training import finished_trials
 
     rows = finished_trials(store)
+    attack_failures = attack_failures or {}
     attack_means = _attack_means(store)
     print()
     header = f"{'trial_id':44s} {'status':8s} {'ELBO':>9s} {'TC':>7s} {'MIG':>5s} {'latent D':>9s} {'output D':>9s}"
@@ -125,18 +137,29 @@ def print_summary(cfg: SweepConfig, store: Store, specs: list[TrialSpec], tracke
     for spec in specs:
         row = rows.get(spec.trial_id, {})
         means = attack_means.get(spec.trial_id, {})
-        print(f"{spec.trial_id:44s} {row.get('status', 'missing'):8s} {_fmt(row.get('elbo')):>9s} "
+        status = "failed" if spec.trial_id in attack_failures else row.get("status", "missing")
+        print(f"{spec.trial_id:44s} {status:8s} {_fmt(row.get('elbo')):>9s} "
               f"{_fmt(row.get('tc')):>7s} {_fmt(row.get('mig'), 2):>5s} "
               f"{_fmt(means.get('latent')):>9s} {_fmt(means.get('output')):>9s}")
     print()
     print("(latent D / output D: mean over pairs and lambdas of the final attack objective; higher = harder to attack)")
+    reasons = [(spec.trial_id, rows[spec.trial_id]["status"], rows[spec.trial_id].get("reason") or "")
+               for spec in specs if rows.get(spec.trial_id, {}).get("status") not in (None, "ok")]
+    reasons += [(trial_id, "failed", f"attacks: {reason}") for trial_id, reason in sorted(attack_failures.items())]
+    if reasons:
+        print(f"{len(reasons)} trial(s) did not finish:")
+        for trial_id, status, reason in reasons:
+            print(f"  {trial_id} {status}: {reason}")
     print(f"results:     {store.uri}")
     for name in ("sweep.json", "train", "noise", "checkpoints", "attacks", "gallery", "report/index.html"):
         print(f"  {name:12s} {store.uri_of(name)}")
     if tracker is not None:
         print(f"MLflow:      {tracker.tracking_uri}  experiment {tracker.experiment_name!r}, "
               f"parent run {tracker.parent_run_id}")
-        print("             open it with: mlflow ui --backend-store-uri " + tracker.tracking_uri)
+        if tracker.tracking_uri.startswith(("http://", "https://")):
+            print(f"             open it at {tracker.tracking_uri}")
+        else:
+            print("             open it with: mlflow ui --backend-store-uri " + tracker.tracking_uri)
         if tracker.failures:
             print(f"MLflow: {len(tracker.failures)} logging call(s) failed; re-run the command to back-fill:")
             for failure in tracker.failures[:10]:

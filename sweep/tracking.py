@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -26,20 +27,34 @@ log = logging.getLogger(__name__)
 GRID_FIELDS = ("dataset", "model", "beta", "layers", "z_dim", "seed")
 PARENT_TAG = "seatbelt.role"
 
+# MLflow's REST client retries a refused connection 7 times with back-off 2 (about four
+# minutes per call). The tracker retries on its own and the results are safe in Parquet, so a
+# lost server should cost seconds, not minutes per call. A user's own settings win.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
 
 class Tracker:
     """The sweep's MLflow experiment, parent run and child runs."""
 
     def __init__(self, tracking_uri: str | None, sweep_name: str, config: dict[str, Any],
-                 parent_run_id: str | None = None, retries: int = 3):
+                 parent_run_id: str | None = None, retries: int = 3, pause_seconds: float = 30.0):
         import mlflow
         from mlflow.tracking import MlflowClient
 
         self.retries = retries
         self.failures: list[str] = []
+        # After two logging calls in a row failed every retry, the store is taken to be down:
+        # calls fail at once (counted) for pause_seconds, then one call tries again.
+        self.pause_seconds = pause_seconds
+        self._failed_in_a_row = 0
+        self._paused_until = 0.0
         if tracking_uri:
             mlflow.set_tracking_uri(tracking_uri)
         self.tracking_uri = mlflow.get_tracking_uri()
+        if self.tracking_uri.startswith(("http://", "https://")):
+            for name, value in HTTP_DEFAULTS.items():
+                os.environ.setdefault(name, value)
         self.client = MlflowClient(self.tracking_uri)
         self.experiment_name = sweep_name
         try:
@@ -145,14 +160,24 @@ class Tracker:
 
     def _call(self, what: str, action: Callable[[], Any]) -> Any:
         """Run one logging call, retrying with back-off; a call that keeps failing is counted,
-        not raised, so a lost tracking server never stops a sweep."""
-        for attempt in range(self.retries):
+        not raised, so a lost tracking server never stops a sweep (nor slows it: while the
+        store looks down, calls are counted without waiting on it; a re-run back-fills)."""
+        if time.monotonic() < self._paused_until:
+            self.failures.append(f"{what}: skipped, the tracking store was unreachable")
+            return None
+        retries = 1 if self._failed_in_a_row >= 2 else self.retries  # probing a store that was down
+        for attempt in range(retries):
             try:
-                return action()
+                result = action()
+                self._failed_in_a_row = 0
+                return result
             except Exception as exc:  # the server or database can fail in many ways
-                if attempt == self.retries - 1:
+                if attempt == retries - 1:
                     self.failures.append(f"{what}: {type(exc).__name__}: {str(exc)[:120]}")
                     log.warning("MLflow: could not %s (%s)", what, exc)
+                    self._failed_in_a_row += 1
+                    if self._failed_in_a_row >= 2:
+                        self._paused_until = time.monotonic() + self.pause_seconds
                     return None
                 time.sleep(0.5 * 2**attempt)
         return None

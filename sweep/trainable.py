@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +28,20 @@ from sweep.store import Store, local_tmp_dir
 
 MODEL_FILE = "model.pt"
 OPTIMIZER_FILE = "optimizer.pt"
+
+# Fault injection for the reliability tests (tests/test_faults.py), off unless set:
+# "TRIAL_ID=LR[,TRIAL_ID=LR...]" trains those trials with that learning rate, so a trial can be
+# made to diverge for real (e.g. lr 1e30: the first Adam step sends the weights to ~1e30 and
+# the next loss overflows) while the rest of the grid trains normally.
+FAULT_LR_ENV = "SEATBELT_FAULT_LR"
+
+
+def learning_rate(trial: dict[str, Any], train: dict[str, Any]) -> float:
+    for item in filter(None, os.environ.get(FAULT_LR_ENV, "").split(",")):
+        trial_id, _, lr = item.partition("=")
+        if trial_id.strip() == trial["trial_id"]:
+            return float(lr)
+    return train["lr"]
 
 
 @functools.lru_cache(maxsize=2)
@@ -75,14 +90,15 @@ def train_trial(config: dict[str, Any]) -> None:
     dataset = dataset_for(trial, data)
 
     model = build_model(model_config_for(trial, train, dataset)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=train["lr"])
+    lr = learning_rate(trial, train)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     step, seconds = 0, 0.0
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
             model, step, extra = load_checkpoint(Path(folder) / MODEL_FILE, map_location=device)
             model.train()
-            optimizer = torch.optim.Adam(model.parameters(), lr=train["lr"])
+            optimizer = torch.optim.Adam(model.parameters(), lr=lr)
             optimizer.load_state_dict(torch.load(Path(folder) / OPTIMIZER_FILE, weights_only=True))
             seconds = extra.get("seconds", 0.0)
 
@@ -116,7 +132,7 @@ def train_trial(config: dict[str, Any]) -> None:
     images_per_s = (train["steps"] * train["batch_size"]) / max(seconds, 1e-9)
     row, noise_rows = _evaluate(model, dataset, train, trial)
     if not all(math.isfinite(v) for v in (row["elbo"], row["recon_loglik"])):
-        _finish_diverged(config, step, seconds, row["elbo"])
+        _finish_diverged(config, step, seconds, row["elbo"], what="held-out ELBO")
         return
     row.update(_identity(config), status="ok", reason="", steps=step, seconds=seconds,
                images_per_s=images_per_s, node_id=ray.get_runtime_context().get_node_id())
@@ -167,10 +183,11 @@ def _identity(config: dict[str, Any]) -> dict[str, Any]:
             ("trial_id", "dataset", "model", "beta", "layers", "z_dim", "seed")}}
 
 
-def _finish_diverged(config: dict[str, Any], step: int, seconds: float, loss: float) -> None:
+def _finish_diverged(config: dict[str, Any], step: int, seconds: float, loss: float,
+                     what: str = "loss") -> None:
     """A diverging trial stops with its reason recorded; it gets no model file, so it is never
     attacked, and the rest of the sweep goes on."""
-    reason = f"loss became {loss} at step {step}"
+    reason = f"{what} became {loss} at step {step}"
     row = {**_identity(config), "status": "diverged", "reason": reason, "steps": step,
            "seconds": seconds}
     Store(config["out"]).write_table(

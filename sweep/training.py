@@ -70,7 +70,10 @@ def run_training(cfg: SweepConfig, specs: list[TrialSpec], store: Store, tracker
                 "train": _plain(cfg.train), "data": _plain(cfg.data),
                 "out": store.uri, "sweep": cfg.name, "cpus": res.cpus_per_trial,
             },
-            tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent, reuse_actors=False),
+            # Reused workers keep their dataset cache (cached_dataset) from trial to trial: a
+            # fresh process per trial re-imports torch and re-builds the dataset, which made
+            # tiny trials ~4x slower (benchmarks/load.py).
+            tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(
                 name=TUNE_NAME,
                 storage_path=store.uri,
