@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from models.errors import UserError
+from sweep.cli import run_cli
 from sweep.cluster import connect, shutdown
 from sweep.config import from_dict
 from sweep.store import Store
@@ -24,14 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-cpus", type=int, help="CPUs of a local Ray instance")
     parser.add_argument("--ray-temp-dir", help="temp folder of a local Ray instance")
     args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: re-run the same command to resume", file=sys.stderr)
-        return 130
+    return run_cli(lambda: run(args))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -139,8 +139,6 @@ def evaluate(
     torch.manual_seed(seed)
     parts = elbo_parts(model, images, batch_size)
     layers = model.cfg.layers
-    lower = [parts.get(f"kl_{i}", float("nan")) for i in range(1, layers)]
-    top_kl = parts["index_code_mi"] + parts["tc"] + parts["dim_kl"]
     row: dict[str, Any] = {
         "elbo": parts["elbo"],
         "recon_loglik": parts["recon_loglik"],

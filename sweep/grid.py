@@ -12,7 +12,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from models.errors import ConfigError, UserError
+from sweep.cli import run_cli
 from sweep.config import SweepConfig, load_file
 from sweep.presets import PRESETS, preset
 from sweep.trials import TrialSpec, expand_grid
@@ -132,14 +132,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: re-run the same command to resume where it stopped", file=sys.stderr)
-        return 130
+    return run_cli(lambda: run(args))
 
 
 if __name__ == "__main__":

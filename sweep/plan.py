@@ -211,7 +211,7 @@ def plan_sweep(cfg: SweepConfig, specs: list[TrialSpec], gpus: float = 8, gpu_sp
     lines.append(f"  attacks ({attacks_per_task:,} per (checkpoint, mode): {cfg.attack.n_pairs} pairs x "
                  f"{len(cfg.attack.resolved_lams())} lambdas; solver {cfg.attack.solver}, "
                  f"{evals:,.0f} evaluations/attack "
-                 + ("(--evals-per-attack)" if evals_per_attack else f"(the solver's limit, min(maxiter, maxfun): an upper bound; "
+                 + ("(--evals-per-attack)" if evals_per_attack else "(the solver's limit, min(maxiter, maxfun): an upper bound; "
                     "set --evals-per-attack from benchmarks/attack.py)") + ")")
     lines.append(f"    {'architecture':12s} {'ch':>2s} {'mode':14s} {'checkpoints':>11s} {'ms/eval':>8s} {'s/attack':>9s} {'GPU-h':>10s}")
     attack_hours = 0.0

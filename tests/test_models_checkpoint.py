@@ -10,13 +10,6 @@ import torch
 from models import CheckpointError, ModelConfig, build_model, load_checkpoint, save_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # see test_models_kinds.py: one thread is much faster for tiny nets on a shared 2-core box
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _trained_model(arch="conv"):

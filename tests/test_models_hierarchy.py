@@ -8,13 +8,6 @@ from models import ModelConfig, build_model
 Z = 3
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # see test_models_kinds.py: one thread is much faster for tiny nets on a shared 2-core box
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _model(kind="seatbelt", layers=3, **kw):

@@ -6,14 +6,6 @@ import torch
 from models import ModelConfig, build_model
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Small nets on a shared 2-core box: torch's 2-thread pool spins under contention and is
-    # ~20x slower than one thread. Restored afterwards so other test modules are unaffected.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 CASES = [  # (kind, layers, architecture, likelihood)

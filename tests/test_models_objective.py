@@ -9,14 +9,6 @@ from torch.distributions import Bernoulli, Normal
 from models import ModelConfig, build_model
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Small nets on a shared 2-core box: torch's 2-thread pool spins under contention and is
-    # ~20x slower than one thread. Restored afterwards so other test modules are unaffected.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 B, Z, N = 6, 3, 50

@@ -13,14 +13,6 @@ from models.distributions import Gaussian
 from models.tc import aggregate_log_densities, decompose_top_kl, mss_log_weights
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Small nets on a shared 2-core box: torch's 2-thread pool spins under contention and is
-    # ~20x slower than one thread. Restored afterwards so other test modules are unaffected.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 GRID = torch.linspace(-2.0, 2.0, 4)
