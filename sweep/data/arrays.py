@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from sweep.data.errors import DatasetError
+from sweep.data.files import find_data_file
 
 SIZE = 64
 FACES_FILE = "basel_face_renders.pth"
@@ -34,22 +35,7 @@ _SUFFIXES = (".pth", ".pt", ".npy", ".npz")
 
 
 def find_array_file(data_dir: Path) -> Path:
-    if data_dir.is_file():
-        return data_dir
-    if not data_dir.is_dir():
-        raise DatasetError(f"faces: {data_dir} does not exist. Expected {FACES_LAYOUT}.")
-    official = data_dir / FACES_FILE
-    if official.is_file():
-        return official
-    found = sorted(p for p in data_dir.iterdir() if p.is_file() and p.suffix.lower() in _SUFFIXES)
-    if len(found) == 1:
-        return found[0]
-    what = (
-        "no .pth/.pt/.npy/.npz file"
-        if not found
-        else f"{len(found)} candidate files ({', '.join(p.name for p in found[:5])}) and no {FACES_FILE}"
-    )
-    raise DatasetError(f"faces: {data_dir} holds {what}. Expected {FACES_LAYOUT}.")
+    return find_data_file(data_dir, FACES_FILE, _SUFFIXES, "faces", FACES_LAYOUT)
 
 
 def read_array(path: Path) -> np.ndarray:

@@ -46,6 +46,7 @@ from typing import Callable
 import numpy as np
 
 from sweep.data.errors import DatasetError
+from sweep.data.files import find_data_file
 
 FACTOR_NAMES = ("shape", "scale", "orientation", "posX", "posY")
 FACTOR_SIZES = (3, 6, 40, 32, 32)
@@ -207,18 +208,7 @@ NPZ_LAYOUT = (
 def find_npz(data_dir: Path) -> Path:
     """The dSprites ``.npz`` at ``data_dir`` (a file, or a folder with the official file or a
     single ``.npz``)."""
-    if data_dir.is_file():
-        return data_dir
-    if not data_dir.is_dir():
-        raise DatasetError(f"dSprites: {data_dir} does not exist. Expected {NPZ_LAYOUT}.")
-    official = data_dir / OFFICIAL_FILE
-    if official.is_file():
-        return official
-    found = sorted(p for p in data_dir.iterdir() if p.suffix.lower() == ".npz" and p.is_file())
-    if len(found) == 1:
-        return found[0]
-    what = "no .npz file" if not found else f"{len(found)} .npz files ({', '.join(p.name for p in found[:5])})"
-    raise DatasetError(f"dSprites: {data_dir} holds {what}. Expected {NPZ_LAYOUT}.")
+    return find_data_file(data_dir, OFFICIAL_FILE, (".npz",), "dSprites", NPZ_LAYOUT)
 
 
 def load_npz(path: Path, choose: Callable[[int], np.ndarray | None], chunk: int = 16384):
