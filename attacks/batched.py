@@ -7,8 +7,9 @@ evaluation. The problems are independent, so the gradient of ``values.sum()`` is
 own gradient, and every other step below is row-wise:
 
 * **Per-problem L-BFGS history** ``W: [A, m, 2, n]`` (the pairs s = Δd, y = Δg; m =
-  ``config.memory``) in a ring shared by the batch: every iteration each problem writes one slot,
-  left *empty* (masked out) when its step failed or its pair is skipped (sᵀy <= ε·yᵀy, ε the
+  ``config.batch_history``, or ``config.memory`` when that is None) in a ring shared by the
+  batch: every iteration each problem writes one slot, left *empty* (masked out) when its step
+  failed or its pair is skipped (sᵀy <= ε·yᵀy, ε the
   float64 machine epsilon as in scipy), so slot order is time order for every problem and no
   per-problem gather is needed. A failed line search empties that problem's slots.
 * **Projected direction** p = −ZᵀHZ g: a variable is *fixed* when it sits on a bound and its
@@ -160,7 +161,7 @@ class BatchedLBFGSB:
         if chunk is None:
             act = (_cuda_activation_bytes(objective, x_all.reshape((P,) + shape))
                    if device.type == "cuda" else None)
-            chunk = problems_per_chunk(n, int(config.memory), dtype, device,
+            chunk = problems_per_chunk(n, _history(config), dtype, device,
                                        budget=getattr(config, "batch_memory", None),
                                        activation_bytes=act, n_problems=P)
         for a in range(0, P, int(chunk)):
@@ -173,7 +174,7 @@ class BatchedLBFGSB:
     def _solve_chunk(self, objective, x_all, lo_all, hi_all, ids, shape, config, out, res):
         t_start = time.perf_counter()
         dtype, device = x_all.dtype, x_all.device
-        m = int(config.memory)
+        m = _history(config)
         maxiter, maxfun, pgtol = int(config.maxiter), int(config.maxfun), float(config.pgtol)
         ftol = getattr(config, "batch_ftol", None)
         if ftol is None:  # one float32 rounding unit of f
@@ -398,6 +399,12 @@ class BatchedLBFGSB:
         gids = torch.cat(finished).cpu().numpy()
         ev = res["nfev"][gids].astype(np.float64)
         res["secs"][gids] = wall * ev / max(ev.sum(), 1.0)
+
+
+def _history(config) -> int:
+    """The batched solver's L-BFGS memory: ``config.batch_history``, else ``config.memory``."""
+    h = getattr(config, "batch_history", None)
+    return int(config.memory if h is None else h)
 
 
 _MESSAGES = {0: MSG_FTOL, 1: MSG_PGTOL, 2: MSG_MAXITER, 3: MSG_MAXFUN, 4: MSG_ABNORMAL}

@@ -42,6 +42,8 @@ class AttackConfig:
     batch_memory: Optional[int] = None     # batched solver: bytes a batch may use; None = 1 GiB
                                            #   on CPU, half the free memory on CUDA
     batch_chunk: Optional[int] = None      # batched solver: problems per batch; None = from memory
+    batch_history: Optional[int] = None    # batched solver: L-BFGS memory (pairs kept); None =
+                                           #   ``memory`` (a smaller one halves the history passes)
     init_scale: float = 1e-3               # d0 ~ U(-init_scale, init_scale), clipped to the box
     output_mc_samples: int = 1             # reparameterisation samples in the output attack
     seed: int = 0                          # pairs, d0 and every fixed noise derive from it
@@ -116,6 +118,8 @@ class AttackConfig:
             raise bad("batch_memory", "must be an integer number of bytes >= 1, or null for the device default")
         if self.batch_chunk is not None and (not is_int(self.batch_chunk) or self.batch_chunk < 1):
             raise bad("batch_chunk", "must be an integer >= 1, or null to size batches by memory")
+        if self.batch_history is not None and (not is_int(self.batch_history) or self.batch_history < 1):
+            raise bad("batch_history", "must be an integer >= 1, or null to use 'memory'")
         if not is_num(self.init_scale) or self.init_scale < 0:
             raise bad("init_scale", "must be a finite number >= 0")
         if not is_int(self.output_mc_samples) or self.output_mc_samples < 1:

@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rtol", type=float, default=0.01)
     ap.add_argument("--atol", type=float, default=1e-4)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (a Ray attack task has 1 CPU)")
+    ap.add_argument("--batch-history", type=int, default=None,
+                    help="batched solver's L-BFGS memory (AttackConfig.batch_history; default: memory)")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -155,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                     ref, t_ref, r_ref = run(model, problems, mode, sim,
                                             AttackConfig(solver="scipy", maxiter=maxiter))
                     new, t_new, r_new = run(model, problems, mode, sim,
-                                            AttackConfig(solver="batched", maxiter=maxiter))
+                                            AttackConfig(solver="batched", maxiter=maxiter,
+                                                         batch_history=args.batch_history))
                     a = acc[mode]
                     a["ref"].append(ref)
                     a["new"].append(new)
@@ -165,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                     a["ev_new"].append(r_new.evaluations.mean())
                     if gpu:
                         _, t_gpu, _ = run(model, problems, mode, sim,
-                                          AttackConfig(solver="batched", maxiter=maxiter), "cuda")
+                                          AttackConfig(solver="batched", maxiter=maxiter,
+                                                       batch_history=args.batch_history), "cuda")
                         a["t_gpu"].append(t_gpu)
                     print(f"  [{arch} {name} {mode} maxiter={maxiter}] scipy {t_ref:.2f}s "
                           f"batched {t_new:.2f}s ({t_ref / t_new:.1f}x)", flush=True)

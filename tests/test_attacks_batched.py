@@ -97,9 +97,10 @@ class Recorder:
 
 def test_registered_and_config_fields():
     assert "batched" in SOLVERS and get_solver("batched").name == "batched"
-    AttackConfig(solver="batched", batch_ftol=1e-7, batch_memory=1 << 20, batch_chunk=4).validate()
+    AttackConfig(solver="batched", batch_ftol=1e-7, batch_memory=1 << 20, batch_chunk=4,
+                 batch_history=10).validate()
     for bad in (dict(batch_ftol=-1.0), dict(batch_memory=0), dict(batch_chunk=0),
-                dict(batch_chunk=2.5)):
+                dict(batch_chunk=2.5), dict(batch_history=0), dict(batch_history=1.5)):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             AttackConfig(**bad).validate()
 
@@ -113,6 +114,29 @@ def test_chunk_size_from_memory():
     assert problems_per_chunk(n, m, torch.float32, "cpu", budget=1) == 1
     # the default CPU budget (1 GiB) holds the smoke sweep's 33 problems in one batch
     assert problems_per_chunk(n, m, torch.float32, "cpu") >= 33
+
+
+def test_batch_history_sets_the_memory():
+    """``batch_history`` overrides ``memory`` for the batched solver (history arrays and chunk
+    sizing); None falls back to ``memory``."""
+    from attacks.batched import _history
+    assert _history(AttackConfig(memory=25)) == 25
+    assert _history(AttackConfig(memory=25, batch_history=10)) == 10
+    # a quadratic in a box: the minimiser is found with any memory, the bounds are respected
+    P, n = 5, 40
+    g = torch.Generator().manual_seed(0)
+    scale = torch.rand(P, n, generator=g) * 9 + 1
+    target = torch.randn(P, n, generator=g)
+
+    def objective(d, idx):
+        return 0.5 * (scale[idx] * (d - target[idx]) ** 2).sum(dim=1)
+
+    lo, hi = -torch.ones(P, n), torch.ones(P, n)
+    for h in (1, 3, 25):
+        cfg = AttackConfig(solver="batched", maxiter=500, batch_history=h, pgtol=1e-6)
+        res = get_solver("batched").solve(objective, torch.zeros(P, n), lo, hi, cfg)
+        assert torch.all(res.d >= lo) and torch.all(res.d <= hi)
+        assert torch.allclose(res.d, target.clamp(-1, 1), atol=2e-3)
 
 
 @pytest.mark.parametrize("mode", ["latent", "output"])
