@@ -9,7 +9,6 @@ a file it cannot read, so nothing is attacked or written twice.
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import numpy as np
 import ray
 
 from models.errors import UserError
+from attacks.config import AttackConfig
 from sweep import schema
 from sweep.config import SweepConfig
 from sweep.progress import Progress
@@ -132,10 +132,9 @@ def _run_tasks(cfg: SweepConfig, store: Store, todo: list[AttackTask], done: int
     )
     pair_refs = {name: ray.put(attack_pairs(cfg, name))
                  for name in sorted({t.trial["dataset"] for t in todo})}
-    attack_cfg = dataclasses.asdict(cfg.attack)
     tasks = {}
     for task in todo:
-        ref = remote.remote(task, pair_refs[task.trial["dataset"]], attack_cfg, store.uri, cfg.name,
+        ref = remote.remote(task, pair_refs[task.trial["dataset"]], cfg.attack, store.uri, cfg.name,
                             res.cpus_per_attack_task)
         tasks[ref] = task
     pending = list(tasks)
@@ -174,13 +173,12 @@ def _why(exc: Exception) -> str:
 
 
 @ray.remote
-def attack_task(task: AttackTask, pairs: dict[str, Any], attack_cfg: dict[str, Any], out: str,
+def attack_task(task: AttackTask, pairs: dict[str, Any], config: AttackConfig, out: str,
                 sweep_name: str, cpus: float) -> float:
     """Attack one chunk of pairs of one checkpoint; write its rows and pictures; return the
     seconds of compute it took."""
     import torch
 
-    from attacks.config import AttackConfig
     from attacks.run import run_attacks as attack
     from models import load_checkpoint
     from models.errors import CheckpointError
@@ -196,7 +194,6 @@ def attack_task(task: AttackTask, pairs: dict[str, Any], attack_cfg: dict[str, A
             model, _, _ = load_checkpoint(local, map_location=device)
         except CheckpointError as exc:  # name the results folder's file, not the local copy
             raise CheckpointError(str(exc).replace(str(local), store.uri_of(relpath))) from None
-    config = AttackConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in attack_cfg.items()})
     chunk = list(task.pairs)
     rows, gallery = attack(
         model,

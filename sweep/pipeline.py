@@ -7,8 +7,8 @@ anywhere and the same command picks up where it stopped.
 from __future__ import annotations
 
 import argparse
-import sys
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ def run_pipeline(cfg: SweepConfig, specs: list[TrialSpec], out: str, args: argpa
             attack_failures = run_attacks(cfg, store, rows, tracker) or {}
         if not args.no_report:
             write_report(store, tracker)
-        print_summary(cfg, store, specs, tracker, attack_failures)
+        print_summary(cfg, store, specs, rows, tracker, attack_failures)
         status = "FINISHED"
     finally:
         shutdown()
@@ -121,13 +121,11 @@ def write_report(store: Store, tracker: Tracker | None) -> None:
         print(f"report: failed ({type(exc).__name__}: {exc}); run python -m analysis.report --out {store.uri}")
 
 
-def print_summary(cfg: SweepConfig, store: Store, specs: list[TrialSpec], tracker: Tracker | None,
+def print_summary(cfg: SweepConfig, store: Store, specs: list[TrialSpec],
+                  rows: dict[str, dict[str, Any]], tracker: Tracker | None,
                   attack_failures: dict[str, str] | None = None) -> None:
     """The table of trials, why any of them did not finish (diverged, failed, or its attacks
     failed), where the results are, and what could not be logged to MLflow."""
-    from sweep.training import finished_trials
-
-    rows = finished_trials(store)
     attack_failures = attack_failures or {}
     attack_means = _attack_means(store)
     print()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import asdict
 from typing import Any
 
 # Tune's own console output would interleave with the sweep's progress line: keep it quiet
@@ -43,8 +44,8 @@ def finished_trials(store: Store) -> dict[str, dict[str, Any]]:
 def run_training(cfg: SweepConfig, specs: list[TrialSpec], store: Store, tracker: Tracker | None) -> None:
     global _TRACKER
     done = finished_trials(store)
-    pending = [s for s in specs if done.get(s.trial_id, {}).get("status") != "ok"
-               and done.get(s.trial_id, {}).get("status") != "diverged"]
+    # failed trials run again; ok and diverged ones are final
+    pending = [s for s in specs if done.get(s.trial_id, {}).get("status") not in ("ok", "diverged")]
     if not pending:
         print(f"training: all {len(specs)} trials already finished")
         return
@@ -67,7 +68,7 @@ def run_training(cfg: SweepConfig, specs: list[TrialSpec], store: Store, tracker
             trainable,
             param_space={
                 "trial": tune.grid_search([s.to_dict() for s in pending]),
-                "train": _plain(cfg.train), "data": _plain(cfg.data),
+                "train": asdict(cfg.train), "data": asdict(cfg.data),
                 "out": store.uri, "sweep": cfg.name, "cpus": res.cpus_per_trial,
             },
             # Reused workers keep their dataset cache (cached_dataset) from trial to trial: a
@@ -97,12 +98,6 @@ def _record_failures(cfg: SweepConfig, store: Store, results) -> None:
         reason = f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1][:500]}"
         row = {"sweep": cfg.name, **trial, "status": "failed", "reason": reason}
         store.write_table(f"train/{trial['trial_id']}.parquet", schema.table([row], schema.TRAIN))
-
-
-def _plain(section) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(section)
 
 
 class TrackingCallback(tune.Callback):
