@@ -38,7 +38,7 @@ class AttackConfig:
     maxiter: int = 15000                   # L-BFGS-B iterations per attack
     maxfun: int = 15000                    # objective evaluations per attack
     batch_ftol: Optional[float] = None     # batched solver: relative-decrease tolerance;
-                                           #   None = eps(float32) (Δ is evaluated in float32)
+                                           #   None = factr * eps(float64), as scipy's
     batch_memory: Optional[int] = None     # batched solver: bytes a batch may use; None = 1 GiB
                                            #   on CPU, half the free memory on CUDA
     batch_chunk: Optional[int] = None      # batched solver: problems per batch; None = from memory
@@ -113,7 +113,7 @@ class AttackConfig:
         if not is_int(self.maxfun) or self.maxfun < 1:
             raise bad("maxfun", "must be an integer >= 1")
         if self.batch_ftol is not None and (not is_num(self.batch_ftol) or self.batch_ftol < 0):
-            raise bad("batch_ftol", "must be a finite number >= 0, or null for eps(float32)")
+            raise bad("batch_ftol", "must be a finite number >= 0, or null for scipy's factr * eps(float64)")
         if self.batch_memory is not None and (not is_int(self.batch_memory) or self.batch_memory < 1):
             raise bad("batch_memory", "must be an integer number of bytes >= 1, or null for the device default")
         if self.batch_chunk is not None and (not is_int(self.batch_chunk) or self.batch_chunk < 1):

@@ -77,7 +77,15 @@ class ResourceConfig:
     max_concurrent: int | None = None
     max_failures: int = 2  # Tune retries of a failed trial, from its last checkpoint
     task_retries: int = 3  # Ray retries of an attack task whose worker died
-    pairs_per_task: int = 1  # attack pairs per Ray task (each pair: all its lambdas)
+    # attack pairs per Ray task (each pair: all its lambdas); None = 1 with the scipy solver
+    # (many small tasks spread over the cluster), all pairs with the batched one (one batch of
+    # every pair × lambda of a checkpoint and mode, which it then chunks to its device)
+    pairs_per_task: int | None = None
+
+    def resolved_pairs_per_task(self, attack: AttackConfig) -> int:
+        if self.pairs_per_task is not None:
+            return self.pairs_per_task
+        return attack.n_pairs if attack.solver == "batched" else 1
 
 
 @dataclass
@@ -216,7 +224,8 @@ def _validate(cfg: SweepConfig) -> None:
         _number("resources.max_concurrent", res.max_concurrent, minimum=1, kind=int)
     _number("resources.max_failures", res.max_failures, minimum=0, kind=int)
     _number("resources.task_retries", res.task_retries, minimum=0, kind=int)
-    _number("resources.pairs_per_task", res.pairs_per_task, minimum=1, kind=int)
+    if res.pairs_per_task is not None:
+        _number("resources.pairs_per_task", res.pairs_per_task, minimum=1, kind=int)
 
     from sweep.trials import expand_grid
 

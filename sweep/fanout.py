@@ -9,6 +9,8 @@ a file it cannot read, so nothing is attacked or written twice.
 
 from __future__ import annotations
 
+import heapq
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,6 +29,40 @@ from sweep.store import Store, local_tmp_dir
 from sweep.tracking import Tracker
 
 IDENTITY_FIELDS = ("trial_id", "dataset", "model", "beta", "layers", "z_dim", "seed")
+
+
+@dataclass
+class FanoutTiming:
+    """How long a fan-out took against the compute its tasks did.
+
+    ``ideal`` is the makespan of the measured task times list-scheduled in submission order on
+    ``slots`` parallel slots with nothing in between: what the fan-out would take if Ray cost
+    nothing (no scheduling, worker start-up or result transfer). ``overhead`` = wall / ideal − 1.
+    """
+
+    wall: float                 # first submission to last result, seconds
+    task_seconds: list[float]   # each finished task's own time, measured inside the task
+    slots: int                  # tasks the cluster runs at once
+
+    @property
+    def compute(self) -> float:
+        return float(sum(self.task_seconds))
+
+    @property
+    def ideal(self) -> float:
+        free = [0.0] * max(1, self.slots)
+        for seconds in self.task_seconds:
+            heapq.heapreplace(free, free[0] + seconds)
+        return max(free)
+
+    @property
+    def overhead(self) -> float:
+        return self.wall / self.ideal - 1.0 if self.ideal > 0 else 0.0
+
+    def summary(self) -> str:
+        return (f"{len(self.task_seconds)} tasks in {self.wall:.1f}s wall, {self.compute:.1f}s of "
+                f"task compute on {self.slots} slot(s); ideal {self.ideal:.1f}s, Ray overhead "
+                f"{100 * self.overhead:.1f}%")
 
 
 @dataclass(frozen=True)
@@ -69,24 +105,59 @@ def attack_pairs(cfg: SweepConfig, dataset_name: str) -> dict[str, Any]:
 
 
 def plan_tasks(cfg: SweepConfig, rows: dict[str, dict[str, Any]], store: Store) -> tuple[list[AttackTask], int]:
-    """The tasks still to run, and how many were already done (files that read back)."""
-    chunk = cfg.resources.pairs_per_task
-    pair_chunks = [tuple(range(i, min(i + chunk, cfg.attack.n_pairs)))
-                   for i in range(0, cfg.attack.n_pairs, chunk)]
-    existing = set(store.list_files("attacks", ".parquet"))
-    todo, done = [], 0
+    """The tasks still to run, and how many were already done (files that read back).
+
+    What is done is read from the files' names (``<mode>-<similarity>-p<first>-<last>``), not
+    matched against this run's chunking, so a re-run with another ``pairs_per_task`` (or the
+    other solver, whose default task size differs) attacks only the pairs no readable file
+    covers, in contiguous runs of at most that many pairs, and never writes a pair twice.
+    """
+    size = cfg.resources.resolved_pairs_per_task(cfg.attack)
+    n_pairs = cfg.attack.n_pairs
+    covered: dict[tuple[str, str, str], set[int]] = {}
+    done = 0
+    for relpath in store.list_files("attacks", ".parquet"):
+        key = _parse_relpath(relpath)
+        if key is None or not _readable(store, relpath):
+            continue
+        trial_id, mode, similarity, first, last = key
+        covered.setdefault((trial_id, mode, similarity), set()).update(range(first, last + 1))
+        done += 1
+    todo = []
     for row in rows.values():
         if row["status"] != "ok" or not store.exists(f"checkpoints/{row['trial_id']}.pt"):
             continue
         trial = {k: row[k] for k in IDENTITY_FIELDS}
         for mode, similarity in cfg.attack.tasks():
-            for pairs in pair_chunks:
-                task = AttackTask(trial, mode, similarity, pairs)
-                if task.relpath in existing and _readable(store, task.relpath):
-                    done += 1
-                else:
-                    todo.append(task)
+            have = covered.get((row["trial_id"], mode, similarity), set())
+            missing = [p for p in range(n_pairs) if p not in have]
+            for run in _contiguous_runs(missing):
+                for i in range(0, len(run), size):
+                    todo.append(AttackTask(trial, mode, similarity, tuple(run[i:i + size])))
     return todo, done
+
+
+_RELPATH = re.compile(r"^attacks/(?P<trial>[^/]+)/(?P<mode>[a-z]+)-(?P<sim>[a-z0-9_]+)"
+                      r"-p(?P<first>\d+)-(?P<last>\d+)\.parquet$")
+
+
+def _parse_relpath(relpath: str) -> tuple[str, str, str, int, int] | None:
+    """(trial_id, mode, similarity, first pair, last pair) of an attack file's path."""
+    match = _RELPATH.match(relpath)
+    if match is None:
+        return None
+    return (match["trial"], match["mode"], match["sim"], int(match["first"]), int(match["last"]))
+
+
+def _contiguous_runs(values: list[int]) -> list[list[int]]:
+    """[0, 1, 2, 5, 6, 9] -> [[0, 1, 2], [5, 6], [9]] (values ascending)."""
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and v == runs[-1][-1] + 1:
+            runs[-1].append(v)
+        else:
+            runs.append([v])
+    return runs
 
 
 def _readable(store: Store, relpath: str) -> bool:
@@ -105,14 +176,14 @@ def run_attacks(cfg: SweepConfig, store: Store, rows: dict[str, dict[str, Any]],
     failed (after retries), which are also tagged in their MLflow runs."""
     todo, done = plan_tasks(cfg, rows, store)
     total = len(todo) + done
-    per_task = len(cfg.attack.resolved_lams())
+    lams_per_pair = len(cfg.attack.resolved_lams())
     failed: dict[str, str] = {}
     if not todo:
         print(f"attacks: all {total} tasks already written")
     else:
         print(f"attacks: {len(todo)} of {total} tasks to run "
-              f"({len(todo) * per_task * cfg.resources.pairs_per_task:,} attacks at most)")
-        failed = _run_tasks(cfg, store, todo, done, total)
+              f"({sum(len(t.pairs) for t in todo) * lams_per_pair:,} attacks)")
+        failed, _ = run_tasks(cfg, store, todo, done, total)
     if tracker is not None:
         log_attack_summaries(store, tracker, rows)
         for trial_id, reason in failed.items():
@@ -122,7 +193,11 @@ def run_attacks(cfg: SweepConfig, store: Store, rows: dict[str, dict[str, Any]],
     return failed
 
 
-def _run_tasks(cfg: SweepConfig, store: Store, todo: list[AttackTask], done: int, total: int) -> dict[str, str]:
+def run_tasks(cfg: SweepConfig, store: Store, todo: list[AttackTask], done: int = 0,
+              total: int | None = None) -> tuple[dict[str, str], FanoutTiming]:
+    """Run ``todo`` as Ray tasks; returns trial_id -> why its tasks failed (after retries), and
+    the fan-out's timing."""
+    total = len(todo) + done if total is None else total
     res = cfg.resources
     remote = attack_task.options(
         num_cpus=res.cpus_per_attack_task,
@@ -139,28 +214,37 @@ def _run_tasks(cfg: SweepConfig, store: Store, todo: list[AttackTask], done: int
         tasks[ref] = task
     pending = list(tasks)
     progress = Progress("attacks", total, done, unit="tasks")
-    finished, compute_seconds, started, last = done, 0.0, time.monotonic(), 0.0
+    finished, task_seconds, started, last = done, [], time.monotonic(), 0.0
     failures: dict[str, list[str]] = {}  # trial_id -> why each of its failed tasks failed
     while pending:
         ready, pending = ray.wait(pending, num_returns=1, timeout=5.0)
         for ref in ready:
             try:
-                compute_seconds += ray.get(ref)
+                task_seconds.append(ray.get(ref))
                 finished += 1
             except ray.exceptions.RayError as exc:  # retries used up: the rest goes on
                 failures.setdefault(tasks[ref].trial["trial_id"], []).append(_why(exc))
         if time.monotonic() - last > 5 or not pending:
             last = time.monotonic()
             progress.update(finished, extra=f"{len(pending)} queued or running")
-    wall = time.monotonic() - started
-    print(f"attacks: {finished - done} tasks in {wall:.1f}s wall, {compute_seconds:.1f}s of task compute")
+    timing = FanoutTiming(time.monotonic() - started, task_seconds, _slots(res))
+    print(f"attacks: {timing.summary()}")
     if failures:
         count = sum(len(v) for v in failures.values())
         print(f"attacks: {count} task(s) of {len(failures)} trial(s) failed; their trials are marked "
               f"failed (fix the cause, then re-run the command to redo them):")
         for trial_id, reasons in sorted(failures.items()):
             print(f"  {trial_id}: {len(reasons)} task(s): {reasons[0]}")
-    return {trial_id: reasons[0] for trial_id, reasons in failures.items()}
+    return {trial_id: reasons[0] for trial_id, reasons in failures.items()}, timing
+
+
+def _slots(res) -> int:
+    """Attack tasks the cluster can run at once: its CPUs (or GPUs) over a task's request."""
+    total = ray.cluster_resources()
+    counts = [total.get("CPU", 0) / res.cpus_per_attack_task if res.cpus_per_attack_task else None,
+              total.get("GPU", 0) / res.gpus_per_attack_task if res.gpus_per_attack_task else None]
+    counts = [int(c) for c in counts if c is not None]
+    return max(1, min(counts)) if counts else 1
 
 
 def _why(exc: Exception) -> str:

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from attacks.batched import BatchedLBFGSB, bytes_per_problem, problems_per_chunk
+from attacks.batched import (BatchedLBFGSB, bytes_per_problem, probe_cpu_chunk, problems_per_chunk,
+                             subspace_direction)
 from attacks.config import AttackConfig
 from attacks.objectives import build_objective
 from attacks.run import attack_problems, problem_generators, run_attacks
@@ -116,6 +117,111 @@ def test_chunk_size_from_memory():
     assert problems_per_chunk(n, m, torch.float32, "cpu") >= 33
 
 
+@pytest.mark.parametrize("order, valid", [([0, 1, 2], [1, 1, 1]), ([2, 0, 1], [1, 1, 1]),
+                                          ([1, 2, 0], [1, 0, 1])])
+def test_subspace_direction_is_the_reduced_bfgs_step(order, valid):
+    """−(ZᵀBZ)⁻¹Zᵀg against B built densely by the BFGS update from θI, pair by pair in time
+    order (slots stored out of order; an invalid slot is skipped), on a random free set."""
+    n, k = 10, 3
+    g_ = torch.Generator().manual_seed(1)
+    R = torch.randn(n, n, generator=g_, dtype=torch.float64)
+    H_true = R @ R.T + n * torch.eye(n, dtype=torch.float64)
+    S = torch.randn(k, n, generator=g_, dtype=torch.float64)              # by slot
+    Y = S @ H_true                                                         # sᵀy > 0
+    g = torch.randn(n, generator=g_, dtype=torch.float64)
+    free = (torch.rand(n, generator=g_) < 0.6).double()
+    free[:2] = 1.0
+    used = [j for j in order if valid[j]]
+    newest = used[-1]
+    theta = float(Y[newest] @ Y[newest] / (S[newest] @ Y[newest]))
+    B = theta * torch.eye(n, dtype=torch.float64)
+    for j in used:
+        s, y = S[j], Y[j]
+        Bs = B @ s
+        B = B - torch.outer(Bs, Bs) / (s @ Bs) + torch.outer(y, y) / (y @ s)
+    F = free.bool()
+    expected = torch.zeros(n, dtype=torch.float64)
+    expected[F] = -torch.linalg.solve(B[F][:, F], g[F])
+
+    gz = (g * free)[None]
+    W = torch.stack([S, Y], dim=1)[None]                                   # [1, k, 2, n]
+    vecs = W[0].reshape(2 * k, n)
+    GF = ((vecs * free) @ vecs.T).reshape(1, k, 2, k, 2)
+    ab = (W[0] @ gz[0]).reshape(1, k, 2)
+    got = subspace_direction(W, order, torch.tensor([valid], dtype=torch.bool),
+                             torch.tensor([1.0 / theta], dtype=torch.float64), (S @ Y.T)[None],
+                             (S @ S.T)[None], GF, ab, gz, free[None])
+    torch.testing.assert_close(got[0], expected, rtol=1e-9, atol=1e-12)
+
+
+def test_free_gram_follows_the_free_set():
+    """The incrementally kept Gram matrix over the free variables equals the direct product
+    after the free sets of a batch change by different amounts (including not at all)."""
+    from attacks.batched import _update_free_gram
+    A, m, k, n = 3, 4, 3, 50
+    g_ = torch.Generator().manual_seed(2)
+    W = torch.randn(A, m, 2, n, generator=g_)
+    free = (torch.rand(A, n, generator=g_) < 0.5).float()
+
+    def direct(free):
+        vecs = W[:, :k].reshape(A, 2 * k, n).double()
+        return torch.bmm(vecs * free[:, None, :].double(), vecs.transpose(1, 2)).reshape(A, k, 2, k, 2)
+
+    GF = torch.zeros(A, m, 2, m, 2, dtype=torch.float64)
+    GF[:, :k, :, :k, :] = direct(free)
+    for flips in ([3, 0, 40], [1, 7, 0], [50, 2, 5]):
+        new = free.clone()
+        for a, count in enumerate(flips):
+            idx = torch.randperm(n, generator=g_)[:count]
+            new[a, idx] = 1.0 - new[a, idx]
+        _update_free_gram(GF, W, k, new - free)
+        free = new
+        torch.testing.assert_close(GF[:, :k, :, :k, :], direct(free), rtol=1e-10, atol=1e-9)
+    assert torch.all(GF[:, k:] == 0) and torch.all(GF[:, :, :, k:] == 0)
+
+
+def boxed_quadratics(P: int, n: int, seed: int = 0):
+    """P independent quadratics in the box [-1, 1]^n, each with its own scales and centre."""
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.rand(P, n, generator=g) * 9 + 1
+    target = torch.randn(P, n, generator=g)
+
+    def objective(d, idx):
+        idx = torch.as_tensor(idx)
+        return 0.5 * (scale[idx] * (d - target[idx]) ** 2).sum(dim=1)
+
+    return objective, target, -torch.ones(P, n), torch.ones(P, n)
+
+
+def test_cpu_probe_keeps_its_evaluations_and_changes_no_result():
+    """The CPU probe returns a tried batch size and the objective's own values at the
+    starting points it timed; a solve that probes reaches bitwise the same results as one
+    with a fixed batch (the evaluation is row-wise, so only the solver could differ)."""
+    P, n = 100, 30
+    objective, target, lo, hi = boxed_quadratics(P, n)
+    d0 = torch.zeros(P, n)
+    chunk, known = probe_cpu_chunk(objective, d0, (n,), limit=P)
+    assert chunk in (32, 64)
+    assert sorted(known) == [0, 32][:len(known)] and known
+    for a, (f, g) in known.items():
+        idx = list(range(a, a + f.shape[0]))
+        d = d0[idx].clone().requires_grad_(True)
+        v = objective(d, idx)
+        (grad,) = torch.autograd.grad(v.sum(), d)
+        assert torch.equal(f, v.detach()) and torch.equal(g, grad)
+    # too few problems, or a memory bound below the first probe size: no probe
+    assert probe_cpu_chunk(objective, d0[:20], (n,), limit=P) == (20, {})
+    assert probe_cpu_chunk(objective, d0, (n,), limit=8) == (8, {})
+    cfg = AttackConfig(solver="batched", maxiter=200, pgtol=1e-6)
+    probed = get_solver("batched").solve(objective, d0, lo, hi, cfg)
+    fixed = get_solver("batched").solve(objective, d0, lo, hi,
+                                        AttackConfig(solver="batched", maxiter=200, pgtol=1e-6,
+                                                     batch_chunk=P))
+    assert torch.equal(probed.d, fixed.d)
+    assert np.array_equal(probed.evaluations, fixed.evaluations)
+    assert torch.allclose(probed.d, target.clamp(-1, 1), atol=2e-3)
+
+
 def test_batch_history_sets_the_memory():
     """``batch_history`` overrides ``memory`` for the batched solver (history arrays and chunk
     sizing); None falls back to ``memory``."""
@@ -124,14 +230,7 @@ def test_batch_history_sets_the_memory():
     assert _history(AttackConfig(memory=25, batch_history=10)) == 10
     # a quadratic in a box: the minimiser is found with any memory, the bounds are respected
     P, n = 5, 40
-    g = torch.Generator().manual_seed(0)
-    scale = torch.rand(P, n, generator=g) * 9 + 1
-    target = torch.randn(P, n, generator=g)
-
-    def objective(d, idx):
-        return 0.5 * (scale[idx] * (d - target[idx]) ** 2).sum(dim=1)
-
-    lo, hi = -torch.ones(P, n), torch.ones(P, n)
+    objective, target, lo, hi = boxed_quadratics(P, n)
     for h in (1, 3, 25):
         cfg = AttackConfig(solver="batched", maxiter=500, batch_history=h, pgtol=1e-6)
         res = get_solver("batched").solve(objective, torch.zeros(P, n), lo, hi, cfg)
@@ -187,7 +286,9 @@ def test_box_and_stopped_problems_do_not_change(model, mode):
     for p in early:
         assert torch.equal(short.d[p], res.d[p]), p
         assert short.objective[p] == res.objective[p]
-    assert res.converged.mean() >= 0.9, res.messages
+    # it stops on a tolerance about as often as the reference does within the same maxiter
+    ref = get_solver("scipy").solve(objective, d0, lower, upper, AttackConfig(maxiter=MAXITER))
+    assert res.converged.sum() >= ref.converged.sum() - 1, (res.messages, ref.messages)
 
 
 class RowWise:
