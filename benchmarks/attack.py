@@ -52,13 +52,16 @@ from models import ModelConfig, build_model, load_checkpoint  # noqa: E402
 MODES = (("latent", "kl"), ("output", "elbo"))
 
 
-def load_models(folder: str | None, architectures: list[str]) -> dict[str, list[tuple[str, torch.nn.Module]]]:
-    """{architecture: [(name, model)]} from the checkpoints in ``folder``."""
+def load_models(folder: str | None, architectures: list[str],
+                only: list[str] | None = None) -> dict[str, list[tuple[str, torch.nn.Module]]]:
+    """{architecture: [(name, model)]} from the checkpoints in ``folder`` (those whose file
+    name contains one of ``only``, if given)."""
     out: dict[str, list] = defaultdict(list)
     if folder:
-        paths = sorted(Path(folder).glob("*.pt"))
+        paths = [p for p in sorted(Path(folder).glob("*.pt"))
+                 if not only or any(part in p.name for part in only)]
         if not paths:
-            raise SystemExit(f"no *.pt checkpoints in {folder}")
+            raise SystemExit(f"no *.pt checkpoints in {folder}" + (f" matching {only}" if only else ""))
         for path in paths:
             model, _, extra = load_checkpoint(path)
             arch = model.cfg.architecture
@@ -123,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoints", default=None, help="folder of *.pt model files (smoke sweep)")
     ap.add_argument("--architectures", nargs="+", default=["mlp", "conv"])
+    ap.add_argument("--only", nargs="+", help="checkpoints whose file name contains one of these")
     ap.add_argument("--train-steps", type=int, default=300,
                     help="Adam steps for a model trained here (no checkpoint of an architecture)")
     ap.add_argument("--n-pairs", type=int, default=3)
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     dataset = load_dataset("dsprites_generated", size=20000, seed=0, held_out=0.1)
     problems = smoke_problems(dataset, args.n_pairs, args.n_lambdas)
-    models = load_models(args.checkpoints, args.architectures)
+    models = load_models(args.checkpoints, args.architectures, args.only)
     for arch in args.architectures:
         if not models.get(arch):
             models[arch] = [(f"{arch}-vae-trained{args.train_steps}",
@@ -201,8 +205,10 @@ def main(argv: list[str] | None = None) -> int:
                                           AttackConfig(solver="batched", maxiter=maxiter,
                                                        batch_history=args.batch_history), "cuda")
                         a["t_gpu"].append(t_gpu / P)
-                    print(f"  [{arch} {name} {mode} maxiter={maxiter}] scipy {t_ref:.2f}s "
-                          f"batched {t_new:.2f}s ({t_ref / t_new:.1f}x)", flush=True)
+                    ratio = (t_ref / len(sample)) / (t_new / P)
+                    print(f"  [{arch} {name} {mode} maxiter={maxiter}] scipy {t_ref:.2f}s for "
+                          f"{len(sample)}, batched {t_new:.2f}s for {P} ({ratio:.1f}x per attack)",
+                          flush=True)
             for mode in list(acc) + ["all"]:
                 modes = list(acc) if mode == "all" else [mode]
                 ref = np.concatenate([np.concatenate(acc[m]["ref"]) for m in modes])
