@@ -27,15 +27,17 @@ own gradient, and every other step below is row-wise:
   the generalised Cauchy point: the active set is read off the bounds and the gradient, not
   off the path of steepest descent.
 * **Per-problem line search** along the projected path x(t) = Π(x + t·p): Armijo
-  (f(x(t)) ≤ f(x) + c₁ gᵀ(x(t) − x), tested in float64 as scipy does) with backtracking by the minimiser of the cubic through
-  φ(0), φ'(0), φ(t), φ'(t) (the gradient at each trial comes with its evaluation; the cubic
-  finds the kink of λ‖d‖ at d = 0, which plain halving approaches only linearly), safeguarded in
-  [0.001 t, 0.5 t]; first trial t = 1 (t = min(1, 1/‖p‖₂) while a problem has no curvature
-  pair, as scipy does). Only the problems still searching are evaluated. A search stops early
-  when a trial's predicted decrease is below the resolution of f (ftol·|f|). A failed
-  search clears that problem's memory and retries with the projected gradient once; a second
-  failure ends it (scipy's ``ABNORMAL_TERMINATION``, or convergence when it was at the noise
-  floor).
+  (f(x(t)) ≤ f(x) + c₁ gᵀ(x(t) − x), tested in float64 as scipy does) with backtracking by the
+  minimiser of the cubic through φ(0), φ'(0), φ(t), φ'(t) (the gradient at each trial comes
+  with its evaluation; the cubic finds the kink of λ‖d‖ at d = 0, which plain halving
+  approaches only linearly), safeguarded in [0.001 t, 0.5 t]; first trial t = 1 (t = min(1,
+  1/‖p‖₂) while a problem has no curvature pair, as scipy does). An accepted step along which
+  φ still falls steeply (φ'(t) < c₂ φ'(0), c₂ = 0.9: the curvature condition of scipy's
+  Moré–Thuente search fails) is lengthened 4× while that improves f, at most 3 times. Only the
+  problems still searching are evaluated. A search stops early when a trial's predicted
+  decrease is below the resolution of f (ftol·|f|). A failed search clears that problem's
+  memory and retries with the projected gradient once; a second failure ends it (scipy's
+  ``ABNORMAL_TERMINATION``, or convergence when it was at the noise floor).
 * **Per-problem stopping**: relative decrease (f_k − f_{k+1}) ≤ ftol · max(|f_k|, |f_{k+1}|)
   after a quasi-Newton step, with ftol = ``config.batch_ftol`` (default scipy's factr ·
   eps(float64): with Δ evaluated in float32 that means "f did not change"; a looser eps(float32)
@@ -83,6 +85,9 @@ MSG_ABNORMAL = "ABNORMAL_TERMINATION_IN_LNSRCH"
 
 _C1 = 1e-4           # Armijo constant (scipy's ftol of dcsrch is 1e-3; 1e-4 is the textbook value)
 _MAX_LS = 20         # trial steps per line search (scipy: 20)
+_C2 = 0.9            # curvature constant of the Wolfe conditions (scipy's gtol of dcsrch)
+_GROW = 4.0          # factor by which a step is lengthened (dcsrch extrapolates up to 4×)
+_MAX_LONGER = 3      # lengthenings per line search
 _CPU_BUDGET = 1 << 30
 _PROBE_START = 32    # smallest batch the CPU probe times (below it a batch is all overhead)
 _TINY = float(np.finfo(np.float32).tiny)
@@ -314,26 +319,41 @@ class BatchedLBFGSB:
             x_new, f_new, g_new = x.clone(), f.clone(), g.clone()
             accepted = torch.zeros(A, dtype=torch.bool, device=device)
             at_floor = torch.zeros(A, dtype=torch.bool, device=device)
+            extended = torch.zeros(A, dtype=torch.long, device=device)  # lengthenings so far
             searching = live
             for _ in range(_MAX_LS):
                 if searching.numel() == 0:
                     break
-                xs = x[searching]
-                xt = torch.minimum(torch.maximum(xs + t[searching, None] * p[searching],
-                                                 lo[searching]), hi[searching])
+                xs, ps = x[searching], p[searching]
+                los, his = lo[searching], hi[searching]
+                xt = torch.minimum(torch.maximum(xs + t[searching, None] * ps, los), his)
                 ft, gt = evaluate(xt, ids[searching])
                 nfev[searching] += 1
                 fs = f[searching]
                 decrease = torch.linalg.vecdot(g[searching], xt - xs)  # < 0 along a descent path
+                # slopes of φ(t) = Δ(Π(x + t·p)) at 0 and at the trial (variables on a bound
+                # that p pushes outwards do not move)
+                moving = ~(((xs <= los) & (ps < 0)) | ((xs >= his) & (ps > 0)))
+                d_a = torch.linalg.vecdot(g[searching], ps * moving.to(dtype))     # φ'(0)
+                inside = (xt > los) & (xt < his)
+                d_b = torch.linalg.vecdot(gt, ps * inside.to(dtype))                # φ'(t)
+                lengthening = extended[searching] > 0
                 # the Armijo test in float64, as scipy's (a step that leaves the float32 f
-                # unchanged does not pass it unless its predicted decrease is below f's ulp)
+                # unchanged does not pass it unless its predicted decrease is below f's ulp);
+                # a lengthened step must also improve on the step already accepted
                 ok = (torch.isfinite(ft) & torch.isfinite(gt).all(dim=1) & (xt != xs).any(dim=1)
-                      & (ft.double() <= fs.double() + _C1 * decrease.double()))
+                      & (ft.double() <= fs.double() + _C1 * decrease.double())
+                      & (~lengthening | (ft < f_new[searching])))
                 if bool(ok.any()):
                     acc = searching[ok]
                     x_new[acc], f_new[acc], g_new[acc] = xt[ok], ft[ok], gt[ok]
                     accepted[acc] = True
-                rej = ~ok
+                # an accepted step along which φ still falls steeply (the curvature condition
+                # φ'(t) >= c₂ φ'(0) fails) is lengthened, as scipy's Moré–Thuente search
+                # does: on a flat stretch the quasi-Newton step is far too short
+                longer = ok & (d_b < _C2 * d_a) & (extended[searching] < _MAX_LONGER)
+                longer = longer & (nfev[searching] < maxfun)
+                rej = ~ok & ~lengthening  # a failed lengthening keeps the step accepted before
                 # a trial whose predicted decrease is below the resolution of f cannot pass a
                 # meaningful Armijo test: the problem is at its noise floor along p
                 floor = rej & (decrease.abs() <= ftol * torch.clamp(fs.abs(), min=_TINY))
@@ -347,23 +367,23 @@ class BatchedLBFGSB:
                     # λ‖d‖ crossing 0), the quadratic through φ(0), φ'(0), φ(t) without a real
                     # cubic minimiser; kept in [0.001 t, 0.5 t]
                     ts = t[still]
-                    xr, xt_r, pr = xs[rej], xt[rej], p[still]
-                    inside = (xt_r > lo[still]) & (xt_r < hi[still])
-                    d_b = torch.linalg.vecdot(gt[rej], pr * inside.to(dtype))     # φ'(t)
-                    moving = ~(((xr <= lo[still]) & (pr < 0)) | ((xr >= hi[still]) & (pr > 0)))
-                    d_a = torch.linalg.vecdot(g[still], pr * moving.to(dtype))     # φ'(0)
+                    da, db = d_a[rej], d_b[rej]
                     f_a, f_b = f[still], ft[rej]
-                    d1 = d_a + d_b - 3.0 * (f_b - f_a) / ts
-                    disc = d1 * d1 - d_a * d_b
+                    d1 = da + db - 3.0 * (f_b - f_a) / ts
+                    disc = d1 * d1 - da * db
                     d2 = torch.sqrt(torch.clamp(disc, min=0.0))
-                    cubic = ts - ts * (d_b + d2 - d1) / (d_b - d_a + 2.0 * d2)
-                    denom = 2.0 * (f_b - f_a - d_a * ts)
-                    quad = torch.where(denom > 0, -d_a * ts * ts / denom, 0.5 * ts)
+                    cubic = ts - ts * (db + d2 - d1) / (db - da + 2.0 * d2)
+                    denom = 2.0 * (f_b - f_a - da * ts)
+                    quad = torch.where(denom > 0, -da * ts * ts / denom, 0.5 * ts)
                     tn = torch.where((disc >= 0) & torch.isfinite(cubic), cubic, quad)
                     tn = torch.where(torch.isfinite(tn), tn, 0.5 * ts)
                     t[still] = torch.minimum(torch.maximum(tn, 1e-3 * ts), 0.5 * ts)
                     still = still[nfev[still] < maxfun]
-                searching = still
+                grow = searching[longer]
+                if grow.numel():
+                    t[grow] = _GROW * t[grow]
+                    extended[grow] += 1
+                searching = torch.sort(torch.cat([still, grow])).values
 
             # --- curvature pairs of the accepted steps into ring slot `head` (a slot stays
             # empty, valid = False, when the step failed or sᵀy <= eps·yᵀy)

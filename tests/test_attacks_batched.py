@@ -180,6 +180,22 @@ def test_free_gram_follows_the_free_set():
     assert torch.all(GF[:, k:] == 0) and torch.all(GF[:, :, :, k:] == 0)
 
 
+def test_a_step_along_which_f_still_falls_steeply_is_lengthened():
+    """f(d) = −Σd on [0, 1]^16 from d = 0: the first step is 1/‖g‖ = 1/4 along −g, where f
+    still falls as steeply as at 0, so the search lengthens it 4× to 1, the box (there no
+    variable moves any more, φ' = 0, and it stops): 1 + 2 evaluations, d = 1 after one
+    iteration (plain Armijo backtracking would stop at 1/4)."""
+    P, n = 2, 16
+
+    def objective(d, idx):
+        return -d.sum(dim=1)
+
+    res = get_solver("batched").solve(objective, torch.zeros(P, n), torch.zeros(P, n),
+                                      torch.ones(P, n), AttackConfig(solver="batched", maxiter=1))
+    assert torch.equal(res.d, torch.ones(P, n))
+    assert res.evaluations.tolist() == [3, 3] and res.iterations.tolist() == [1, 1]
+
+
 def boxed_quadratics(P: int, n: int, seed: int = 0):
     """P independent quadratics in the box [-1, 1]^n, each with its own scales and centre."""
     g = torch.Generator().manual_seed(seed)
