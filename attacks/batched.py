@@ -18,7 +18,7 @@ own gradient, and every other step below is row-wise:
   sᵀy of the newest pair, and the reduced system is solved with the Sherman–Morrison–Woodbury
   identity as in L-BFGS-B's subspace minimisation. Restricting the Hessian, not its inverse
   (−ZᵀHZ g), matters on binary images, where every pixel starts next to a bound: on the smoke
-  checkpoints it took the MLP latent attacks within tolerance of scipy's Δ from 54% to 77%.
+  checkpoints it took the MLP latent attacks within tolerance of scipy's Δ from 54% to 78%.
   Per iteration this takes one batched product over the history (which also yields the new
   pair's products, its row of the free-variable Gram matrix and the next gradient's,
   ``[A, 5, n] @ [A, n, 2m]``), an update of that Gram matrix over the variables whose free
