@@ -178,7 +178,7 @@ class BatchedLBFGSB:
         x_all = torch.minimum(torch.maximum(d0.detach().reshape(P, n), lo_all), hi_all)
 
         chunk = getattr(config, "batch_chunk", None)
-        known: dict[int, tuple[Tensor, Tensor]] = {}  # first problem of a slice -> its (f, g) at d0
+        start = None  # (f, g) at d0 of the first problems, evaluated by the CPU probe
         if chunk is None:
             act = (_cuda_activation_bytes(objective, x_all.reshape((P,) + shape))
                    if device.type == "cuda" else None)
@@ -190,22 +190,17 @@ class BatchedLBFGSB:
                 # them twice, and from memory that costs more than an MLP's pass
                 history = 2 * _history(config) * n * x_all.element_size()
                 chunk = min(chunk, max(1, cpu_cache_bytes() // history))
-                chunk, known = probe_cpu_chunk(objective, x_all, shape, chunk)
-        f0 = torch.full((P,), float("nan"), dtype=dtype, device=device)
-        g0 = torch.zeros(P, n, dtype=dtype, device=device)
-        have = torch.zeros(P, dtype=torch.bool, device=device)
-        for a, (f_, g_) in known.items():
-            f0[a:a + f_.shape[0]], g0[a:a + f_.shape[0]], have[a:a + f_.shape[0]] = f_, g_, True
+                chunk, start = probe_cpu_chunk(objective, x_all, shape, chunk)
         for a in range(0, P, int(chunk)):
             ids = torch.arange(a, min(a + int(chunk), P), device=device)
             self._solve_chunk(objective, x_all, lo_all, hi_all, ids, shape, config, out, res,
-                              (f0, g0, have))
+                              start)
         return SolveResult(d=out, objective=res["f"], iterations=res["it"], evaluations=res["nfev"],
                            seconds=res["secs"], converged=res["conv"], messages=res["msgs"])
 
     # one batch of problems, from start to the last one's stop
     def _solve_chunk(self, objective, x_all, lo_all, hi_all, ids, shape, config, out, res,
-                     start_values):
+                     start=None):
         t_start = time.perf_counter()
         dtype, device = x_all.dtype, x_all.device
         m = _history(config)
@@ -243,11 +238,16 @@ class BatchedLBFGSB:
         head, pushes = 0, 0
 
         # the first evaluation, except for the problems the CPU probe evaluated already
-        f0, g0, have = start_values
-        f, g = f0[ids].clone(), g0[ids].clone()
-        need = ~have[ids]
-        if bool(need.any()):
-            f[need], g[need] = evaluate(x[need], ids[need])
+        # (the first ones: ids below the number it returned)
+        if start is None:
+            f, g = evaluate(x, ids)
+        else:
+            f = torch.empty(A, dtype=dtype, device=device)
+            g = torch.empty(A, n, dtype=dtype, device=device)
+            known = ids < start[0].shape[0]
+            f[known], g[known] = start[0][ids[known]], start[1][ids[known]]
+            if bool((~known).any()):
+                f[~known], g[~known] = evaluate(x[~known], ids[~known])
         nfev += 1
 
         def free_gradient(x, g):
@@ -472,7 +472,7 @@ def cpu_cache_bytes() -> int:
 
 
 def probe_cpu_chunk(objective: ObjectiveFn, x_all: Tensor, shape: tuple, limit: int,
-                    start: int = _PROBE_START) -> tuple[int, dict[int, tuple[Tensor, Tensor]]]:
+                    start: int = _PROBE_START) -> tuple[int, Optional[tuple[Tensor, Tensor]]]:
     """The batch size with the cheapest model pass per problem on this CPU, measured on the
     problems' own starting points.
 
@@ -482,25 +482,28 @@ def probe_cpu_chunk(objective: ObjectiveFn, x_all: Tensor, shape: tuple, limit: 
     ``start``, 2·``start``, 4·``start``, … problems (at most ``limit``), each twice (the first
     call of a shape sets up its kernels) with the second timed, until a size is 10% dearer per
     problem than the best so far. Nothing is wasted beyond those warm-up calls: the timed
-    evaluations are the solver's first ones, returned as {first problem of a slice: (f, g)}.
+    evaluations are the solver's first ones, returned as (f, g) of problems 0 … K−1 (None when
+    nothing was probed).
     """
     P = x_all.shape[0]
     if P <= start or limit <= start:
-        return min(P, limit), {}
-    known: dict[int, tuple[Tensor, Tensor]] = {}
+        return min(P, limit), None
+    fs, gs = [], []
     best, best_cost, a, size = start, float("inf"), 0, start
     while size <= limit and a + size <= P:
         idx = torch.arange(a, a + size, device=x_all.device)
         _evaluate(objective, x_all[idx], idx, shape)
         t0 = time.perf_counter()
-        known[a] = _evaluate(objective, x_all[idx], idx, shape)
+        f, g = _evaluate(objective, x_all[idx], idx, shape)
         cost = (time.perf_counter() - t0) / size
+        fs.append(f)
+        gs.append(g)
         if cost < best_cost:
             best, best_cost = size, cost
         elif cost > 1.1 * best_cost:
             break
         a, size = a + size, 2 * size
-    return best, known
+    return best, (torch.cat(fs), torch.cat(gs))
 
 
 def subspace_direction(W: Tensor, order: list[int], valid: Tensor, gamma: Tensor, SY: Tensor,
