@@ -35,8 +35,8 @@ IDENTITY_FIELDS = ("trial_id", "dataset", "model", "beta", "layers", "z_dim", "s
 class FanoutTiming:
     """How long a fan-out took against the compute its tasks did.
 
-    ``ideal`` is the makespan of the measured task times list-scheduled in submission order on
-    ``slots`` parallel slots with nothing in between: what the fan-out would take if Ray cost
+    ``ideal`` is the makespan of the measured task times list-scheduled in the order the tasks
+    finished on ``slots`` parallel slots with nothing in between: what the fan-out would take if Ray cost
     nothing (no scheduling, worker start-up or result transfer). ``overhead`` = wall / ideal − 1.
     """
 
@@ -65,6 +65,11 @@ class FanoutTiming:
                 f"{100 * self.overhead:.1f}%")
 
 
+# the inverse of AttackTask.relpath
+_RELPATH = re.compile(r"^attacks/(?P<trial>[^/]+)/(?P<mode>[a-z]+)-(?P<sim>[a-z0-9_]+)"
+                      r"-p(?P<first>\d+)-(?P<last>\d+)\.parquet$")
+
+
 @dataclass(frozen=True)
 class AttackTask:
     trial: dict[str, Any]  # the train row's identity fields
@@ -76,6 +81,14 @@ class AttackTask:
     def relpath(self) -> str:
         first, last = self.pairs[0], self.pairs[-1]
         return f"attacks/{self.trial['trial_id']}/{self.mode}-{self.similarity}-p{first:03d}-{last:03d}.parquet"
+
+    @staticmethod
+    def parse_relpath(relpath: str) -> tuple[str, str, str, int, int] | None:
+        """(trial_id, mode, similarity, first pair, last pair) of a ``relpath``, or None."""
+        match = _RELPATH.match(relpath)
+        if match is None:
+            return None
+        return (match["trial"], match["mode"], match["sim"], int(match["first"]), int(match["last"]))
 
     @property
     def gallery_relpath(self) -> str:
@@ -117,7 +130,7 @@ def plan_tasks(cfg: SweepConfig, rows: dict[str, dict[str, Any]], store: Store) 
     covered: dict[tuple[str, str, str], set[int]] = {}
     done = 0
     for relpath in store.list_files("attacks", ".parquet"):
-        key = _parse_relpath(relpath)
+        key = AttackTask.parse_relpath(relpath)
         if key is None or not _readable(store, relpath):
             continue
         trial_id, mode, similarity, first, last = key
@@ -135,18 +148,6 @@ def plan_tasks(cfg: SweepConfig, rows: dict[str, dict[str, Any]], store: Store) 
                 for i in range(0, len(run), size):
                     todo.append(AttackTask(trial, mode, similarity, tuple(run[i:i + size])))
     return todo, done
-
-
-_RELPATH = re.compile(r"^attacks/(?P<trial>[^/]+)/(?P<mode>[a-z]+)-(?P<sim>[a-z0-9_]+)"
-                      r"-p(?P<first>\d+)-(?P<last>\d+)\.parquet$")
-
-
-def _parse_relpath(relpath: str) -> tuple[str, str, str, int, int] | None:
-    """(trial_id, mode, similarity, first pair, last pair) of an attack file's path."""
-    match = _RELPATH.match(relpath)
-    if match is None:
-        return None
-    return (match["trial"], match["mode"], match["sim"], int(match["first"]), int(match["last"]))
 
 
 def _contiguous_runs(values: list[int]) -> list[list[int]]:

@@ -84,3 +84,14 @@ def test_default_task_size_follows_the_solver(tmp_path):
                                   {"t1": ROW}, store)
     assert [t.pairs for t in scipy_tasks] == [(0,), (1,), (2,), (3,)]
     assert [t.pairs for t in batched_tasks] == [(0, 1, 2, 3)]
+
+
+def test_relpath_parses_back():
+    from attacks.config import LATENT_SIMILARITIES
+    from sweep.fanout import AttackTask
+
+    for mode, similarity in [("latent", s) for s in LATENT_SIMILARITIES] + [("output", "elbo")]:
+        task = AttackTask({"trial_id": "dsprites-seatbelt-b6-L2-z6-s0"}, mode, similarity, (7, 8, 9))
+        assert AttackTask.parse_relpath(task.relpath) == (
+            "dsprites-seatbelt-b6-L2-z6-s0", mode, similarity, 7, 9)
+    assert AttackTask.parse_relpath("attacks/t1/notes.parquet") is None
