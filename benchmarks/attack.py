@@ -102,6 +102,11 @@ def smoke_problems(dataset, n_pairs: int, n_lambdas: int):
     return x, xt, lam, si, ti
 
 
+def within(new: np.ndarray, ref: np.ndarray, rtol: float, atol: float) -> np.ndarray:
+    """The issue's quality test per problem: Δ_batched <= Δ_scipy + rtol·|Δ_scipy| + atol."""
+    return new <= ref + rtol * np.abs(ref) + atol
+
+
 def subset(problems, idx: np.ndarray):
     """The problems ``idx`` of ``smoke_problems``'s (x, x_target, λ, sources, targets)."""
     x, xt, lam, si, ti = problems
@@ -187,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                     a = acc[mode]
                     if args.show_misses:
                         lam = problems[2].double().numpy()[sample]
-                        miss = new > ref + args.rtol * np.abs(ref) + args.atol
+                        miss = ~within(new, ref, args.rtol, args.atol)
                         for j in np.flatnonzero(miss):
                             p = sample[j]
                             print(f"    miss: problem {p} λ={lam[j]:.3g} Δ_scipy={ref[j]:.6g} "
@@ -213,9 +218,9 @@ def main(argv: list[str] | None = None) -> int:
                 modes = list(acc) if mode == "all" else [mode]
                 ref = np.concatenate([np.concatenate(acc[m]["ref"]) for m in modes])
                 new = np.concatenate([np.concatenate(acc[m]["new"]) for m in modes])
-                within = new <= ref + args.rtol * np.abs(ref) + args.atol
+                ok = within(new, ref, args.rtol, args.atol)
                 ratio = new / ref
-                quality.append((arch, mode, len(ref), within.mean(), np.median(ratio), ratio.max(),
+                quality.append((arch, mode, len(ref), ok.mean(), np.median(ratio), ratio.max(),
                                 np.mean(new < ref)))
                 # mean seconds per attack over the (model, mode) runs, each weighted alike
                 t_ref = np.mean([v for m in modes for v in acc[m]["t_ref"]])
