@@ -46,6 +46,7 @@ class AttackConfig:
                                            #   ``memory`` (a smaller one halves the history passes)
     init_scale: float = 1e-3               # d0 ~ U(-init_scale, init_scale), clipped to the box
     output_mc_samples: int = 1             # reparameterisation samples in the output attack
+    output_report_samples: int = 16        # fresh samples its reported Δ is averaged over
     seed: int = 0                          # pairs, d0 and every fixed noise derive from it
 
     def resolved_lams(self) -> list[float]:
@@ -124,6 +125,8 @@ class AttackConfig:
             raise bad("init_scale", "must be a finite number >= 0")
         if not is_int(self.output_mc_samples) or self.output_mc_samples < 1:
             raise bad("output_mc_samples", "must be an integer >= 1")
+        if not is_int(self.output_report_samples) or self.output_report_samples < 1:
+            raise bad("output_report_samples", "must be an integer >= 1")
         if not is_int(self.seed) or self.seed < 0:
             raise bad("seed", "must be an integer >= 0")
         return self

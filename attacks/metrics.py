@@ -20,7 +20,15 @@ __all__ = [
     "ddc_points",
     "auddc",
     "auddc_from_points",
+    "auddc_with_reason",
+    "AUDDC_MIN_DENOMINATOR",
 ]
+
+# AUDDC's y-axis divides by ‖rec(x) − x^t‖ − ‖rec(x^t) − x^t‖, how much further from the target
+# the model reconstructs the source than the target itself. When that is below this fraction
+# of ‖x − x^t‖ the model barely tells the two images apart (a decoder stuck on the mean image
+# makes it 0), y is noise over nearly nothing, and the area is not reported.
+AUDDC_MIN_DENOMINATOR = 0.05
 
 
 def lambda_grid(n: int = 51, low: float = -20.0, high: float = 20.0) -> list[float]:
@@ -70,10 +78,12 @@ def sample_pairs(
 def select_lambda(lams: Sequence[float], deltas: Sequence[float]) -> int:
     """Index of the λ the paper shows for one pair (Gondim-Ribeiro et al. 2018's rule).
 
-    Rule: among the attacks whose Δ is *strictly above* the mean of Δ over all λ, take those
-    with the smallest such Δ, and of these the largest λ.
+    Rule: among the attacks whose Δ is *strictly above* the mean of Δ over the positive λ
+    (the paper's 1/50 Σ_{i=1}^{50} Δ(λ(c_i)): λ = 0 is not in the mean), take those with the
+    smallest such Δ, and of these the largest λ.
 
     Edge cases (our definitions; the papers do not state them):
+    - Without a positive λ, the mean is over all λ.
     - Non-finite Δ (NaN, ±inf: a failed attack) are ignored, both in the mean and as
       candidates. If no Δ is finite, ``ValueError``.
     - If no finite Δ is strictly above the mean (only possible when all finite Δ are equal),
@@ -92,7 +102,8 @@ def select_lambda(lams: Sequence[float], deltas: Sequence[float]) -> int:
     finite = np.isfinite(delta)
     if not finite.any():
         raise ValueError("select_lambda: no finite Δ among the attacks of this pair")
-    mean = delta[finite].mean()
+    averaged = finite & (lam > 0) if (finite & (lam > 0)).any() else finite
+    mean = delta[averaged].mean()
     above = finite & (delta > mean)
     if above.any():
         target = delta[above].min()
@@ -155,3 +166,22 @@ def auddc(
         distortion_l2, adv_target_l2, source_target_l2, rec_source_target_l2, rec_target_target_l2
     )
     return auddc_from_points(x, y)
+
+
+def auddc_with_reason(
+    distortion_l2, adv_target_l2, source_target_l2: float, rec_source_target_l2: float,
+    rec_target_target_l2: float, min_denominator: float = AUDDC_MIN_DENOMINATOR,
+) -> tuple[float, str]:
+    """(AUDDC, "") of one pair, or (NaN, why) when it is not defined or not meaningful: the
+    y-axis's denominator below ``min_denominator`` × ‖x − x^t‖, or no point with 0 ≤ x ≤ 1."""
+    denominator = float(rec_source_target_l2) - float(rec_target_target_l2)
+    if not denominator >= min_denominator * float(source_target_l2):
+        return float("nan"), (
+            f"the model reconstructs source and target alike: ‖rec(x) − xᵗ‖ − ‖rec(xᵗ) − xᵗ‖ = "
+            f"{denominator:.3g}, below {min_denominator:g} × ‖x − xᵗ‖ = "
+            f"{min_denominator * float(source_target_l2):.3g}")
+    value = auddc(distortion_l2, adv_target_l2, source_target_l2, rec_source_target_l2,
+                  rec_target_target_l2)
+    if not np.isfinite(value):
+        return value, "no attack of this pair has a distortion within ‖x − xᵗ‖"
+    return value, ""

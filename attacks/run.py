@@ -7,7 +7,9 @@ the λ the paper's rule selects (``gallery/`` table). No files, no Ray: a notebo
 Randomness: every random draw of an attack (the start d0, the fixed noise of its objective, the
 sample z* behind ``target_nll``) comes from a generator seeded by (seed, source_index,
 target_index, stream), so a result does not depend on how the problems were batched into tasks,
-and the attacks of one pair share their noise across λ (common random numbers).
+and the attacks of one pair share their noise across λ (common random numbers). The output
+attack's Δ is reported on fresh noise (``output_report_samples`` draws), not on the draw it was
+optimised against, which it overfits.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from torch import Tensor
 
 from attacks.config import AttackConfig, SIMILARITIES
-from attacks.metrics import auddc, select_lambda
+from attacks.metrics import auddc_with_reason, select_lambda
 from attacks.objectives import build_objective, sample_encoder_noise
 from attacks.solvers import SolveResult, get_solver
 
@@ -30,12 +32,12 @@ __all__ = ["run_attacks", "attack_problems", "problem_generators", "attack_metri
 ATTACK_COLUMNS = (
     "mode", "similarity", "pair", "source_index", "target_index", "lam", "objective", "distance",
     "distortion_l2", "adv_target_l2", "target_nll", "source_target_l2", "rec_source_target_l2",
-    "rec_target_target_l2", "selected", "auddc", "solver", "iterations", "seconds",
+    "rec_target_target_l2", "selected", "auddc", "auddc_reason", "solver", "iterations", "seconds",
 )
 GALLERY_PANELS = ("input", "reconstruction", "adversarial", "distortion",
                   "adversarial_reconstruction", "target")
 
-_STREAM_D0, _STREAM_OBJECTIVE, _STREAM_METRICS = 0, 1, 2
+_STREAM_D0, _STREAM_OBJECTIVE, _STREAM_METRICS, _STREAM_REPORT = 0, 1, 2, 3
 _CHUNK = 64  # problems per no-grad evaluation batch
 
 
@@ -101,7 +103,9 @@ def attack_problems(model, x: Tensor, x_target: Tensor, lams: Tensor, mode: str,
                     seed: int) -> tuple[SolveResult, Tensor, Tensor]:
     """Solve P independent problems (row p: source x[p], target x_target[p], λ lams[p]).
 
-    Returns the solver's result and Δ and its distance part re-evaluated at the final d.
+    Returns the solver's result and Δ and its distance part re-evaluated at the final d: with
+    the objective it minimised for the (deterministic) latent attack, and on fresh noise for
+    the output attack.
     """
     gen_d0 = problem_generators(seed, source_indices, target_indices, _STREAM_D0)
     gen_obj = problem_generators(seed, source_indices, target_indices, _STREAM_OBJECTIVE)
@@ -114,11 +118,16 @@ def attack_problems(model, x: Tensor, x_target: Tensor, lams: Tensor, mode: str,
         for g in gen_d0]).to(x.device)
     d0 = torch.minimum(torch.maximum(d0, lower), upper).to(x.dtype)
     result = get_solver(config.solver).solve(objective, d0, lower, upper, config)
+    report = objective
+    if mode == "output":
+        gen_report = problem_generators(seed, source_indices, target_indices, _STREAM_REPORT)
+        report = build_objective(model, mode, similarity, x, x_target, lams, gen_report,
+                                 mc_samples=config.output_report_samples)
     totals, dists = [], []
     with torch.no_grad():
         for a in range(0, x.shape[0], _CHUNK):
             idx = list(range(a, min(a + _CHUNK, x.shape[0])))
-            v = objective.evaluate(result.d[a:a + _CHUNK], idx)
+            v = report.evaluate(result.d[a:a + _CHUNK], idx)
             totals.append(v.total)
             dists.append(v.distance)
     return result, torch.cat(totals), torch.cat(dists)
@@ -196,9 +205,9 @@ def run_attacks(
     for i in range(n):
         ps = slice(i * m, (i + 1) * m)
         sel = select_lambda(lam_list, total_np[ps])
-        area = auddc(scal["distortion_l2"][ps], scal["adv_target_l2"][ps],
-                     scal["source_target_l2"][i * m], scal["rec_source_target_l2"][i * m],
-                     scal["rec_target_target_l2"][i * m])
+        area, area_reason = auddc_with_reason(
+            scal["distortion_l2"][ps], scal["adv_target_l2"][ps], scal["source_target_l2"][i * m],
+            scal["rec_source_target_l2"][i * m], scal["rec_target_target_l2"][i * m])
         for j in range(m):
             p = i * m + j
             rows.append({
@@ -208,7 +217,8 @@ def run_attacks(
                 **{k: float(scal[k][p]) for k in (
                     "distortion_l2", "adv_target_l2", "target_nll", "source_target_l2",
                     "rec_source_target_l2", "rec_target_target_l2")},
-                "selected": j == sel, "auddc": float(area), "solver": config.solver,
+                "selected": j == sel, "auddc": float(area), "auddc_reason": area_reason,
+                "solver": config.solver,
                 "iterations": int(result.iterations[p]), "seconds": float(result.seconds[p]),
             })
         p = i * m + sel

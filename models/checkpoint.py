@@ -24,7 +24,9 @@ from models.errors import CheckpointError, ConfigError
 from models.hierarchical import HierarchicalVAE, build_model
 
 FORMAT = "seatbelt-vae-checkpoint"
-VERSION = 1
+# 2: the decoder's mean-image offset and the anchored conditional priors (version 1 files
+# would load into a different model)
+VERSION = 2
 
 
 def save_checkpoint(path: str | os.PathLike, model: HierarchicalVAE, step: int,

@@ -34,7 +34,8 @@ class ModelConfig:
     beta: float = 1.0                 # weight of the top layer's total correlation
     likelihood: str = "bernoulli"     # bernoulli (on logits) | gaussian
     gaussian_scale: float | None = None   # gaussian only: fixed std in pixel units; None = learned
-    condition_on_x: bool = True       # 2021 form q(z^{i+1} | z^i, x); False = 2019 chain q(z^{i+1}|z^i)
+    condition_on_x: bool = False      # False: the paper's chain q(z^{i+1}|z^i) (eq. 6), every kind;
+                                      # True: the 2021 version's q(z^{i+1} | z^i, x)
     free_bits: float | list[float] = 0.0  # nats per layer (float for all, or a list of L); 0 = off
     tc_estimator: str = "mws"         # mws (minibatch-weighted) | mss (minibatch-stratified)
     dataset_size: int = 737280        # N of the training set, used by the TC estimators

@@ -8,9 +8,18 @@ All four kinds are this class; the config picks what differs:
   tcdlgm    >= 2  any    z^1 only              (eq. 5: p(x|z^1) prod p(z^i|z^{i+1}) p(z^L))
   seatbelt  >= 2  any    z^1..z^L concatenated (eq. 7: the skip connections)
 
-Inference (eq. 6, 2021 form when condition_on_x): q(z^1|x) prod_i q(z^{i+1} | z^i [, h(x)]),
-h(x) being the image encoder's features. Generative chain: p(z^i|z^{i+1}) Gaussians from small
-MLPs, p(z^L) = N(0, I). Training objective: eq. 8, see ``objective``.
+Inference (eq. 6): q(z^1|x) prod_i q(z^{i+1} | z^i), or with condition_on_x the 2021 form
+q(z^{i+1} | z^i, h(x)), h(x) being the image encoder's features. Generative chain:
+p(z^i|z^{i+1}) Gaussians from small MLPs, p(z^L) = N(0, I). Training objective: eq. 8, see
+``objective``.
+
+Scale. A lower layer's KL, KL(q(z^i|.) || p(z^i|z^{i+1})), does not change when posterior and
+prior widen together, so with a free prior variance nothing fixes the scale of z^1..z^{L-1}: on
+the dimensions the decoder does not use, both variances ratcheted up to the log-variance bound
+and the decoder's tanh layer saturated on the resulting inputs (std ~150), leaving it at the
+mean image. The conditional priors are therefore parameterised relative to N(0, I): their
+standard deviation is at most 1 (``_conditional_prior``), so a posterior wider than the unit
+scale always costs KL, and every layer lives on the top layer's scale.
 
 Parameters live in two groups so Table 1's weight norms have an unambiguous meaning:
   self.inference  = image encoder trunk + its head (q(z^1|x)) + the inference chain MLPs
@@ -23,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from models.config import ModelConfig
 from models.distributions import Gaussian
@@ -47,10 +57,19 @@ class Objective:
 LOGVAR_BOUND = 10.0
 
 
-def _gaussian(params: Tensor) -> Gaussian:
+def _posterior(params: Tensor) -> Gaussian:
     # A smooth bound on log-variances (std between e^-5 and e^5): an unbounded exp() of a
     # network output overflows to inf/NaN within a few hundred steps at lr 3e-3 in deep chains.
     mean, logvar = params.chunk(2, dim=-1)
+    return Gaussian(mean, LOGVAR_BOUND * torch.tanh(logvar / LOGVAR_BOUND))
+
+
+def _conditional_prior(params: Tensor) -> Gaussian:
+    # p(z^i | z^{i+1}) relative to N(0, I): log-variance -softplus(-raw) lies in (-inf, 0), so the
+    # std is at most 1 and the layer's scale cannot drift (module docstring). Below, the same
+    # smooth bound as the posteriors keeps the density finite.
+    mean, raw = params.chunk(2, dim=-1)
+    logvar = -F.softplus(-raw)
     return Gaussian(mean, LOGVAR_BOUND * torch.tanh(logvar / LOGVAR_BOUND))
 
 
@@ -104,10 +123,10 @@ class HierarchicalVAE(nn.Module):
         posteriors, zs = [], []
         for i in range(self.cfg.layers):
             if i == 0:
-                q = _gaussian(self.inference.head(h))
+                q = _posterior(self.inference.head(h))
             else:
                 parent = torch.cat([zs[-1], h], dim=1) if self.cfg.condition_on_x else zs[-1]
-                q = _gaussian(self.inference.chain[i - 1](parent))
+                q = _posterior(self.inference.chain[i - 1](parent))
             if eps is not None:
                 z = q.sample(eps[i])
             else:
@@ -119,7 +138,7 @@ class HierarchicalVAE(nn.Module):
     # ------------------------------------------------------------------ generation
     def prior(self, i: int, z_above: Tensor) -> Gaussian:
         """p(z^{i+1} | z^{i+2}) for 0-based layer i < L-1 (the top layer's prior is N(0, I))."""
-        return _gaussian(self.generative.prior_chain[i](z_above))
+        return _conditional_prior(self.generative.prior_chain[i](z_above))
 
     def decode(self, z: list[Tensor]) -> Tensor:
         """Likelihood parameters [B, C, H, W]: logits (bernoulli) or means in (0, 1) (gaussian)."""
@@ -166,36 +185,46 @@ class HierarchicalVAE(nn.Module):
         return top + sum(self.lower_kls(enc), torch.zeros_like(top))
 
     def elbo(self, x: Tensor, eps: list[Tensor] | None = None) -> Tensor:
-        """Per-sample ELBO (beta = 1, no free bits), one-sample MC, [B]."""
+        """Per-sample ELBO (beta = 1, no free bits), [B]: one-sample MC for the likelihood and
+        the lower layers' KLs, the closed form for the top layer's KL to N(0, I)."""
         enc = self.encode(x, eps=eps)
-        return self.log_likelihood(x, enc.z) - self.kl_to_prior(enc)
+        return self.log_likelihood(x, enc.z) - self.kl_to_prior(enc, analytic_top=True)
 
     def objective(self, x: Tensor, eps: list[Tensor] | None = None) -> Objective:
-        """Eq. 8: loss = -(recon - sum_i KL_i - MI - beta TC - dimKL), batch means, free bits.
+        """Eq. 8 as a loss: -recon + sum_i FB_i(KL_i) + (beta - 1) TC, batch means.
 
-        Free bits (Kingma et al. 2016), per layer in nats: a lower layer contributes
-        max(free_bits_i, mean KL_i); the top layer contributes max(free_bits_L, mean(MI + dimKL))
-        + beta mean(TC), so free bits never switch off the disentangling (TC) pressure."""
+        Eq. 8's top-layer terms MI + beta TC + dimKL are written KL_L + (beta - 1) TC: the same
+        objective (MI + TC + dimKL is the top layer's KL), but with the KL apart from the TC
+        estimate. That matters for free bits (Kingma et al. 2016), max(free_bits_i, mean KL_i)
+        per layer: applied to MWS's MI + dimKL, which is biased down by about (D-1) log N nats,
+        the floor was always active and switched the top layer's KL gradient off. Here every
+        layer's floor applies to an unbiased KL: the closed form for the top layer (exact per
+        sample), the one-sample MC log q - log p for the lower ones. Free bits never switch off
+        the disentangling (TC) pressure, and with beta = 1 and no free bits the loss is -ELBO.
+        """
         cfg = self.cfg
         enc = self.encode(x, eps=eps)
         recon = self.log_likelihood(x, enc.z)
-        lower = self.lower_kls(enc)
         top = decompose_top_kl(enc.z[-1], enc.posteriors[-1], cfg.dataset_size, cfg.tc_estimator)
-        free = cfg.free_bits_per_layer
+        kls = self.lower_kls(enc) + [enc.posteriors[-1].kl_to_standard()]
 
-        penalty = cfg.beta * top.tc.mean() + _free_bits((top.index_code_mi + top.dim_kl).mean(), free[-1])
-        for kl, fb in zip(lower, free):
-            penalty = penalty + _free_bits(kl.mean(), fb)
+        penalty = (cfg.beta - 1.0) * top.tc.mean()
+        for kl, nats in zip(kls, cfg.free_bits_per_layer):
+            penalty = penalty + _free_bits(kl.mean(), nats)
         loss = penalty - recon.mean()
 
-        elbo = recon - top.total - sum(lower, torch.zeros_like(recon))
         parts = {"recon_loglik": recon.mean()}
-        for i, kl in enumerate(lower):
-            parts[f"kl_{i + 1}"] = kl.mean()
-        parts[f"kl_{cfg.layers}"] = top.total.mean()   # the top layer's whole KL
+        for i, kl in enumerate(kls):
+            parts[f"kl_{i + 1}"] = kl.mean()   # the top layer's entry is its whole KL
         parts.update(index_code_mi=top.index_code_mi.mean(), tc=top.tc.mean(),
-                     dim_kl=top.dim_kl.mean(), elbo=elbo.mean())
+                     dim_kl=top.dim_kl.mean(), elbo=(recon - sum(kls)).mean())
         return Objective(loss, {k: v.detach() for k, v in parts.items()})
+
+    @torch.no_grad()
+    def set_mean_image(self, mean_image: Tensor) -> None:
+        """Start the decoder at the data's mean image (see models.likelihoods): call once,
+        before training, with the training split's mean image [C, H, W] in [0, 1]."""
+        self.generative.likelihood.set_mean_image(mean_image)
 
     # ------------------------------------------------------------------ helpers
     def _check_input(self, x: Tensor) -> None:

@@ -20,6 +20,7 @@ import yaml
 
 from attacks.config import AttackConfig
 from models.errors import ConfigError
+from sweep.health import HealthConfig
 
 MODEL_KINDS = ("vae", "tcvae", "tcdlgm", "seatbelt")
 DATASETS = ("dsprites_generated", "dsprites", "chairs", "faces", "celeba", "folder")
@@ -58,10 +59,11 @@ class TrainConfig:
     tc_estimator: str = "mws"
     architecture: str = "auto"  # auto: mlp for dSprites, conv for the others
     hidden_dim: int | None = None  # None: the beta-TCVAE paper's widths
-    condition_on_x: bool = True  # the 2021 inference chain q(z^{i+1} | z^i, x)
+    condition_on_x: bool = False  # the paper's chain q(z^{i+1}|z^i); True: 2021's q(z^{i+1} | z^i, x)
     checkpoint_every: int = 500  # steps between Tune checkpoints
     report_every: int = 50  # steps between metric reports (training curves)
-    eval_size: int = 1024  # held-out images used by the evaluation
+    eval_size: int = 1024  # held-out images (a seeded random sample) for ELBO, TC, noise, health
+    mig_size: int = 10_000  # held-out images for MIG (its estimator needs many); capped by the split
     noise_sigmas: list[float] = field(default_factory=lambda: [0.1, 0.5, 1.0])
     noise_samples: int = 256  # images per sigma for the noise histograms
 
@@ -96,6 +98,7 @@ class SweepConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     resources: ResourceConfig = field(default_factory=ResourceConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -170,6 +173,7 @@ _SECTION_TYPES = {
     "train": TrainConfig,
     "attack": AttackConfig,
     "resources": ResourceConfig,
+    "health": HealthConfig,
 }
 
 
@@ -211,10 +215,13 @@ def _validate(cfg: SweepConfig) -> None:
     _number("train.checkpoint_every", train.checkpoint_every, minimum=1, kind=int)
     _number("train.report_every", train.report_every, minimum=1, kind=int)
     _number("train.eval_size", train.eval_size, minimum=2, kind=int)
+    _number("train.mig_size", train.mig_size, minimum=3, kind=int)
     _numbers("train.noise_sigmas", train.noise_sigmas, minimum=0.0, kind=float)
     _number("train.noise_samples", train.noise_samples, minimum=1, kind=int)
 
     cfg.attack.validate()
+    _number("health.min_elbo_gain", cfg.health.min_elbo_gain, minimum=0.0, kind=float)
+    _number("health.max_logvar_at_bound", cfg.health.max_logvar_at_bound, minimum=0.0, kind=float)
     res = cfg.resources
     for name in ("cpus_per_trial", "cpus_per_attack_task"):
         _number(f"resources.{name}", getattr(res, name), minimum=0.0, strict=True, kind=float)

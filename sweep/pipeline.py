@@ -19,9 +19,12 @@ from sweep.store import Store
 from sweep.tracking import Tracker
 from sweep.trials import TrialSpec
 
-TRAIN_METRICS = ("elbo", "recon_loglik", "index_code_mi", "tc", "dim_kl", "mig", "encoder_l2",
-                 "decoder_l2", "clean_loglik_mean", "noise_loglik_mean", "noise_loglik_median",
-                 "steps", "seconds", "images_per_s")
+TRAIN_METRICS = ("elbo", "elbo_mean_image", "recon_loglik", "index_code_mi", "tc", "dim_kl", "mig",
+                 "encoder_l2", "decoder_l2", "clean_loglik_mean", "noise_loglik_mean",
+                 "noise_loglik_median", "eval_images", "mig_images", "steps", "seconds", "images_per_s")
+# list columns of a train row, logged as one metric per layer: kl_layer_1, active_units_layer_1, ...
+TRAIN_LAYER_METRICS = {"kl_layers": "kl_layer", "active_units": "active_units_layer",
+                       "logvar_at_bound": "logvar_at_bound_layer"}
 
 
 def run_pipeline(cfg: SweepConfig, specs: list[TrialSpec], out: str, args: argparse.Namespace) -> int:
@@ -98,13 +101,18 @@ def record_trials(tracker: Tracker, rows: dict[str, dict[str, Any]]) -> None:
     its evaluation, whatever happened to the driver or the server while it trained."""
     for row in rows.values():
         metrics = {name: row.get(name) for name in TRAIN_METRICS}
-        for i, value in enumerate(row.get("kl_layers") or [], start=1):
-            metrics[f"kl_layer_{i}"] = value
+        for column, prefix in TRAIN_LAYER_METRICS.items():
+            for i, value in enumerate(row.get(column) or [], start=1):
+                metrics[f"{prefix}_{i}"] = value
         step = int(row.get("steps") or 0)
         tracker.log_metrics(row, metrics, step=step)
         ok = row["status"] == "ok"
-        tracker.finish(row, "FINISHED" if ok else "FAILED",
-                       tags={"status": row["status"], **({} if ok else {"reason": row.get("reason") or ""})})
+        tags = {"status": row["status"]}
+        if ok:
+            tags.update(health=row.get("health") or "", health_reason=row.get("health_reason") or "")
+        else:
+            tags["reason"] = row.get("reason") or ""
+        tracker.finish(row, "FINISHED" if ok else "FAILED", tags=tags)
 
 
 def write_report(store: Store, tracker: Tracker | None) -> None:
@@ -129,18 +137,30 @@ def print_summary(cfg: SweepConfig, store: Store, specs: list[TrialSpec],
     attack_failures = attack_failures or {}
     attack_means = _attack_means(store)
     print()
-    header = f"{'trial_id':44s} {'status':8s} {'ELBO':>9s} {'TC':>7s} {'MIG':>5s} {'latent D':>9s} {'output D':>9s}"
+    header = (f"{'trial_id':44s} {'status':8s} {'health':9s} {'ELBO':>9s} {'mean img':>9s} {'AU':>7s} "
+              f"{'TC':>7s} {'MIG':>5s} {'latent D':>9s} {'output D':>9s}")
     print(header)
     print("-" * len(header))
     for spec in specs:
         row = rows.get(spec.trial_id, {})
         means = attack_means.get(spec.trial_id, {})
         status = "failed" if spec.trial_id in attack_failures else row.get("status", "missing")
-        print(f"{spec.trial_id:44s} {status:8s} {_fmt(row.get('elbo')):>9s} "
+        units = "/".join(str(u) for u in row.get("active_units") or []) or "-"
+        print(f"{spec.trial_id:44s} {status:8s} {row.get('health') or '-':9s} {_fmt(row.get('elbo')):>9s} "
+              f"{_fmt(row.get('elbo_mean_image')):>9s} {units:>7s} "
               f"{_fmt(row.get('tc')):>7s} {_fmt(row.get('mig'), 2):>5s} "
               f"{_fmt(means.get('latent')):>9s} {_fmt(means.get('output')):>9s}")
     print()
-    print("(latent D / output D: mean over pairs and lambdas of the final attack objective; higher = harder to attack)")
+    print("(mean img: the held-out log-likelihood of the mean-image model, the plateau; AU: active units per "
+          "layer; latent D / output D: mean over pairs and lambdas of the final attack objective, higher = "
+          "harder to attack)")
+    unhealthy = [(spec.trial_id, rows[spec.trial_id]) for spec in specs
+                 if rows.get(spec.trial_id, {}).get("status") == "ok"
+                 and rows[spec.trial_id].get("health") not in (None, "healthy")]
+    if unhealthy:
+        print(f"{len(unhealthy)} trial(s) are not healthy; the report draws no conclusion from them:")
+        for trial_id, row in unhealthy:
+            print(f"  {trial_id} {row['health']}: {row.get('health_reason') or ''}")
     reasons = [(spec.trial_id, rows[spec.trial_id]["status"], rows[spec.trial_id].get("reason") or "")
                for spec in specs if rows.get(spec.trial_id, {}).get("status") not in (None, "ok")]
     reasons += [(trial_id, "failed", f"attacks: {reason}") for trial_id, reason in sorted(attack_failures.items())]

@@ -28,13 +28,20 @@ TRAIN = pa.schema(IDENTITY + [
     ("seconds", pa.float64()),
     ("images_per_s", pa.float64()),
     ("node_id", pa.string()),  # the Ray node that trained it
+    ("health", pa.string()),   # healthy | plateau | collapsed (sweep.health)
+    ("health_reason", pa.string()),
+    ("eval_images", pa.int64()),
     ("elbo", pa.float64()),
+    ("elbo_mean_image", pa.float64()),
     ("recon_loglik", pa.float64()),
     ("kl_layers", pa.list_(pa.float64())),
+    ("active_units", pa.list_(pa.int64())),
+    ("logvar_at_bound", pa.list_(pa.float64())),
     ("index_code_mi", pa.float64()),
     ("tc", pa.float64()),
     ("dim_kl", pa.float64()),
     ("mig", pa.float64()),
+    ("mig_images", pa.int64()),
     ("encoder_l2", pa.float64()),
     ("decoder_l2", pa.float64()),
     ("clean_loglik_mean", pa.float64()),
@@ -65,6 +72,7 @@ ATTACKS = pa.schema(IDENTITY + [
     ("rec_target_target_l2", pa.float64()),
     ("selected", pa.bool_()),
     ("auddc", pa.float64()),
+    ("auddc_reason", pa.string()),  # why auddc is NaN; empty when it is defined
     ("solver", pa.string()),
     ("iterations", pa.int64()),
     ("seconds", pa.float64()),

@@ -24,6 +24,7 @@ from models import ModelConfig, build_model, load_checkpoint, save_checkpoint
 from sweep.data import load_dataset
 from sweep import schema
 from sweep.evaluate import evaluate
+from sweep.health import HealthConfig, classify
 from sweep.store import Store, local_tmp_dir
 
 MODEL_FILE = "model.pt"
@@ -48,6 +49,13 @@ def learning_rate(trial: dict[str, Any], train: dict[str, Any]) -> float:
 def cached_dataset(name: str, data_dir: str | None, size: int | None, split_seed: int, held_out: float):
     """One copy per worker process: trials that reuse a worker skip re-loading."""
     return load_dataset(name, data_dir=data_dir, size=size, seed=split_seed, held_out=held_out)
+
+
+@functools.lru_cache(maxsize=2)
+def training_pixel_statistics(dataset) -> tuple[torch.Tensor, float]:
+    """The training split's mean image and residual std, once per dataset and worker: the
+    decoder starts from that mean image, and the health check compares with it."""
+    return dataset.pixel_statistics("train")
 
 
 def dataset_for(trial: dict[str, Any], data: dict[str, Any]):
@@ -89,7 +97,9 @@ def train_trial(config: dict[str, Any]) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dataset = dataset_for(trial, data)
 
-    model = build_model(model_config_for(trial, train, dataset)).to(device)
+    model = build_model(model_config_for(trial, train, dataset))
+    model.set_mean_image(training_pixel_statistics(dataset)[0])
+    model.to(device)
     lr = learning_rate(trial, train)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     step, seconds = 0, 0.0
@@ -130,10 +140,11 @@ def train_trial(config: dict[str, Any]) -> None:
 
     seconds += time.perf_counter() - started
     images_per_s = (train["steps"] * train["batch_size"]) / max(seconds, 1e-9)
-    row, noise_rows = _evaluate(model, dataset, train, trial)
+    row, noise_rows = _evaluate(model, dataset, train, trial, data["split_seed"])
     if not all(math.isfinite(v) for v in (row["elbo"], row["recon_loglik"])):
         _finish_diverged(config, step, seconds, row["elbo"], what="held-out ELBO")
         return
+    row["health"], row["health_reason"] = classify(row, model.attack_layers, HealthConfig(**config.get("health", {})))
     row.update(_identity(config), status="ok", reason="", steps=step, seconds=seconds,
                images_per_s=images_per_s, node_id=ray.get_runtime_context().get_node_id())
 
@@ -160,15 +171,23 @@ def _already_finished(store: Store, trial_id: str) -> bool:
         return False
 
 
-def _evaluate(model, dataset, train: dict[str, Any], trial: dict[str, Any]):
-    held_out = dataset.held_out_indices[: train["eval_size"]]
+def _evaluate(model, dataset, train: dict[str, Any], trial: dict[str, Any], split_seed: int):
+    """Evaluate on seeded random samples of the held-out split, the same for every trial of the
+    dataset: ``eval_size`` images, and (nested in the same permutation) ``mig_size`` for MIG."""
     device = next(model.parameters()).device
-    images = dataset.batch(held_out).to(device)
-    factors = dataset.factors[held_out.numpy()] if dataset.factors is not None else None
+    evaluation = dataset.evaluation_indices(train["eval_size"], split_seed)
+    mean_image, scale = training_pixel_statistics(dataset)
+    mig_kwargs = {}
+    if dataset.factors is not None:
+        mig_indices = dataset.evaluation_indices(train["mig_size"], split_seed)
+        mig_kwargs = dict(mig_images=dataset.batch(mig_indices).to(device),
+                          mig_factors=dataset.factors[mig_indices.numpy()],
+                          factor_sizes=list(dataset.factor_sizes), factor_names=list(dataset.factor_names))
     return evaluate(
-        model, images, factors, dataset.factor_sizes, dataset.factor_names,
+        model, dataset.batch(evaluation).to(device), mean_image,
+        model.cfg.gaussian_scale or scale,
         noise_sigmas=train["noise_sigmas"], noise_samples=train["noise_samples"],
-        batch_size=min(train["batch_size"], 256), seed=trial["seed"],
+        batch_size=min(train["batch_size"], 256), seed=trial["seed"], **mig_kwargs,
     )
 
 

@@ -68,7 +68,7 @@ def run_training(cfg: SweepConfig, specs: list[TrialSpec], store: Store, tracker
             trainable,
             param_space={
                 "trial": tune.grid_search([s.to_dict() for s in pending]),
-                "train": asdict(cfg.train), "data": asdict(cfg.data),
+                "train": asdict(cfg.train), "data": asdict(cfg.data), "health": asdict(cfg.health),
                 "out": store.uri, "sweep": cfg.name, "cpus": res.cpus_per_trial,
             },
             # Reused workers keep their dataset cache (cached_dataset) from trial to trial: a

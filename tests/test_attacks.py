@@ -16,7 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from attacks.metrics import auddc, auddc_from_points, ddc_points, lambda_grid, sample_pairs, select_lambda
+from attacks.metrics import (auddc, auddc_from_points, auddc_with_reason, ddc_points, lambda_grid,
+                             sample_pairs, select_lambda)
 
 
 # --- a linear Gaussian VAE with the models API --------------------------------------------
@@ -362,16 +363,21 @@ def test_sample_pairs_deterministic_and_distinct():
 
 def test_select_lambda_hand_cases():
     lams = [0.0, 1.0, 2.0, 4.0, 8.0]
-    # mean = 3.0; above: 4, 5, 5 at λ=2,4,8 -> smallest 4 -> λ = 2 (index 2)
+    # mean over the positive λ = 3.75; above: 4, 5, 5 at λ=2,4,8 -> smallest 4 -> λ = 2 (index 2)
     assert select_lambda(lams, [1.0, 1.0, 4.0, 5.0, 4.0 + 1.0]) == 2
-    # ties in the smallest value above the mean go to the largest λ: mean 2.6, above: 3,3,3
-    assert select_lambda(lams, [1.0, 3.0, 3.0, 3.0, 3.0]) == 4
-    d = [0.5, 3.0, 3.0, 1.0, 0.5]  # mean 1.6 -> {3.0 at λ=1, 2} -> largest λ -> index 2
+    # the mean leaves λ = 0 out: over all λ it would be 2.25 (-> Δ 3 at λ=2), over the positive
+    # ones it is 3 (-> Δ 4 at λ=4)
+    assert select_lambda([0.0, 1.0, 2.0, 4.0], [0.0, 2.0, 3.0, 4.0]) == 3
+    # ties in the smallest value above the mean go to the largest λ: mean 2.5, above: 3,3,3
+    assert select_lambda(lams, [1.0, 2.0, 3.0, 3.0, 3.0]) == 4
+    d = [0.5, 3.0, 3.0, 1.0, 0.5]  # mean 1.875 -> {3.0 at λ=1, 2} -> largest λ -> index 2
     assert select_lambda(lams, d) == 2
     # all equal: nothing strictly above the mean -> largest Δ, ties -> largest λ
     assert select_lambda(lams, [2.0] * 5) == 4
-    # NaN attacks ignored: finite [1, 2, 9], mean 4 -> 9 at λ=8
+    # NaN attacks ignored: finite positive-λ [2, 9], mean 5.5 -> 9 at λ=8
     assert select_lambda(lams, [1.0, float("nan"), 2.0, float("nan"), 9.0]) == 4
+    # no positive λ: the mean is over all of them
+    assert select_lambda([0.0], [3.0]) == 0
     # order of the inputs does not matter
     assert select_lambda([8.0, 0.0, 4.0], [5.0, 1.0, 5.0]) == 0
     with pytest.raises(ValueError):
@@ -399,6 +405,19 @@ def test_auddc_hand_cases():
     np.testing.assert_allclose(px, [0.0, 0.5, 2.0])
     np.testing.assert_allclose(py, [1.0, 0.5, 0.0])
     assert auddc([0.0, 1.0, 4.0], [3.0, 2.0, 1.0], 2.0, 3.0, 1.0) == pytest.approx(0.5 * 1.5 / 2 + 0.5 * 0.5)
+
+
+def test_auddc_is_not_reported_when_the_model_reconstructs_source_and_target_alike():
+    from attacks.metrics import auddc_with_reason
+
+    value, reason = auddc_with_reason([0.0, 1.0, 4.0], [3.0, 2.0, 1.0], 2.0, 3.0, 1.0)
+    assert value == pytest.approx(0.5 * 1.5 / 2 + 0.5 * 0.5) and reason == ""
+    # a mean-image decoder: rec(x) = rec(x^t), so the y-axis would divide by 0 (or by noise)
+    for rec_source in (1.0, 1.0 + 0.04 * 2.0):
+        value, reason = auddc_with_reason([0.0, 1.0], [1.0, 1.0], 2.0, rec_source, 1.0)
+        assert math.isnan(value) and "reconstructs source and target alike" in reason
+    value, reason = auddc_with_reason([3.0], [1.0], 2.0, 3.0, 1.0)   # every distortion beyond ‖x − xᵗ‖
+    assert math.isnan(value) and "within" in reason
 
 
 # --- config -------------------------------------------------------------------------------
@@ -447,9 +466,10 @@ def test_run_attacks_rows_gallery_and_batch_independence():
         assert len({r["auddc"] for r in pr}) == 1
         sel = select_lambda([r["lam"] for r in pr], [r["objective"] for r in pr])
         assert pr[sel]["selected"]
-        want = auddc([r["distortion_l2"] for r in pr], [r["adv_target_l2"] for r in pr],
-                     pr[0]["source_target_l2"], pr[0]["rec_source_target_l2"], pr[0]["rec_target_target_l2"])
-        assert pr[0]["auddc"] == pytest.approx(want, nan_ok=True)
+        want, why = auddc_with_reason([r["distortion_l2"] for r in pr], [r["adv_target_l2"] for r in pr],
+                                      pr[0]["source_target_l2"], pr[0]["rec_source_target_l2"],
+                                      pr[0]["rec_target_target_l2"])
+        assert pr[0]["auddc"] == pytest.approx(want, nan_ok=True) and pr[0]["auddc_reason"] == why
         # objective = distance + λ‖d‖; the distortion shrinks as λ grows
         for r in pr:
             assert r["objective"] == pytest.approx(r["distance"] + r["lam"] * r["distortion_l2"], rel=1e-4, abs=1e-6)
@@ -483,3 +503,28 @@ def test_run_attacks_output_mode_lowers_target_nll():
     assert free["distance"] < clamped["distance"]
     assert free["target_nll"] < clamped["target_nll"] + 1.0  # one sample each; loose
     assert clamped["distortion_l2"] < 1e-4
+
+
+def test_output_attack_reports_its_delta_on_fresh_noise():
+    """The solver minimises Δ_output on one fixed noise draw; the reported Δ averages
+    ``output_report_samples`` other draws at the same final d (closed form, per sample)."""
+    from attacks.run import _STREAM_OBJECTIVE, _STREAM_REPORT, attack_problems, problem_generators
+    from attacks.objectives import sample_encoder_noise
+
+    model = LinearGaussianVAE(V_scale=0.3)
+    x, xt = images(2, 40), images(2, 41, binary=True)
+    lams = torch.tensor([0.0, 1.0])
+    cfg = _config(output_report_samples=3)
+    result, total, dist = attack_problems(model, x, xt, lams, "output", "elbo", cfg, [1, 2], [3, 4], seed=0)
+    p = np_params(model)
+
+    def closed_form(stream, samples):
+        noise = sample_encoder_noise(model, x, problem_generators(0, [1, 2], [3, 4], stream), samples)[0]
+        return [np.mean([closed_form_output(p, x[i].flatten().double().numpy(), xt[i].flatten().double().numpy(),
+                                            result.d[i].flatten().double().numpy(), float(lams[i]),
+                                            noise[s, i].double().numpy())[0] for s in range(samples)])
+                for i in range(2)]
+
+    reported, optimised = closed_form(_STREAM_REPORT, 3), closed_form(_STREAM_OBJECTIVE, 1)
+    np.testing.assert_allclose(total.double().numpy(), reported, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(reported, optimised, rtol=1e-3)

@@ -148,6 +148,38 @@ class ImageDataset:
         gives a reproducible batch stream."""
         return self.batch(self.sample_indices(generator, batch_size, split))
 
+    def evaluation_indices(self, size: int, seed: int) -> torch.Tensor:
+        """A seeded random sample of ``size`` held-out positions (all of them when the split is
+        smaller), in random order. It depends only on (split, size, seed), so every trial of a
+        dataset is evaluated on the same images, and samples are nested: the first k positions
+        of a larger sample are the sample of size k. (The held-out split itself is sorted, and
+        dataset positions follow a grid's order, so its first positions are not a sample.)"""
+        pool = self.held_out_indices
+        order = np.random.default_rng([int(seed), 3]).permutation(len(pool))
+        return pool[torch.from_numpy(order[: int(size)])]
+
+    def pixel_statistics(self, split: str = "train", max_images: int = 20_000, seed: int = 0,
+                         chunk: int = 4096) -> tuple[torch.Tensor, float]:
+        """(mean image [C, H, W], residual std) of ``split`` in the pixel range [0, 1], from a
+        seeded sample of at most ``max_images`` images. The residual std is the root mean
+        squared difference between a pixel and its mean image's pixel, over pixels and images:
+        the scale of the mean-image model under a Gaussian likelihood."""
+        pool = self.split_indices(split)
+        if len(pool) == 0:
+            raise DatasetError(f"dataset {self.name!r} ({self.source}) has no {split!r} images")
+        if len(pool) > max_images:
+            pool = pool[torch.from_numpy(np.random.default_rng([int(seed), 4]).choice(
+                len(pool), size=max_images, replace=False))]
+        total = torch.zeros(self.shape, dtype=torch.float64)
+        squares = torch.zeros(self.shape, dtype=torch.float64)
+        for start in range(0, len(pool), chunk):
+            x = self.batch(pool[start : start + chunk]).double()
+            total += x.sum(0)
+            squares += (x * x).sum(0)
+        mean = total / len(pool)
+        variance = (squares / len(pool) - mean * mean).clamp(min=0.0).mean()
+        return mean.float(), float(variance.sqrt())
+
     def iter_batches(self, batch_size: int, split: str = "held_out") -> Iterator[torch.Tensor]:
         """All images of ``split`` in order, ``batch_size`` at a time (for evaluation)."""
         pool = self.split_indices(split)
