@@ -1,17 +1,23 @@
 """The paper's aggregations of the sweep's results.
 
-Sources of variation (the paper's CIs): input–target pairs, λ, |z|, seeds, and L where a figure
-pools over it. The unit of a CI is one row of the results:
+Only **healthy** trials enter an aggregate (``status == "ok"`` and ``health == "healthy"``, see
+``sweep.health``): a model that never left the mean-image plateau, or whose encoder collapsed,
+looks robust for reasons that have nothing to do with robustness. ``left_out`` names the others
+and why, and the headline claims say "not measured" where a side has no healthy trial.
+
+Sources of variation (the paper's CIs): input–target pairs, |z|, seeds, and L where a figure
+pools over it. The unit of a CI is:
 
 * train metrics (ELBO, weight norms): one trial; pooled over |z|, seeds and L (Fig. 3);
-* attack metrics, **"all λ" (the paper's Δ)**: one attack, i.e. one (trial, pair, λ); the mean
-  over pairs and λ (and |z|, seeds), as in Fig. 5 and 6;
-* attack metrics, **"selected λ"**: the attack at the λ the attack step's rule picked for each
-  pair (the ``selected`` column), i.e. one (trial, pair);
-* AUDDC is per pair (the same on every λ row of a pair): one value per (trial, pair).
+* attack metrics: one (trial, pair). **"all λ" (the paper's Δ)**: the pair's mean over the
+  positive λ, the paper's 1/50 Σ Δ(λ(c_i)); **"selected λ"**: the attack at the λ the attack
+  step's rule picked for the pair (the ``selected`` column); AUDDC is one value per pair.
+
+The attack objective Δ spans orders of magnitude across models (the paper plots it on log
+axes), so it is aggregated on a log scale: geometric means, intervals of the mean log, ratios
+of geometric means. The other metrics are aggregated on a linear scale.
 
 The λ-selection rule and AUDDC are computed by the attack step; they are read, never recomputed.
-Only trials with ``status == "ok"`` enter the aggregates.
 """
 
 from __future__ import annotations
@@ -22,20 +28,26 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.stats import Interval, bootstrap_ratio, summarize
+from analysis.stats import Interval, bootstrap_log_ratio, bootstrap_ratio, summarize, summarize_log
 
 __all__ = [
     "MODEL_ORDER",
     "MODEL_LABELS",
     "METRICS",
+    "HEALTHY",
     "ok_trials",
-    "drop_failed_trials",
+    "trial_health",
+    "healthy_trial_ids",
+    "keep_healthy",
+    "left_out",
     "default_similarity",
     "attack_rows",
+    "pair_units",
+    "summarize_metric",
     "elbo_by_beta",
     "attack_by_beta",
     "attack_heatmap",
-    "pair_means",
+    "pair_log_means",
     "weight_norm_table",
     "headline_ratios",
     "noise_sigma",
@@ -51,14 +63,20 @@ class Metric:
     label: str
     unit: str
     per_pair: bool = False  # one value per (trial, pair) rather than per λ
+    log_scale: bool = False  # aggregated as geometric means (positive, spans orders of magnitude)
 
 
 METRICS = {
-    "objective": Metric("objective", "Δ (final attack objective)", "nats"),
+    "objective": Metric("objective", "Δ (final attack objective)", "nats", log_scale=True),
     "adv_target_l2": Metric("adv_target_l2", "‖rec(x*) − xᵗ‖₂", "L2, pixels in [0, 1]"),
     "target_nll": Metric("target_nll", "−log p(xᵗ | z*)", "nats"),
     "auddc": Metric("auddc", "AUDDC", "unitless, higher = harder to attack", per_pair=True),
 }
+HEALTHY = "healthy"
+UNKNOWN_HEALTH = ("unknown", "no health recorded in train/ (results of an older version of the sweep: "
+                             "re-train to measure it)")
+# the columns that name one (trial, pair) unit of the attack aggregates
+UNIT_COLUMNS = ["trial_id", "dataset", "model", "beta", "layers", "z_dim", "seed", "mode", "similarity", "pair"]
 
 
 def objective_unit(mode: str, similarity: str | None) -> str:
@@ -83,15 +101,61 @@ def ok_trials(train: pd.DataFrame) -> pd.DataFrame:
     return train.loc[train["status"].astype(str) == "ok"]
 
 
-def drop_failed_trials(attacks: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
-    """Attack rows of trials that train/ lists with a status other than ``ok`` are dropped
-    (trials absent from train/ are kept: train/ may be lagging behind)."""
-    if attacks.empty or train.empty or "status" not in train.columns:
-        return attacks
-    bad = set(train.loc[train["status"].astype(str) != "ok", "trial_id"].astype(str))
-    if not bad:
-        return attacks
-    return attacks.loc[~attacks["trial_id"].astype(str).isin(bad)]
+def trial_health(train: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial of ``train``: its identity, ``health`` and ``health_reason``. A trial
+    that did not finish (status failed or diverged) has its status as health and its reason; a
+    finished trial without a recorded health is "unknown"."""
+    cols = ["trial_id", "dataset", "model", "beta", "layers", "z_dim", "seed", "health", "health_reason"]
+    if train.empty or "trial_id" not in train.columns:
+        return pd.DataFrame(columns=cols)
+    out = train.copy()
+    for col in cols:
+        if col not in out.columns:
+            out[col] = None
+    status = out["status"].astype(str) if "status" in out.columns else pd.Series("ok", index=out.index)
+    ok = status == "ok"
+    recorded = out["health"].notna() & (out["health"].astype(str) != "")
+    reason = out["reason"] if "reason" in out.columns else pd.Series("", index=out.index)
+    out["health"] = np.where(~ok, status, np.where(recorded, out["health"].astype(str), UNKNOWN_HEALTH[0]))
+    out["health_reason"] = np.where(~ok, reason.fillna("").astype(str),
+                                    np.where(recorded, out["health_reason"].fillna("").astype(str),
+                                             UNKNOWN_HEALTH[1]))
+    return out[cols].drop_duplicates(subset=["trial_id"], keep="last").reset_index(drop=True)
+
+
+def healthy_trial_ids(train: pd.DataFrame) -> set[str]:
+    health = trial_health(train)
+    return set(health.loc[health["health"] == HEALTHY, "trial_id"].astype(str))
+
+
+def keep_healthy(frame: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``frame`` (train, attacks, noise or gallery rows) of healthy trials; a trial
+    that ``train`` does not list is left out too, its health being unknown."""
+    if frame.empty or "trial_id" not in frame.columns:
+        return frame
+    return frame.loc[frame["trial_id"].astype(str).isin(healthy_trial_ids(train))]
+
+
+def left_out(train: pd.DataFrame, *others: pd.DataFrame) -> pd.DataFrame:
+    """The trials that the aggregates leave out and why: every trial of ``train`` that is not
+    healthy, and every trial that has rows in ``others`` (attacks, noise, ...) but none in
+    ``train``. Columns as ``trial_health``."""
+    health = trial_health(train)
+    out = health.loc[health["health"] != HEALTHY]
+    known = set(health["trial_id"].astype(str))
+    extra = []
+    for frame in others:
+        if frame.empty or "trial_id" not in frame.columns:
+            continue
+        for _, row in frame.drop_duplicates(subset=["trial_id"]).iterrows():
+            tid = str(row["trial_id"])
+            if tid not in known:
+                known.add(tid)
+                extra.append({**{c: row.get(c) for c in health.columns},
+                              "health": UNKNOWN_HEALTH[0], "health_reason": "the trial has no row in train/"})
+    if extra:
+        out = pd.concat([out, pd.DataFrame(extra, columns=health.columns)], ignore_index=True)
+    return out.sort_values("trial_id").reset_index(drop=True)
 
 
 def default_similarity(attacks: pd.DataFrame, mode: str) -> str | None:
@@ -132,6 +196,36 @@ def attack_rows(
     return rows
 
 
+def pair_units(rows: pd.DataFrame, metric: str, selected_only: bool = False) -> pd.DataFrame:
+    """One value of ``metric`` per (trial, pair) of ``rows`` (rows of one mode and similarity,
+    as ``attack_rows`` gives them): the selected λ's value (``selected_only``), the pair's value
+    (per-pair metrics such as AUDDC), or the mean over the pair's positive λ (the paper's Δ,
+    1/50 Σ Δ(λ(c_i)); over all λ when a pair has no positive one). Columns: ``UNIT_COLUMNS``
+    present in ``rows``, and ``metric``."""
+    keys = [c for c in UNIT_COLUMNS if c in rows.columns]
+    if rows.empty:
+        return pd.DataFrame(columns=[*keys, metric])
+    frame = rows[keys].copy()
+    frame[metric] = pd.to_numeric(rows[metric], errors="coerce").astype(float)
+    spec = METRICS.get(metric)
+    if selected_only or (spec is not None and spec.per_pair):
+        return frame.drop_duplicates(subset=keys).reset_index(drop=True)
+    lam = pd.to_numeric(rows["lam"], errors="coerce").astype(float)
+    positive = lam > 0
+    has_positive = positive.groupby([rows[k] for k in keys], dropna=False).transform("any")
+    frame = frame.loc[positive | ~has_positive]
+    frame = frame.loc[np.isfinite(frame[metric])]
+    return frame.groupby(keys, sort=True, dropna=False, observed=True)[metric].mean().reset_index()
+
+
+def summarize_metric(units: pd.DataFrame, by: Sequence[str], metric: str) -> pd.DataFrame:
+    """``summarize`` or, for a log-scale metric (Δ), ``summarize_log`` of ``units``."""
+    spec = METRICS.get(metric)
+    if spec is not None and spec.log_scale:
+        return summarize_log(units, by, metric)
+    return summarize(units, by, metric)
+
+
 def elbo_by_beta(train: pd.DataFrame, value: str = "elbo") -> pd.DataFrame:
     """Fig. 3: mean ELBO per (dataset, model, β) over |z|, L and seeds, with its t-interval."""
     return summarize(ok_trials(train), ["dataset", "model", "beta"], value)
@@ -145,12 +239,12 @@ def attack_by_beta(
     selected_only: bool = False,
     models: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """Fig. 5: mean of ``metric`` per (dataset, model, β) over pairs, λ (all or selected), |z|,
-    seeds (and L), with its t-interval."""
+    """Fig. 5: ``metric`` per (dataset, model, β) over (trial, pair) units (pairs, |z|, seeds
+    and L): geometric mean for Δ, mean otherwise, with the interval ``summarize_metric`` gives."""
     rows = attack_rows(attacks, metric, mode, similarity, selected_only)
     if models is not None and not rows.empty:
         rows = rows.loc[rows["model"].isin(list(models))]
-    return summarize(rows, ["dataset", "model", "beta"], metric)
+    return summarize_metric(pair_units(rows, metric, selected_only), ["dataset", "model", "beta"], metric)
 
 
 def attack_heatmap(
@@ -162,35 +256,40 @@ def attack_heatmap(
     selected_only: bool = False,
     l1_model: str | None = None,
 ) -> pd.DataFrame:
-    """Fig. 6: mean of ``metric`` per (dataset, L, β) for one model kind, over pairs, λ, |z|,
-    seeds. ``l1_model``: also use that model's L = 1 rows as this model's L = 1 row (the paper
-    fills Seatbelt-VAE's L = 1 row with β-TCVAE, which is what Seatbelt-VAE reduces to)."""
+    """Fig. 6: ``metric`` per (dataset, L, β) for one model kind over (trial, pair) units (pairs,
+    |z|, seeds). ``l1_model``: also use that model's L = 1 rows as this model's L = 1 row (the
+    paper fills Seatbelt-VAE's L = 1 row with β-TCVAE, which is what Seatbelt-VAE reduces to)."""
     rows = attack_rows(attacks, metric, mode, similarity, selected_only)
+    by = ["dataset", "layers", "beta"]
     if rows.empty:
-        return summarize(rows, ["dataset", "layers", "beta"], metric)
+        return summarize_metric(pair_units(rows, metric, selected_only), by, metric)
     mine = rows.loc[rows["model"] == model]
     if l1_model is not None:
         extra = rows.loc[(rows["model"] == l1_model) & (rows["layers"] == 1)]
         if not mine.empty or not extra.empty:
             mine = pd.concat([mine, extra], ignore_index=True)
-    return summarize(mine, ["dataset", "layers", "beta"], metric)
+    return summarize_metric(pair_units(mine, metric, selected_only), by, metric)
 
 
-def pair_means(rows: pd.DataFrame, metric: str) -> pd.Series:
-    """Mean of ``metric`` per input–target pair (over λ, |z|, seeds, trials), indexed by pair."""
-    if rows.empty:
+def pair_log_means(rows: pd.DataFrame, metric: str = "objective", selected_only: bool = False) -> pd.Series:
+    """Per input–target pair, the mean over trials (|z|, seeds) of the natural log of the pair's
+    ``metric`` (``pair_units``), indexed by pair; units with a value <= 0 are dropped."""
+    units = pair_units(rows, metric, selected_only)
+    if units.empty:
         return pd.Series(dtype=float)
-    vals = pd.to_numeric(rows[metric], errors="coerce").astype(float)
-    frame = pd.DataFrame({"pair": rows["pair"].to_numpy(), "v": vals.to_numpy()})
+    values = units[metric].to_numpy(dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.where(values > 0, np.log(np.where(values > 0, values, 1.0)), np.nan)
+    frame = pd.DataFrame({"pair": units["pair"].to_numpy(), "v": logs})
     frame = frame.loc[np.isfinite(frame["v"])]
     return frame.groupby("pair", sort=True)["v"].mean()
 
 
-def _ratio_of_pair_means(num: pd.Series, den: pd.Series, seed: int = 0) -> Interval:
+def _ratio_of_geometric_means(num: pd.Series, den: pd.Series, seed: int = 0) -> Interval:
     common = num.index.intersection(den.index)
     if len(common) >= 2 and len(common) == len(num) == len(den):
-        return bootstrap_ratio(num.loc[common].to_numpy(), den.loc[common].to_numpy(), paired=True, seed=seed)
-    return bootstrap_ratio(num.to_numpy(), den.to_numpy(), paired=False, seed=seed)
+        return bootstrap_log_ratio(num.loc[common].to_numpy(), den.loc[common].to_numpy(), paired=True, seed=seed)
+    return bootstrap_log_ratio(num.to_numpy(), den.to_numpy(), paired=False, seed=seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,19 +400,29 @@ NO_GROWTH_MARGIN = 1.5
 
 
 def _verdict(iv: Interval, expect: str) -> str:
+    """Words that say no more than the interval: "holds" / "does not hold" only when the whole
+    95% CI lies on one side of the claim's boundary, "inconclusive" when it straddles it."""
     if not np.isfinite(iv.estimate):
         return "not measured"
+    if not (np.isfinite(iv.lo) and np.isfinite(iv.hi)):
+        return f"inconclusive (no interval from {iv.n} pair(s))"
     if expect == ">1":
-        if np.isfinite(iv.lo) and iv.lo > 1:
+        if iv.lo > 1:
             return "holds (CI above 1)"
-        if iv.estimate > 1:
-            return "holds in direction (CI includes 1)"
-        return "does not hold"
-    # expect "<= 1": the claim is that robustness does NOT grow ("≈1"); growth counts only when
-    # the whole CI lies above NO_GROWTH_MARGIN (a few per cent more is "≈1" next to ×10³..10⁷)
-    if np.isfinite(iv.lo) and iv.lo > NO_GROWTH_MARGIN:
-        return f"does not hold (grows, CI above ×{NO_GROWTH_MARGIN:g})"
-    return f"holds (no growth beyond ×{NO_GROWTH_MARGIN:g})"
+        if iv.hi < 1:
+            return "does not hold (CI below 1)"
+        return "inconclusive (CI includes 1)"
+    # expect "<= 1": the claim is that robustness does NOT grow ("≈1"); a few per cent more is
+    # "≈1" next to ×10³..10⁷, so the boundary is NO_GROWTH_MARGIN
+    if iv.hi <= NO_GROWTH_MARGIN:
+        return f"holds (CI below ×{NO_GROWTH_MARGIN:g})"
+    if iv.lo > NO_GROWTH_MARGIN:
+        return f"does not hold (grows: CI above ×{NO_GROWTH_MARGIN:g})"
+    return f"inconclusive (CI includes ×{NO_GROWTH_MARGIN:g})"
+
+
+def _unhealthy_text(trials: pd.DataFrame) -> str:
+    return "; ".join(f"{r.trial_id} ({r.health}: {r.health_reason})" for r in trials.itertuples())
 
 
 def headline_ratios(
@@ -321,46 +430,72 @@ def headline_ratios(
     similarity: dict[str, str | None] | None = None,
     variants: Sequence[str] = ("all λ", "selected λ"),
     seed: int = 0,
+    train: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The paper's headline ratios on this sweep's data, per dataset and λ variant.
 
-    Ratio of means of the attack objective Δ; CI: percentile bootstrap over input–target pairs
-    (paired when both sides have the same pairs) of the ratio of the pair means. ``verdict`` says
-    whether the claim's direction holds here."""
+    Ratio of geometric means of the attack objective Δ, over (trial, pair) units; CI: percentile
+    bootstrap over input–target pairs (paired when both sides have the same pairs) of the ratio.
+    ``attacks`` holds every trial's rows; with ``train``, only healthy trials are measured: a
+    side whose trials are all unhealthy makes the claim "not measured", naming them, and the
+    ``left_out`` column names the unhealthy trials a side would otherwise have included.
+    ``verdict`` says whether the claim's direction holds here, in words its interval supports."""
     cols = ["dataset", "claim", "variant", "numerator", "denominator", "ratio", "lo", "hi",
-            "pairs", "paper", "verdict"]
+            "pairs", "paper", "verdict", "left_out"]
     if attacks.empty:
         return pd.DataFrame(columns=cols)
     similarity = similarity or {}
+    health = trial_health(train) if train is not None else None
+    healthy = healthy_trial_ids(train) if train is not None else None
+
+    def split(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(healthy rows, the unhealthy trials among ``rows``)."""
+        if healthy is None or rows.empty:
+            return rows, pd.DataFrame(columns=["trial_id", "health", "health_reason"])
+        ids = rows["trial_id"].astype(str)
+        bad_ids = sorted(set(ids) - healthy)
+        bad = health.loc[health["trial_id"].isin(bad_ids)]
+        missing = sorted(set(bad_ids) - set(bad["trial_id"]))
+        if missing:
+            bad = pd.concat([bad, pd.DataFrame({"trial_id": missing, "health": UNKNOWN_HEALTH[0],
+                                                "health_reason": "the trial has no row in train/"})])
+        return rows.loc[ids.isin(healthy)], bad
+
     out = []
     for dataset in sorted(attacks["dataset"].dropna().unique()):
         ds_rows = attacks.loc[attacks["dataset"] == dataset]
         for claim in CLAIMS:
             sim = similarity.get(claim.mode, default_similarity(ds_rows, claim.mode))
             for variant in variants:
-                rows = attack_rows(ds_rows, "objective", claim.mode, sim, selected_only=variant == "selected λ")
-                num_rows, num_text = claim.numerator.pick(rows)
+                selected = variant == "selected λ"
+                rows = attack_rows(ds_rows, "objective", claim.mode, sim, selected_only=selected)
+                num_all, num_text = claim.numerator.pick(rows)
                 dens = claim.denominator if isinstance(claim.denominator, tuple) else (claim.denominator,)
-                den_rows, den_text = dens[0].pick(rows)
+                den_all, den_text = dens[0].pick(rows)
                 for alt in dens[1:]:
-                    if not den_rows.empty:
+                    if not den_all.empty:
                         break
-                    den_rows, den_text = alt.pick(rows)
-                if num_rows.empty or den_rows.empty:
-                    missing = num_text if num_rows.empty else den_text
-                    iv = Interval(float("nan"), float("nan"), float("nan"), 0)
+                    den_all, den_text = alt.pick(rows)
+                (num_rows, num_bad), (den_rows, den_bad) = split(num_all), split(den_all)
+                iv = Interval(float("nan"), float("nan"), float("nan"), 0)
+                if num_all.empty or den_all.empty:
+                    missing = num_text if num_all.empty else den_text
                     verdict = f"not measured: no {claim.mode} attacks of {missing.split(' β=')[0]}"
-                elif num_rows.index.equals(den_rows.index):
-                    iv = Interval(float("nan"), float("nan"), float("nan"), 0)
+                elif num_rows.empty or den_rows.empty:
+                    text, bad = (num_text, num_bad) if num_rows.empty else (den_text, den_bad)
+                    verdict = f"not measured: no healthy trial of {text} ({_unhealthy_text(bad)})"
+                elif num_all.index.equals(den_all.index):
                     verdict = "not measured: only one setting present"
                 else:
-                    iv = _ratio_of_pair_means(pair_means(num_rows, "objective"),
-                                              pair_means(den_rows, "objective"), seed=seed)
+                    iv = _ratio_of_geometric_means(pair_log_means(num_rows, "objective", selected),
+                                                   pair_log_means(den_rows, "objective", selected), seed=seed)
                     verdict = _verdict(iv, claim.expect)
+                bad = pd.concat([num_bad, den_bad]).drop_duplicates(subset=["trial_id"])
                 out.append({
                     "dataset": dataset, "claim": claim.claim, "variant": variant,
                     "numerator": num_text, "denominator": den_text, "ratio": iv.estimate,
                     "lo": iv.lo, "hi": iv.hi, "pairs": iv.n, "paper": claim.paper, "verdict": verdict,
+                    "left_out": _unhealthy_text(bad),
                 })
     return pd.DataFrame(out, columns=cols)
 

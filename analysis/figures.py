@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from analysis import aggregate as agg
 from analysis.load import GALLERY_IMAGE_COLUMNS, iter_gallery_images
-from analysis.stats import T_METHOD, summarize, t_interval
+from analysis.stats import LOG_METHOD, T_METHOD, summarize, t_interval
 
 __all__ = [
     "FigureResult",
@@ -33,6 +33,7 @@ __all__ = [
     "fig_noise",
     "fig_weight_norms",
     "fig_gallery",
+    "fig_reconstructions",
 ]
 
 MODEL_COLORS = {"vae": "#7f7f7f", "tcvae": "#1f77b4", "tcdlgm": "#d62728", "seatbelt": "#2ca02c"}
@@ -196,26 +197,31 @@ def fig_attack_vs_beta(
                     vals.extend(v for v in m["lo"].tolist() if np.isfinite(v))
             unit = agg.objective_unit(mode, sim) if metric == "objective" else spec.unit
             name = f"Δ_{mode}" if metric == "objective" else spec.label
-            ax.set_ylabel(f"{name} ({unit})")
+            ax.set_ylabel(f"{name} ({unit})" + (", log scale" if spec.log_scale else ""))
             _beta_axis(ax, rows["beta"])
             if not vals:
                 ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
             else:
-                _maybe_log_y(ax, vals)
+                if spec.log_scale:
+                    ax.set_yscale("log")
+                else:
+                    _maybe_log_y(ax, vals)
                 ax.legend(fontsize=7)
             ax.set_title(f"{dataset}: {mode} attack ({sim})", fontsize=10)
-    what = "mean over pairs and λ" if not spec.per_pair else "mean over pairs"
-    _suptitle(fig, f"{spec.label} against β for β-TCVAE (Fig. 5); {what}; band: {T_METHOD}", fontsize=10)
+    method = LOG_METHOD if spec.log_scale else T_METHOD
+    what = ("geometric mean" if spec.log_scale else "mean") + " over (trial, pair)"
+    _suptitle(fig, f"{spec.label} against β for β-TCVAE (Fig. 5); {what}; band: {method}", fontsize=10)
     _save(fig, out / file)
     if spec.per_pair:
         cap = (f"{spec.label} ({spec.unit}) against β for β-TCVAE; square: VAE (β = 1) reference. "
-               f"One value per input–target pair (AUDDC as written by the attack step); band: {T_METHOD} "
-               "over pairs, |z| and seeds.")
+               f"One value per input–target pair (AUDDC as written by the attack step); band: {method} "
+               "over the (trial, pair) units (pairs, |z|, seeds). Pairs whose AUDDC is not defined (see the "
+               "report's notes) are left out.")
     else:
-        cap = (f"{spec.label} against β for β-TCVAE; squares: VAE (β = 1) reference. Solid: the paper's Δ, "
-               "the mean over input–target pairs and all λ (and |z|, seeds); dashed / open markers: only "
-               f"the λ the attack step selected for each pair. Band / error bars: {T_METHOD} over those "
-               "attacks (pairs × λ × |z| × seeds, as in the paper).")
+        cap = (f"{spec.label} against β for β-TCVAE, healthy trials only; squares: VAE (β = 1) reference. "
+               "Solid: the paper's Δ, each pair's mean over the positive λ; dashed / open markers: the λ "
+               f"the attack step selected for each pair. {what.capitalize()} units (pairs, |z|, seeds); "
+               f"band / error bars: {method}.")
     return FigureResult(file, f"{spec.label} against β, β-TCVAE (Fig. 5)", cap)
 
 
@@ -266,7 +272,8 @@ def fig_attack_heatmaps(
             if vals.size:
                 lo, hi = float(vals.min()), float(vals.max())
                 hi = hi if hi > lo else lo + (abs(lo) * 1e-6 or 1e-6)
-                norms[(mode, dataset)] = LogNorm(vmin=lo, vmax=hi) if _spans_orders(vals) else Normalize(lo, hi)
+                log = (spec.log_scale and lo > 0) or _spans_orders(vals)
+                norms[(mode, dataset)] = LogNorm(vmin=lo, vmax=hi) if log else Normalize(lo, hi)
     for i, (model, mode) in enumerate(panels):
         sim = similarity.get(mode)
         table = tables[(model, mode)]
@@ -302,17 +309,21 @@ def fig_attack_heatmaps(
             name = f"Δ_{mode}" if metric == "objective" else spec.label
             cb = fig.colorbar(im, ax=ax)
             cb.set_label(f"{name} ({unit})" + (", log scale" if isinstance(norm, LogNorm) else ""), fontsize=8)
-    what = ("mean over pairs" if spec.per_pair else
-            "mean over pairs at the selected λ" if selected_only else "mean over pairs and λ")
-    _suptitle(fig, f"{spec.label} over β and L (Fig. 6); {what}; cells: mean [95% t-interval]", fontsize=10)
+    mean = "geometric mean" if spec.log_scale else "mean"
+    what = (f"{mean} over pairs" if spec.per_pair else
+            f"{mean} over pairs at the selected λ" if selected_only else
+            f"{mean} over pairs of each pair's mean over the positive λ")
+    method = LOG_METHOD if spec.log_scale else T_METHOD
+    _suptitle(fig, f"{spec.label} over β and L (Fig. 6); {what}; cells: {mean} [95% interval]", fontsize=10)
     _save(fig, out / file)
     return FigureResult(
         file,
         f"{spec.label} over β and L, β-TCDLGM and Seatbelt-VAE (Fig. 6)" + (", selected λ" if suffix else ""),
-        f"{spec.label} per (β, L) cell, {what} (and |z|, seeds). Each cell prints the mean and its "
-        f"{T_METHOD} in brackets. Both models share one colour scale per attack mode and dataset. As in the paper, the L = 1 row of the Seatbelt-VAE heatmaps is the "
-        "β-TCVAE data (Seatbelt-VAE with L = 1 is a β-TCVAE). Colour scale is logarithmic where the "
-        "values span orders of magnitude.",
+        f"{spec.label} per (β, L) cell, healthy trials only, {what} (and |z|, seeds). Each cell prints the "
+        f"{mean} and its interval in brackets ({method}). Both models share one colour scale per attack mode "
+        "and dataset. As in the paper, the L = 1 row of the Seatbelt-VAE heatmaps is the β-TCVAE data "
+        "(Seatbelt-VAE with L = 1 is a β-TCVAE). Colour scale is logarithmic for Δ and where the values "
+        "span orders of magnitude.",
     )
 
 
@@ -477,4 +488,55 @@ def fig_gallery(
         "its reconstruction, the adversarial input, the distortion (normalised to [0, 255]), the adversarial "
         "input's reconstruction and the target, at the λ the attack step selected for the pair. Pixels in [0, 1] "
         "shown as 0–255.",
+    )
+
+
+def fig_reconstructions(
+    gallery: pd.DataFrame,
+    health: pd.DataFrame,
+    out: Path,
+    file: str = "fig0_reconstructions.png",
+) -> FigureResult:
+    """Every trial's reconstructions of the first input–target pairs' inputs, healthy or not,
+    labelled with its training health: the check, by eye, that each model learned (a model on
+    the mean-image plateau reconstructs every input as the same blur)."""
+    if gallery.empty:
+        raise SkipFigure("no attack images in gallery/")
+    verdicts = health.set_index("trial_id")["health"].astype(str).to_dict() if not health.empty else {}
+    trials = sorted(gallery["trial_id"].astype(str).unique(),
+                    key=lambda t: (verdicts.get(t) == agg.HEALTHY, t))
+    pairs = sorted(gallery["pair"].unique())[:2]
+    fig, axes = _new_figure(len(trials), 2 * len(pairs), w=1.3, h=1.45)
+    for i, trial in enumerate(trials):
+        rows = gallery.loc[gallery["trial_id"].astype(str) == trial].drop_duplicates(subset=["pair"])
+        for k, pair in enumerate(pairs):
+            match = rows.loc[rows["pair"] == pair]
+            images = dict(iter_gallery_images(match.iloc[0])) if not match.empty else {}
+            for j, panel in enumerate(("input", "reconstruction")):
+                ax = axes[i][2 * k + j]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                img = images.get(panel)
+                if img is None:
+                    ax.text(0.5, 0.5, "missing", ha="center", va="center", transform=ax.transAxes, fontsize=7)
+                elif img.shape[2] == 1:
+                    ax.imshow(img[:, :, 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+                else:
+                    ax.imshow(img[:, :, :3], interpolation="nearest")
+                if i == 0:
+                    ax.set_title(f"pair {int(pair)}: {panel}", fontsize=7)
+        r = rows.iloc[0]
+        verdict = verdicts.get(trial, "unknown")
+        Ltxt = f" L={int(r['layers'])}" if r["model"] in ("tcdlgm", "seatbelt") else ""
+        axes[i][0].set_ylabel(f"{agg.model_label(r['model'])}\nβ={float(r['beta']):g}{Ltxt} s{int(r['seed'])}\n{verdict}",
+                              fontsize=6, color="#126b12" if verdict == agg.HEALTHY else "#a11")
+    shown, total = len(trials), gallery.attrs.get("trials_total", len(trials))
+    _suptitle(fig, "Reconstructions of every trial, with its training health", fontsize=9)
+    _save(fig, out / file)
+    return FigureResult(
+        file, "Reconstructions and training health",
+        f"Held-out inputs (the first input–target pairs' inputs) and their reconstructions (decoder mean at the "
+        f"deterministic encoding), for {shown} of {total} attacked trials, unhealthy ones first; the label gives "
+        "each trial's health (sweep.health). A model on the mean-image plateau draws the same blur for every "
+        "input. Unhealthy trials appear only here and in the Training health table.",
     )

@@ -47,13 +47,13 @@ from analysis.load import (
     read_tracking,
     results_dir,
 )
-from analysis.stats import BOOTSTRAP_METHOD, T_METHOD, summarize
+from analysis.stats import BOOTSTRAP_METHOD, LOG_METHOD, T_METHOD
 
 __all__ = ["build_report", "log_report_to_mlflow", "main"]
 
 REPORT_ATTACK_COLUMNS = [
     "trial_id", "dataset", "model", "beta", "layers", "z_dim", "seed", "mode", "similarity", "pair",
-    "lam", "objective", "distortion_l2", "adv_target_l2", "target_nll", "selected", "auddc",
+    "lam", "objective", "distortion_l2", "adv_target_l2", "target_nll", "selected", "auddc", "auddc_reason",
 ]
 NOISE_READ_COLUMNS = ["trial_id", "dataset", "model", "beta", "layers", "z_dim", "seed", "sigma", "loglik"]
 
@@ -210,9 +210,18 @@ def _render(out: Path, dest: Path) -> None:
     train = _normalise_train(train, c.notes)
 
     status = _status_section(config, train, attacks, noise, gallery_meta, c)
-    attacks = agg.drop_failed_trials(attacks, train)
+    excluded = agg.left_out(train, attacks, noise, gallery_meta)
+    _health_section(train, excluded, c)
+    all_attacks = attacks
+    # no conclusion from a model that did not learn: every figure and claim below reads the
+    # healthy trials only (the headline claims also get the others, to say why they are missing)
+    train_h = agg.keep_healthy(train, train)
+    attacks = agg.keep_healthy(attacks, train)
+    noise = agg.keep_healthy(noise, train)
+    gallery_h = agg.keep_healthy(gallery_meta, train)
     if "selected" in attacks.columns and len(attacks) and not attacks["selected"].fillna(False).astype(bool).any():
         c.notes.append("No attack row is marked selected: the selected-λ variants are empty.")
+    _auddc_notes(attacks, c.notes)
     similarity = {m: agg.default_similarity(attacks, m) for m in ("latent", "output")}
 
     def draw(fn, *args, **kwargs):
@@ -223,35 +232,37 @@ def _render(out: Path, dest: Path) -> None:
                            f"{' ' + args[1] if fn.__name__.startswith('fig_attack') else ''}): {exc}.")
 
     # Fig. 1: gallery (images loaded only for the rows shown)
-    if not gallery_meta.empty:
-        gallery = _load_gallery_for_figure(out, gallery_meta, similarity.get("latent"))
+    if not gallery_h.empty:
+        gallery = _load_gallery_for_figure(out, gallery_h, similarity.get("latent"))
         draw(figs.fig_gallery, gallery, dest, similarity.get("latent"))
     else:
-        c.notes.append("Figure skipped (gallery, Fig. 1): no attack images in gallery/ yet.")
-    draw(figs.fig_elbo, train, dest)
+        c.notes.append("Figure skipped (gallery, Fig. 1): no attack images of a healthy trial in gallery/ yet.")
+    if not gallery_meta.empty:
+        draw(figs.fig_reconstructions, _load_reconstructions(out, gallery_meta, excluded), agg.trial_health(train), dest)
+    draw(figs.fig_elbo, train_h, dest)
     for metric in ("objective", "adv_target_l2", "target_nll", "auddc"):
         draw(figs.fig_attack_vs_beta, attacks, metric, dest, similarity)
     for metric, sel in (("objective", False), ("objective", True), ("adv_target_l2", False),
                         ("target_nll", False), ("auddc", False)):
         draw(figs.fig_attack_heatmaps, attacks, metric, dest, similarity, sel)
     draw(figs.fig_noise, noise, dest)
-    draw(figs.fig_weight_norms, train, dest)
+    draw(figs.fig_weight_norms, train_h, dest)
 
-    ratios = agg.headline_ratios(attacks, similarity)
+    ratios = agg.headline_ratios(all_attacks, similarity, train=train)
     if not ratios.empty:
         ratios.to_csv(dest / "headline_ratios.csv", index=False)
         c.files.append("headline_ratios.csv")
-        c.tables.append(("Headline claims on this sweep's data", _ratio_caption(similarity), _ratio_html(ratios)))
+        c.tables.insert(0, ("Headline claims on this sweep's data", _ratio_caption(similarity), _ratio_html(ratios)))
     else:
         c.notes.append("Headline-ratio table skipped: no attack results yet.")
-    norms = agg.weight_norm_table(train)
+    norms = agg.weight_norm_table(train_h)
     if not norms.empty:
         norms.to_csv(dest / "weight_norms.csv", index=False)
         c.files.append("weight_norms.csv")
         c.tables.append(("Weight norms (Table 1)", _norm_caption(), _norm_html(norms)))
     else:
-        c.notes.append("Weight-norm table skipped: it needs finished trials at two or more β values of a model.")
-    elbo = agg.elbo_by_beta(train)
+        c.notes.append("Weight-norm table skipped: it needs healthy trials at two or more β values of a model.")
+    elbo = agg.elbo_by_beta(train_h)
     if not elbo.empty:
         elbo.to_csv(dest / "elbo_by_beta.csv", index=False)
         c.files.append("elbo_by_beta.csv")
@@ -283,6 +294,68 @@ def _normalise_train(train: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     return train
 
 
+def _health_section(train: pd.DataFrame, excluded: pd.DataFrame, c: _Content) -> None:
+    """The training-health table (every finished trial: its verdict, ELBO against the mean-image
+    model, active units) and a note naming the trials every figure and claim leaves out."""
+    ok = agg.ok_trials(train) if not train.empty else train
+    if not ok.empty:
+        health = agg.trial_health(ok).set_index("trial_id")
+        rows = []
+        for r in ok.sort_values("trial_id").itertuples():
+            h = health.loc[str(r.trial_id)]
+            units = getattr(r, "active_units", None)
+            units = " | ".join(str(int(u)) for u in units) if isinstance(units, (list, tuple, np.ndarray)) else "–"
+            cls = "ok" if h.health == agg.HEALTHY else "bad"
+            rows.append(
+                f"<tr><td>{html.escape(str(r.trial_id))}</td><td class='{cls}'>{html.escape(str(h.health))}</td>"
+                f"<td>{_num(getattr(r, 'elbo', None))}</td><td>{_num(getattr(r, 'elbo_mean_image', None))}</td>"
+                f"<td>{html.escape(units)}</td><td>{html.escape(str(h.health_reason))}</td></tr>")
+        c.tables.append((
+            "Training health",
+            "Every finished trial: held-out ELBO (nats per image) against the mean-image model's log-likelihood on the "
+            "same images (the plateau where training starts), active units per layer (Burda et al. 2016: Cov_x(E_q[z]) "
+            "> 0.01), and the verdict of sweep.health. Only healthy trials enter the figures and the claims.",
+            "<table><tr><th>trial</th><th>health</th><th>ELBO</th><th>mean image</th><th>active units</th>"
+            f"<th>why</th></tr>{''.join(rows)}</table>"))
+    unhealthy = excluded.loc[~excluded["health"].isin(["failed", "diverged"])] if not excluded.empty else excluded
+    if not unhealthy.empty:
+        names = "; ".join(f"{r.trial_id} ({r.health})" for r in unhealthy.itertuples())
+        c.notes.append(f"{len(unhealthy)} trial(s) are not healthy and are left out of every figure and claim "
+                       f"(see Training health): {names}.")
+
+
+def _auddc_notes(attacks: pd.DataFrame, notes: list[str]) -> None:
+    """Say how many pairs have no AUDDC, and why (the attack step's ``auddc_reason``)."""
+    if attacks.empty or "auddc" not in attacks.columns:
+        return
+    pairs = attacks.drop_duplicates(subset=["trial_id", "mode", "similarity", "pair"])
+    missing = pairs.loc[~np.isfinite(pd.to_numeric(pairs["auddc"], errors="coerce").astype(float))]
+    if missing.empty:
+        return
+    reasons = missing["auddc_reason"].fillna("").astype(str) if "auddc_reason" in missing.columns else \
+        pd.Series("", index=missing.index)
+    kinds = reasons.map(lambda r: r.split(":")[0] if r else "not recorded (an older attack file)").value_counts()
+    notes.append(f"AUDDC is not reported for {len(missing)} of {len(pairs)} (trial, mode, pair) units: "
+                 + "; ".join(f"{k} ({v})" for k, v in kinds.items()) + ".")
+
+
+def _load_reconstructions(out: Path, meta: pd.DataFrame, excluded: pd.DataFrame, limit: int = 40) -> pd.DataFrame:
+    """Gallery rows for the reconstructions figure: the first two pairs of one attack task per
+    trial, every unhealthy trial first, then healthy ones up to ``limit`` trials."""
+    mode = "latent" if (meta["mode"] == "latent").any() else str(meta["mode"].iloc[0])
+    rows = meta.loc[meta["mode"] == mode]
+    sim = agg.default_similarity(rows.assign(mode=mode), mode) or str(rows["similarity"].iloc[0])
+    rows = rows.loc[rows["similarity"] == sim]
+    bad = set(excluded["trial_id"].astype(str)) if not excluded.empty else set()
+    trials = sorted(rows["trial_id"].astype(str).unique(), key=lambda t: (t not in bad, t))[:limit]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AnalysisWarning)
+        gallery = load_gallery(out, filters={"trial_id": trials, "mode": mode, "similarity": sim,
+                                             "pair": list(sorted(rows["pair"].unique()))[:2]})
+    gallery.attrs["trials_total"] = int(meta["trial_id"].nunique())
+    return gallery
+
+
 def _load_gallery_for_figure(out: Path, meta: pd.DataFrame, similarity: str | None) -> pd.DataFrame:
     mode = "latent" if (meta["mode"] == "latent").any() else str(meta["mode"].iloc[0])
     rows = meta.loc[meta["mode"] == mode]
@@ -307,7 +380,8 @@ def _attack_summary(attacks: pd.DataFrame, similarity: dict[str, str | None]) ->
         for metric in ("objective", "adv_target_l2", "target_nll", "auddc"):
             for sel in ((False,) if agg.METRICS[metric].per_pair else (False, True)):
                 rows = agg.attack_rows(attacks, metric, mode, similarity.get(mode), sel)
-                t = summarize(rows, ["dataset", "model", "layers", "beta"], metric)
+                t = agg.summarize_metric(agg.pair_units(rows, metric, sel), ["dataset", "model", "layers", "beta"],
+                                         metric)
                 if t.empty:
                     continue
                 t.insert(0, "variant", "selected λ" if sel else ("per pair" if agg.METRICS[metric].per_pair else "all λ"))
@@ -404,27 +478,30 @@ def _num(v: Any, pct: bool = False) -> str:
 
 def _ratio_caption(similarity: dict[str, str | None]) -> str:
     return (
-        "Ratio of means of the attack objective Δ (higher = harder to attack), numerator over denominator. "
-        "'all λ': the paper's Δ, the mean over input–target pairs and all λ (and |z|, seeds); 'selected λ': only "
-        f"the λ the attack step selected per pair. Similarities: latent = {similarity.get('latent')}, output = "
-        f"{similarity.get('output')}. CI: {BOOTSTRAP_METHOD} (4000 resamples) of the ratio of the pair means, "
-        "paired when both sides share the pairs. The verdict is about the direction of the paper's claim: a ratio "
-        "above 1 means the numerator is harder to attack. For the β-TCDLGM claim (Δ does not grow with β or L, "
-        f"'≈1') growth counts only when the whole CI lies above ×{agg.NO_GROWTH_MARGIN:g}."
+        "Ratio of geometric means of the attack objective Δ (higher = harder to attack), numerator over "
+        "denominator, over the healthy trials of each side. A unit is one (trial, input–target pair): 'all λ' is "
+        "the pair's mean Δ over the positive λ (the paper's Δ), 'selected λ' the Δ at the λ the attack step selected "
+        f"for the pair. Similarities: latent = {similarity.get('latent')}, output = {similarity.get('output')}. CI: "
+        f"{BOOTSTRAP_METHOD} (4000 resamples) of the ratio of geometric means, paired when both sides share the "
+        "pairs. A verdict says 'holds' or 'does not hold' only when the whole CI lies on one side of 1 (of "
+        f"×{agg.NO_GROWTH_MARGIN:g} for the β-TCDLGM claim, Δ does not grow, '≈1'), else 'inconclusive'; 'not "
+        "measured' names what is missing, unhealthy trials included (they never enter a ratio)."
     )
 
 
 def _ratio_html(df: pd.DataFrame) -> str:
     head = ("<tr><th>dataset</th><th>claim</th><th>λ</th><th>numerator</th><th>denominator</th>"
-            "<th>ratio [95% CI]</th><th>pairs</th><th>paper</th><th>here</th></tr>")
+            "<th>ratio [95% CI]</th><th>pairs</th><th>paper</th><th>here</th><th>left out (not healthy)</th></tr>")
     body = []
     for r in df.itertuples():
-        cls = "ok" if str(r.verdict).startswith("holds") else ("na" if "not measured" in str(r.verdict) else "bad")
+        verdict = str(r.verdict)
+        cls = "ok" if verdict.startswith("holds") else ("bad" if verdict.startswith("does not") else "na")
         body.append(
             f"<tr><td>{html.escape(str(r.dataset))}</td><td>{html.escape(r.claim)}</td><td>{html.escape(r.variant)}</td>"
             f"<td>{html.escape(r.numerator)}</td><td>{html.escape(r.denominator)}</td>"
             f"<td>{_num(r.ratio)} [{_num(r.lo)}, {_num(r.hi)}]</td><td>{int(r.pairs)}</td>"
-            f"<td>{html.escape(r.paper)}</td><td class='{cls}'>{html.escape(r.verdict)}</td></tr>"
+            f"<td>{html.escape(r.paper)}</td><td class='{cls}'>{html.escape(verdict)}</td>"
+            f"<td>{html.escape(str(r.left_out or ''))}</td></tr>"
         )
     return f"<table>{head}{''.join(body)}</table>"
 
@@ -491,8 +568,9 @@ def _page(out: Path, config, tracking, status: str, c: _Content) -> str:
         h.append("</ul>")
     else:
         h.append("<p>All expected results are present.</p>")
-    h.append(f"<p class='meta'>Confidence intervals: figures and aggregate tables use the {esc(T_METHOD)} over "
-             "the units named in each caption; ratios use a percentile bootstrap over input–target pairs.</p>")
+    h.append(f"<p class='meta'>Confidence intervals: the attack objective Δ is summarised by its {esc(LOG_METHOD)}; "
+             f"other quantities by the {esc(T_METHOD)}, over the units named in each caption; ratios use a "
+             "percentile bootstrap over input–target pairs. Only healthy trials (Training health) enter them.</p>")
     # tables first: the headline claims are the summary of the page
     for t_title, caption, body in c.tables:
         h.append(f"<h2>{esc(t_title)}</h2><p class='meta'>{esc(caption)}</p>{body}")

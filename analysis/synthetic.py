@@ -59,9 +59,10 @@ def _output_scale(model: str, beta: float, layers: int) -> float:
     return 100.0
 
 
-def _select(obj: np.ndarray, lam: np.ndarray) -> int:
-    """The paper's rule: the largest λ whose Δ is the smallest value above the mean of Δ."""
-    above = obj > obj.mean()
+def _select(lam: np.ndarray, obj: np.ndarray) -> int:
+    """The attack step's λ rule (``attacks.metrics.select_lambda``, which ``analysis`` may not
+    import): the largest λ whose Δ is the smallest value above the mean Δ of the positive λ."""
+    above = obj > obj[lam > 0].mean() if (lam > 0).any() else obj > obj.mean()
     if not above.any():
         return int(np.argmax(lam))
     m = obj[above].min()
@@ -87,6 +88,7 @@ def write_synthetic_results(
     n_lam: int = 6,
     similarities: Sequence[str] = ("kl",),
     failed: Sequence[str] = (),
+    unhealthy: dict[str, str] | None = None,
     attacks: bool = True,
     noise: bool = True,
     gallery: bool = True,
@@ -99,7 +101,10 @@ def write_synthetic_results(
 ) -> list[str]:
     """Write ``sweep.json``, ``train/``, ``noise/``, ``attacks/`` and ``gallery/`` into
     ``out_dir`` and return the trial ids. ``failed``: trial ids written with status ``failed``
-    (and nothing else). ``attacks/noise/gallery=False`` leave those folders out."""
+    (and nothing else). ``unhealthy``: trial id -> health ("plateau" or "collapsed") of trials
+    that finished but did not learn: their ELBO sits at the mean image's, and their attacks look
+    extremely robust (as a collapsed encoder's do). ``attacks/noise/gallery=False`` leave those
+    folders out."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     grid = list(DEFAULT_GRID if grid is None else grid)
@@ -122,6 +127,7 @@ def write_synthetic_results(
     (out / "sweep.json").write_text(json.dumps(config, indent=2))
     ids = []
     failed = set(failed)
+    unhealthy = dict(unhealthy or {})
     for dataset in datasets:
         for model, beta, layers in grid:
             for z in z_dims:
@@ -131,26 +137,39 @@ def write_synthetic_results(
                     base = dict(dataset=dataset, model=model, beta=float(beta), layers=int(layers),
                                 z_dim=int(z), seed=int(s))
                     ok = tid not in failed
-                    _write_train(out, tid, base, ok, sweep_name, rng)
+                    _write_train(out, tid, base, ok, sweep_name, rng, unhealthy.get(tid, "healthy"))
                     if not ok:
                         continue
                     if noise:
                         _write_noise(out, tid, base, noise_samples, rng)
                     if attacks:
                         _write_attacks(out, tid, base, pairs, lam, similarities, sweep_name, rng,
-                                       gallery, image_size, channels, row_group_size)
+                                       gallery, image_size, channels, row_group_size,
+                                       robust=1e4 if tid in unhealthy else 1.0)
     return ids
 
 
-def _write_train(out: Path, tid: str, g: dict, ok: bool, sweep: str, rng: np.random.Generator) -> None:
+MEAN_IMAGE_LOGLIK = -512.0  # the synthetic mean-image model's held-out log-likelihood
+
+
+def _write_train(out: Path, tid: str, g: dict, ok: bool, sweep: str, rng: np.random.Generator,
+                 health: str = "healthy") -> None:
     model, beta, L = g["model"], g["beta"], g["layers"]
     elbo = {"vae": -100.0, "tcvae": -100.0 - 5.0 * beta, "tcdlgm": -95.0 - 1.0 * beta,
             "seatbelt": -90.0 - 1.0 * beta - L}.get(model, -100.0) + rng.normal(0, 1.0)
+    units = [6] * L
+    if health != "healthy":
+        elbo = MEAN_IMAGE_LOGLIK - abs(rng.normal(0, 5.0))
+        units = [0] * L if health == "collapsed" else units
     kl = [float(v) for v in rng.uniform(1, 5, size=L)]
     row = {
         "sweep": sweep, "trial_id": tid, **g,
         "status": "ok" if ok else "failed", "reason": "" if ok else "CUDA out of memory (synthetic)",
         "steps": 1000 if ok else 12, "seconds": 60.0, "images_per_s": 500.0,
+        "health": health if ok else None,
+        "health_reason": (f"synthetic {health} trial" if health != "healthy" else "synthetic healthy trial") if ok else None,
+        "eval_images": 512 if ok else None, "elbo_mean_image": MEAN_IMAGE_LOGLIK if ok else None,
+        "active_units": units if ok else None, "logvar_at_bound": [0.0] * L if ok else None,
         "elbo": elbo if ok else None, "recon_loglik": elbo + sum(kl) if ok else None,
         "kl_layers": kl if ok else None, "index_code_mi": 2.0, "tc": 1.0 / beta, "dim_kl": 3.0,
         "mig": None, "encoder_l2": 50.0 * (1 + 0.02 * beta) + rng.normal(0, 0.1),
@@ -161,7 +180,10 @@ def _write_train(out: Path, tid: str, g: dict, ok: bool, sweep: str, rng: np.ran
         ("sweep", pa.string()), ("trial_id", pa.string()), ("dataset", pa.string()), ("model", pa.string()),
         ("beta", pa.float64()), ("layers", pa.int64()), ("z_dim", pa.int64()), ("seed", pa.int64()),
         ("status", pa.string()), ("reason", pa.string()), ("steps", pa.int64()), ("seconds", pa.float64()),
-        ("images_per_s", pa.float64()), ("elbo", pa.float64()), ("recon_loglik", pa.float64()),
+        ("images_per_s", pa.float64()), ("health", pa.string()), ("health_reason", pa.string()),
+        ("eval_images", pa.int64()), ("elbo_mean_image", pa.float64()),
+        ("active_units", pa.list_(pa.int64())), ("logvar_at_bound", pa.list_(pa.float64())),
+        ("elbo", pa.float64()), ("recon_loglik", pa.float64()),
         ("kl_layers", pa.list_(pa.float64())), ("index_code_mi", pa.float64()), ("tc", pa.float64()),
         ("dim_kl", pa.float64()), ("mig", pa.float64()), ("encoder_l2", pa.float64()),
         ("decoder_l2", pa.float64()), ("noise_loglik_mean", pa.float64()),
@@ -184,12 +206,13 @@ def _write_noise(out: Path, tid: str, g: dict, n: int, rng: np.random.Generator)
     _write(table, out / "noise" / f"{tid}.parquet")
 
 
-def _write_attacks(out, tid, g, pairs, lam, sims, sweep, rng, gallery, size, channels, rgs) -> None:
+def _write_attacks(out, tid, g, pairs, lam, sims, sweep, rng, gallery, size, channels, rgs,
+                   robust: float = 1.0) -> None:
     model, beta, L = g["model"], g["beta"], g["layers"]
     tasks = [("latent", s) for s in sims] + [("output", "elbo")]
     nl = lam.size
     for mode, sim in tasks:
-        scale = _latent_scale(model, beta, L) if mode == "latent" else _output_scale(model, beta, L)
+        scale = robust * (_latent_scale(model, beta, L) if mode == "latent" else _output_scale(model, beta, L))
         pair = np.repeat(np.arange(pairs), nl)
         lams = np.tile(lam, pairs)
         pair_scale = scale * (1 + 0.1 * pair) * rng.lognormal(0, 0.1, size=pair.size)
@@ -202,7 +225,7 @@ def _write_attacks(out, tid, g, pairs, lam, sims, sweep, rng, gallery, size, cha
         robust = np.log1p(scale) / (1 + np.log1p(scale))
         for p in range(pairs):
             sl = slice(p * nl, (p + 1) * nl)
-            selected[p * nl + _select(objective[sl], lams[sl])] = True
+            selected[p * nl + _select(lams[sl], objective[sl])] = True
             auddc[sl] = float(np.clip(robust + rng.normal(0, 0.03), 0, 1))
         n = pair.size
         table = pa.table({
@@ -215,6 +238,7 @@ def _write_attacks(out, tid, g, pairs, lam, sims, sweep, rng, gallery, size, cha
             "target_nll": 50.0 + 100.0 * frac * robust + rng.normal(0, 1.0, n),
             "source_target_l2": np.full(n, 9.0), "rec_source_target_l2": np.full(n, 8.5),
             "rec_target_target_l2": np.full(n, 2.0), "selected": selected, "auddc": auddc,
+            "auddc_reason": [""] * n,
             "solver": ["lbfgsb"] * n, "iterations": np.full(n, 100), "seconds": np.full(n, 0.5),
         })
         task = f"{mode}-{sim}"

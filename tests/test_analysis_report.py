@@ -32,6 +32,7 @@ GRID = (
     + [("seatbelt", b, L) for b in (1.0, 4.0, 10.0) for L in (2, 3)]
 )
 EXPECTED_FIGURES = {
+    "fig0_reconstructions.png",
     "fig1_gallery.png",
     "fig3_elbo_vs_beta.png",
     "fig5_objective_vs_beta_tcvae.png",

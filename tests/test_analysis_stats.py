@@ -13,7 +13,7 @@ import pytest
 
 from analysis import aggregate as agg
 from analysis.load import load_attacks, load_train
-from analysis.stats import bootstrap_ci, bootstrap_ratio, summarize, t_interval
+from analysis.stats import bootstrap_ci, bootstrap_ratio, summarize, summarize_log, t_interval
 
 # t quantiles t_{0.975, df}, hard-coded from a table
 T975 = {1: 12.706, 3: 3.182, 9: 2.262}
@@ -86,27 +86,33 @@ def test_bootstrap_ci_of_mean_is_close_to_t_interval():
 GRID = ["dataset", "model", "beta", "layers", "z_dim", "seed"]
 
 
+LAMS = (0.0, 1.0, 4.0)
+
+
 def _attack_rows():
-    """Two pairs × two λ per trial; objective values chosen for hand computation."""
+    """Two pairs × three λ per trial; objective values chosen for hand computation. A pair's
+    "all λ" value is its mean over the positive λ (1 and 4)."""
     rows = []
 
     def trial(model, beta, layers, objectives, selected, auddc, mode="latent", sim="kl"):
         tid = f"d-{model}-b{beta:g}-L{layers}-z10-s0"
         k = 0
         for pair in (0, 1):
-            for lam in (0.0, 1.0):
+            for lam in LAMS:
                 rows.append(dict(
                     trial_id=tid, dataset="d", model=model, beta=float(beta), layers=layers, z_dim=10, seed=0,
                     mode=mode, similarity=sim, pair=pair, lam=lam, objective=float(objectives[k]),
-                    adv_target_l2=1.0, target_nll=2.0, selected=(pair, lam) in selected, auddc=auddc[pair],
+                    adv_target_l2=float(objectives[k]) / 10, target_nll=2.0, selected=(pair, lam) in selected,
+                    auddc=auddc[pair],
                 ))
                 k += 1
 
-    trial("vae", 1, 1, [1, 1, 2, 2], {(0, 1.0), (1, 0.0)}, [0.1, 0.3])
-    trial("tcvae", 1, 1, [1, 3, 5, 7], {(0, 1.0), (1, 0.0)}, [0.2, 0.4])
-    trial("tcvae", 4, 1, [10, 20, 30, 40], {(0, 0.0), (1, 1.0)}, [0.5, 0.7])
-    trial("seatbelt", 4, 2, [100, 100, 300, 300], {(0, 0.0), (1, 0.0)}, [0.8, 0.9])
-    trial("tcvae", 4, 1, [7, 7, 7, 7], set(), [0.0, 0.0], mode="output", sim="elbo")
+    # pair values (mean over λ = 1, 4):     pair 0  pair 1
+    trial("vae", 1, 1, [0.5, 1, 1, 0.5, 2, 2], {(0, 1.0), (1, 0.0)}, [0.1, 0.3])           # 1, 2
+    trial("tcvae", 1, 1, [1, 2, 2, 1, 8, 8], {(0, 1.0), (1, 0.0)}, [0.2, 0.4])             # 2, 8
+    trial("tcvae", 4, 1, [10, 10, 30, 40, 100, 100], {(0, 0.0), (1, 4.0)}, [0.5, 0.7])     # 20, 100
+    trial("seatbelt", 4, 2, [100, 1000, 1000, 100, 1e4, 1e4], {(0, 4.0), (1, 4.0)}, [0.8, 0.9])  # 1e3, 1e4
+    trial("tcvae", 4, 1, [7] * 6, set(), [0.0, 0.0], mode="output", sim="elbo")
     return rows
 
 
@@ -143,57 +149,115 @@ def test_elbo_by_beta_on_hand_built_parquet(hand_folder):
 
 
 def test_attack_by_beta_all_and_selected_lambda(hand_folder):
+    """Δ is summarised by the geometric mean over (trial, pair) units and the exponentiated
+    t-interval of the mean log; other metrics by the mean and t-interval of the same units."""
     attacks = load_attacks(hand_folder)
     table = agg.attack_by_beta(attacks, "objective", "latent", "kl").set_index(["model", "beta"])
     r = table.loc[("tcvae", 1.0)]
-    half = T975[3] * math.sqrt(20 / 3) / 2  # [1,3,5,7]
-    assert (r["mean"], r["n"]) == (4.0, 4)
-    assert r["lo"] == pytest.approx(4 - half, abs=1e-3)
-    assert table.loc[("tcvae", 4.0), "mean"] == 25.0
-    assert table.loc[("vae", 1.0), "mean"] == 1.5
+    # units 2 and 8: geometric mean 4; logs ln 2, ln 8: s = ln 4 / sqrt(2), half = 12.706 s / sqrt(2)
+    half = T975[1] * math.log(4) / 2
+    assert (r["mean"], r["n"]) == (pytest.approx(4.0), 2)
+    assert r["lo"] == pytest.approx(4 * math.exp(-half), rel=1e-3)
+    assert r["hi"] == pytest.approx(4 * math.exp(half), rel=1e-3)
+    assert r["lo"] > 0   # a ratio interval around the geometric mean never crosses 0
+    assert table.loc[("tcvae", 4.0), "mean"] == pytest.approx(math.sqrt(20 * 100))
+    assert table.loc[("vae", 1.0), "mean"] == pytest.approx(math.sqrt(2))
 
     sel = agg.attack_by_beta(attacks, "objective", "latent", "kl", selected_only=True).set_index(["model", "beta"])
-    # tcvae β=1 selected: pair 0 at λ=1 (3) and pair 1 at λ=0 (5): mean 4, s = sqrt(2), n = 2
+    # tcvae β=1 selected: pair 0 at λ=1 (2) and pair 1 at λ=0 (1): geometric mean sqrt(2), n = 2
     r = sel.loc[("tcvae", 1.0)]
-    assert (r["mean"], r["n"]) == (4.0, 2)
-    assert r["hi"] == pytest.approx(4 + T975[1], abs=1e-2)
-    # β=4 selected: pair 0 λ=0 (10), pair 1 λ=1 (40)
-    assert sel.loc[("tcvae", 4.0), "mean"] == 25.0
+    assert (r["mean"], r["n"]) == (pytest.approx(math.sqrt(2)), 2)
+    # β=4 selected: pair 0 λ=0 (10), pair 1 λ=4 (100)
+    assert sel.loc[("tcvae", 4.0), "mean"] == pytest.approx(math.sqrt(1000))
+
+    # a linear-scale metric: mean of the pair units; adv_target_l2 = objective / 10 here
+    lin = agg.attack_by_beta(attacks, "adv_target_l2", "latent", "kl").set_index(["model", "beta"])
+    assert lin.loc[("tcvae", 1.0), "mean"] == pytest.approx((0.2 + 0.8) / 2)
+    assert lin.loc[("tcvae", 1.0), "hi"] == pytest.approx(0.5 + T975[1] * 0.6 / math.sqrt(2) / math.sqrt(2), abs=1e-3)
+
+
+def test_summarize_log_refuses_nonpositive_values():
+    df = pd.DataFrame({"g": ["a", "a", "b", "b"], "v": [1.0, 100.0, -1.0, 3.0]})
+    out = summarize_log(df, ["g"], "v").set_index("g")
+    assert out.loc["a", "mean"] == pytest.approx(10.0) and out.loc["a", "nonpositive"] == 0
+    assert math.isnan(out.loc["b", "mean"]) and out.loc["b", "nonpositive"] == 1 and out.loc["b", "n"] == 2
 
 
 def test_auddc_is_one_value_per_pair(hand_folder):
     table = agg.attack_by_beta(load_attacks(hand_folder), "auddc", "latent", "kl").set_index(["model", "beta"])
     assert table.loc[("tcvae", 1.0), "mean"] == pytest.approx(0.3)
-    assert table.loc[("tcvae", 1.0), "n"] == 2  # two pairs, not four λ rows
+    assert table.loc[("tcvae", 1.0), "n"] == 2  # two pairs, not six λ rows
 
 
 def test_heatmap_l1_row_is_tcvae(hand_folder):
     table = agg.attack_heatmap(load_attacks(hand_folder), "objective", "latent", "seatbelt", "kl",
                                l1_model="tcvae").set_index(["layers", "beta"])
-    assert table.loc[(2, 4.0), "mean"] == 200.0
-    assert table.loc[(1, 1.0), "mean"] == 4.0  # β-TCVAE's β=1 row
-    assert table.loc[(1, 4.0), "mean"] == 25.0
+    assert table.loc[(2, 4.0), "mean"] == pytest.approx(math.sqrt(1e3 * 1e4))
+    assert table.loc[(1, 1.0), "mean"] == pytest.approx(4.0)  # β-TCVAE's β=1 row
+    assert table.loc[(1, 4.0), "mean"] == pytest.approx(math.sqrt(2000))
     assert set(table.index) == {(1, 1.0), (1, 4.0), (2, 4.0)}
 
 
 def test_headline_ratio_by_hand(hand_folder):
     ratios = agg.headline_ratios(load_attacks(hand_folder), variants=("all λ",))
     row = ratios.loc[ratios["claim"].str.startswith("latent Δ: β-TCVAE")].iloc[0]
-    # pair means: β-TCVAE β=4: (15, 35); VAE: (1, 2) -> ratio of means 25 / 1.5
-    assert row["ratio"] == pytest.approx(25 / 1.5)
-    # paired bootstrap over two pairs can only give 15/1, 35/2 or 50/3
-    assert 15.0 - 1e-9 <= row["lo"] <= row["hi"] <= 17.5 + 1e-9
+    # pair values: β-TCVAE β=4: (20, 100); VAE: (1, 2) -> ratio of geometric means sqrt(2000 / 2)
+    assert row["ratio"] == pytest.approx(math.sqrt(1000))
+    # paired bootstrap over two pairs can only give 20/1, 100/2 or their geometric mean
+    assert 20.0 - 1e-9 <= row["lo"] <= row["hi"] <= 50.0 + 1e-9
     assert row["pairs"] == 2 and row["verdict"] == "holds (CI above 1)"
     assert row["denominator"] == "VAE β=1"
     sb = ratios.loc[ratios["claim"].str.startswith("latent Δ: Seatbelt-VAE (largest β, L) over β-TCVAE")].iloc[0]
-    # Seatbelt pair means (100, 300) over β-TCVAE β=4 (15, 35): 200 / 25
-    assert sb["ratio"] == pytest.approx(8.0)
+    # Seatbelt pair values (1e3, 1e4) over β-TCVAE β=4 (20, 100): sqrt(1e7 / 2000)
+    assert sb["ratio"] == pytest.approx(math.sqrt(5000))
     # no output attacks of the VAE: the fallback denominator is β-TCVAE at its smallest β, which has
     # no output rows either except β=4 -> same rows on both sides
     out = ratios.loc[ratios["claim"].str.startswith("output Δ: β-TCVAE")].iloc[0]
     assert out["verdict"].startswith("not measured")
     dlgm = ratios.loc[ratios["claim"].str.contains("TCDLGM")].iloc[0]
     assert dlgm["verdict"].startswith("not measured")
+
+
+def _train_rows(attacks, health):
+    """One ok train row per attacked trial, with the given health (default healthy)."""
+    rows = attacks.drop_duplicates(subset=["trial_id"])[["trial_id", "dataset", "model", "beta", "layers",
+                                                         "z_dim", "seed"]].copy()
+    rows["status"] = "ok"
+    rows["health"] = [health.get(t, "healthy") for t in rows["trial_id"]]
+    rows["health_reason"] = [f"hand-made {h}" for h in rows["health"]]
+    return rows
+
+
+def test_an_unhealthy_trial_never_enters_a_claim(hand_folder):
+    attacks = load_attacks(hand_folder)
+    seatbelt = "d-seatbelt-b4-L2-z10-s0"
+    train = _train_rows(attacks, {seatbelt: "plateau"})
+    ratios = agg.headline_ratios(attacks, variants=("all λ",), train=train)
+    for _, row in ratios.loc[ratios["claim"].str.contains("Seatbelt") & (ratios["claim"].str.startswith("latent"))].iterrows():
+        assert row["verdict"].startswith("not measured: no healthy trial of Seatbelt-VAE L=2 β=4")
+        assert seatbelt in row["verdict"] and "plateau" in row["verdict"] and seatbelt in row["left_out"]
+        assert math.isnan(row["ratio"])
+    tc = ratios.loc[ratios["claim"].str.startswith("latent Δ: β-TCVAE")].iloc[0]
+    assert tc["verdict"] == "holds (CI above 1)" and tc["left_out"] == ""
+    # a trial absent from train/ has no known health: left out as well
+    ratios = agg.headline_ratios(attacks, variants=("all λ",), train=train.loc[train["trial_id"] != seatbelt])
+    sb = ratios.loc[ratios["claim"].str.startswith("latent Δ: Seatbelt-VAE (largest β, L) over β-TCVAE")].iloc[0]
+    assert "no row in train/" in sb["verdict"]
+    assert set(agg.keep_healthy(attacks, train)["trial_id"]) == set(attacks["trial_id"]) - {seatbelt}
+    assert list(agg.left_out(train, attacks)["trial_id"]) == [seatbelt]
+
+
+@pytest.mark.parametrize("lo,hi,expect,verdict", [
+    (1.2, 3.0, ">1", "holds (CI above 1)"),
+    (0.2, 0.9, ">1", "does not hold (CI below 1)"),
+    (0.8, 3.0, ">1", "inconclusive (CI includes 1)"),
+    (0.5, 1.4, "<=1", "holds (CI below ×1.5)"),
+    (1.6, 9.0, "<=1", "does not hold (grows: CI above ×1.5)"),
+    (0.9, 9.0, "<=1", "inconclusive (CI includes ×1.5)"),
+])
+def test_verdict_words_agree_with_the_interval(lo, hi, expect, verdict):
+    from analysis.stats import Interval
+    assert agg._verdict(Interval(1.1, lo, hi, 10), expect) == verdict
 
 
 def test_weight_norm_table_by_hand(hand_folder):

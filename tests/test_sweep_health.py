@@ -1,0 +1,170 @@
+"""Training health: models leave the mean-image plateau, the evaluation sample is a random one,
+and a model that learned nothing is named as such, down to the report's claims."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from models import ModelConfig, build_model
+from sweep.data import load_dataset
+from sweep.evaluate import Posteriors, active_units, evaluate, logvar_at_bound, mean_image_loglik
+from sweep.health import COLLAPSED, HEALTHY, PLATEAU, HealthConfig, classify
+
+
+@pytest.fixture(scope="module")
+def dsprites():
+    data = load_dataset("dsprites_generated", size=6000, seed=0, held_out=0.1)
+    mean, scale = data.pixel_statistics("train")
+    return data, mean, scale, data.batch(data.evaluation_indices(512, seed=0))
+
+
+def _model(kind, layers, data, mean, hidden=128):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind=kind, layers=layers, beta=4.0, z_dim=6, hidden_dim=hidden,
+                                    dataset_size=len(data.train_indices)))
+    model.set_mean_image(mean)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["tcdlgm", "seatbelt"])
+def test_three_layer_models_leave_the_plateau_within_a_few_hundred_steps(dsprites, kind):
+    """300 Adam steps (batch 64, lr 3e-3, width 128) take an L = 3 hierarchy well past the
+    mean-image model on held-out images: the smoke bar is 25% of its magnitude."""
+    data, mean, scale, images = dsprites
+    model = _model(kind, 3, data, mean)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        loss = model.objective(data.sample_batch(generator, 64)).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    row, _ = evaluate(model, images, mean, scale, noise_sigmas=[1.0], noise_samples=16, batch_size=256, seed=0)
+    health, reason = classify(row, model.attack_layers)
+    assert health == HEALTHY, reason
+    assert row["elbo"] > row["elbo_mean_image"] + 0.25 * abs(row["elbo_mean_image"]), reason
+    assert row["active_units"][0] > 0 and row["logvar_at_bound"] == [0.0, 0.0, 0.0]
+
+
+def _collapse(model):
+    """A constant encoder (every posterior N(0, I)) and a decoder that draws the mean image."""
+    with torch.no_grad():
+        for layer in [model.inference.head, *(chain[-1] for chain in model.inference.chain)]:
+            layer.weight.zero_()
+            layer.bias.zero_()
+        last = [m for m in model.generative.decoder.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.weight.zero_()
+        last.bias.zero_()
+    return model
+
+
+def test_a_collapsed_model_is_named_collapsed_and_the_report_measures_nothing_on_it(dsprites, tmp_path):
+    from analysis import aggregate as agg
+    from analysis.report import build_report
+    from analysis.synthetic import trial_id, write_synthetic_results
+    from sweep import schema
+
+    data, mean, scale, images = dsprites
+    model = _collapse(_model("seatbelt", 3, data, mean))
+    row, _ = evaluate(model, images, mean, scale, noise_sigmas=[1.0], noise_samples=16, batch_size=256, seed=0)
+    # the decoder is the mean-image model itself (only the lower layers' KL to their learned
+    # priors separates the ELBO from it), and the encoder says nothing about x
+    assert row["recon_loglik"] == pytest.approx(row["elbo_mean_image"], abs=1e-3)
+    assert row["elbo_mean_image"] - 10 < row["elbo"] <= row["elbo_mean_image"] + 1e-3
+    assert row["active_units"] == [0, 0, 0]
+    health, reason = classify(row, model.attack_layers)
+    assert health == COLLAPSED and "no active unit" in reason
+
+    # a sweep whose largest Seatbelt-VAE is that model: its train row carries the real evaluation
+    grid = [("vae", 1.0, 1), ("tcvae", 1.0, 1), ("tcvae", 10.0, 1), ("seatbelt", 1.0, 3), ("seatbelt", 10.0, 3)]
+    out = tmp_path / "out"
+    write_synthetic_results(out, datasets=("d",), grid=grid, pairs=3, n_lam=6)
+    collapsed = trial_id("d", "seatbelt", 10.0, 3, 10, 0)
+    identity = dict(sweep="synthetic", trial_id=collapsed, dataset="d", model="seatbelt", beta=10.0, layers=3,
+                    z_dim=10, seed=0, status="ok", reason="")
+    import pyarrow.parquet as pq
+    pq.write_table(schema.table([{**row, **identity, "health": health, "health_reason": reason}], schema.TRAIN),
+                   out / "train" / f"{collapsed}.parquet")
+
+    report = build_report(out, log_to_mlflow=False)
+    ratios = pd.read_csv(report / "headline_ratios.csv").fillna("")
+    seatbelt_claims = ratios.loc[ratios["numerator"].str.startswith("Seatbelt-VAE L=3 β=10")]
+    assert len(seatbelt_claims) >= 4
+    for verdict in seatbelt_claims["verdict"]:
+        assert verdict.startswith("not measured: no healthy trial of Seatbelt-VAE L=3 β=10"), verdict
+        assert collapsed in verdict and "collapsed" in verdict
+    assert (seatbelt_claims["ratio"] == "").all()
+    tcvae = ratios.loc[ratios["claim"].str.startswith("latent Δ: β-TCVAE") & (ratios["variant"] == "all λ")].iloc[0]
+    assert tcvae["verdict"] == "holds (CI above 1)"
+    summary = pd.read_csv(report / "attack_summary.csv")
+    assert not ((summary["model"] == "seatbelt") & (summary["beta"] == 10.0)).any()
+    page = (report / "index.html").read_text(encoding="utf-8")
+    assert "Training health" in page and collapsed in page
+    assert list(agg.left_out(pd.read_parquet(out / "train"))["trial_id"]) == [collapsed]
+
+
+def test_a_mean_image_decoder_over_an_active_encoder_is_a_plateau(dsprites):
+    data, mean, scale, images = dsprites
+    model = _model("tcvae", 1, data, mean)
+    with torch.no_grad():   # the decoder ignores z; the untrained encoder still varies with x
+        last = [m for m in model.generative.decoder.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.weight.zero_()
+        last.bias.zero_()
+        model.inference.head.weight.mul_(20.0)
+    row, _ = evaluate(model, images, mean, scale, noise_sigmas=[1.0], noise_samples=16, batch_size=256, seed=0)
+    assert row["active_units"][0] > 0
+    health, reason = classify(row, model.attack_layers)
+    assert health == PLATEAU and "does not beat the mean-image model" in reason
+
+
+def test_classify_thresholds():
+    base = dict(elbo_mean_image=-500.0, active_units=[3, 2], logvar_at_bound=[0.0, 0.0])
+    # the bar: -500 + 25% of 500 = -375
+    assert classify({**base, "elbo": -374.0}, [0])[0] == HEALTHY
+    assert classify({**base, "elbo": -376.0}, [0])[0] == PLATEAU
+    assert classify({**base, "elbo": -376.0}, [0], HealthConfig(min_elbo_gain=0.2))[0] == HEALTHY
+    assert classify({**base, "elbo": -100.0, "active_units": [0, 4]}, [0])[0] == COLLAPSED
+    assert classify({**base, "elbo": -100.0, "active_units": [0, 4]}, [0, 1])[0] == HEALTHY
+    frozen = classify({**base, "elbo": -100.0, "logvar_at_bound": [0.0, 0.3]}, [0, 1])
+    assert frozen[0] == COLLAPSED and "z2 30%" in frozen[1]
+    assert classify({**base, "elbo": -100.0, "logvar_at_bound": [0.0, 0.005]}, [0, 1])[0] == HEALTHY
+
+
+def test_evaluation_sample_is_random_fixed_and_nested(dsprites):
+    data = dsprites[0]
+    held = data.held_out_indices
+    a, b = data.evaluation_indices(200, seed=0), data.evaluation_indices(200, seed=0)
+    assert torch.equal(a, b) and len(set(a.tolist())) == 200 and set(a.tolist()) <= set(held.tolist())
+    assert torch.equal(data.evaluation_indices(50, seed=0), a[:50])        # nested
+    assert not torch.equal(torch.sort(a).values, held[:200])                # not the first positions
+    assert not torch.equal(data.evaluation_indices(200, seed=1), a)
+    assert len(data.evaluation_indices(10**6, seed=0)) == len(held)
+    # the held-out split is in grid order: its first positions are all one shape; a sample is not
+    shapes = data.factors[a.numpy(), 0]
+    assert len(np.unique(shapes)) == 3
+
+
+def test_mean_image_loglik_against_a_direct_computation():
+    rng = np.random.default_rng(0)
+    x = (rng.random((5, 1, 4, 4)) < 0.3).astype(np.float32)
+    p = rng.uniform(0.05, 0.95, size=(1, 4, 4)).astype(np.float32)
+    want = [sum(np.log(p.flat[i]) if img.flat[i] else np.log(1 - p.flat[i]) for i in range(16)) for img in x]
+    got = mean_image_loglik(torch.from_numpy(p), torch.from_numpy(x), "bernoulli", scale=1.0)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    g = mean_image_loglik(torch.from_numpy(p), torch.from_numpy(x), "gaussian", scale=0.5)
+    want_g = [np.sum(-0.5 * np.log(2 * np.pi * 0.25) - (img - p) ** 2 / (2 * 0.25)) for img in x]
+    np.testing.assert_allclose(g, want_g, rtol=1e-6)
+
+
+def test_active_units_and_variances_at_the_bound_by_hand():
+    means = [torch.tensor([[0.0, 1.0, 0.0], [0.0, -1.0, 0.05], [0.0, 0.0, -0.05]], dtype=torch.float64)]
+    # variances over images (ddof 1): 0, 1, 0.0025 -> one unit above 0.01
+    post = Posteriors(means, [torch.tensor([[0.0, -9.95, 3.0]] * 3, dtype=torch.float64)], [])
+    assert active_units(post) == [1]
+    assert logvar_at_bound(post) == [pytest.approx(1 / 3)]
+    assert math.isclose(logvar_at_bound(post, margin=0.01)[0], 0.0)
