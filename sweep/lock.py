@@ -98,6 +98,10 @@ class LocalLock:
             except BlockingIOError:
                 os.close(fd)
                 raise held_error(self.store, self._read_holder()) from None
+            except OSError as exc:  # e.g. ENOLCK: a network filesystem mounted without locking
+                os.close(fd)
+                raise UserError(f"--out {self.store.uri}: cannot lock {self.path} ({exc}); use a "
+                                "results folder on a filesystem with file locks") from None
             try:
                 same_file = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
