@@ -27,6 +27,9 @@ RECONSTRUCTIONS = "reconstructions.png"
 
 
 def log_checkpoints(tracker: Tracker, store: Store, rows: dict[str, dict[str, Any]]) -> None:
+    if tracker.artifacts_unreachable:
+        print(f"MLflow: model files not logged: {tracker.artifacts_unreachable}")
+        return
     with tempfile.TemporaryDirectory(dir=local_tmp_dir()) as folder:
         for trial_id, row in sorted(rows.items()):
             relpath = checkpoint_relpath(trial_id)

@@ -174,10 +174,25 @@ class Tracker:
     def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
         self._call("log artifacts", lambda: self.client.log_artifacts(self.parent_run_id, local_dir, artifact_path))
 
+    @property
+    def artifacts_unreachable(self) -> str | None:
+        """Why this client cannot reach the experiment's artifacts, if it cannot: runs made
+        through a tracking server keep them behind it (``mlflow-artifacts:/``), which a client
+        of the server's database directly cannot write."""
+        if not hasattr(self, "_artifacts_unreachable"):
+            location = self._call("read the experiment", lambda: self.client.get_experiment(self.experiment_id))
+            where = getattr(location, "artifact_location", "") or ""
+            self._artifacts_unreachable = None
+            if where.startswith("mlflow-artifacts:") and not self.tracking_uri.startswith(("http://", "https://")):
+                self._artifacts_unreachable = (
+                    f"the experiment's artifacts are served by a tracking server ({where}); pass its "
+                    "URL with --tracking-uri to log the trials' model files")
+        return self._artifacts_unreachable
+
     def artifacts_of(self, trial: dict[str, Any]) -> set[str] | None:
         """The top-level artifact paths of a trial's run (None if they cannot be listed)."""
         run_id = self.child(trial)
-        if run_id is None:
+        if run_id is None or self.artifacts_unreachable:
             return None
         listed = self._call(f"list artifacts of {trial['trial_id']}", lambda: self.client.list_artifacts(run_id))
         return None if listed is None else {item.path for item in listed}
