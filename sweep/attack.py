@@ -13,6 +13,7 @@ from models.errors import UserError
 from sweep.cli import run_cli
 from sweep.cluster import connect, shutdown
 from sweep.config import from_dict
+from sweep.lock import hold
 from sweep.store import Store
 
 
@@ -29,13 +30,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    store = Store(args.out)
+    if not store.exists("sweep.json"):
+        raise UserError(f"--out {store.uri} has no sweep.json; point it at the results folder of a sweep")
+    with hold(store):  # not while a sweep writes the same folder
+        return _attack(args, store)
+
+
+def _attack(args: argparse.Namespace, store: Store) -> int:
     from sweep.fanout import run_attacks
     from sweep.tracking import Tracker
     from sweep.training import finished_trials
 
-    store = Store(args.out)
-    if not store.exists("sweep.json"):
-        raise UserError(f"--out {store.uri} has no sweep.json; point it at the results folder of a sweep")
     resolved = store.read_json("sweep.json")
     resolved.pop("fingerprint", None)
     cfg = from_dict(resolved, where=store.uri_of("sweep.json"))

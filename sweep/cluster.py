@@ -26,8 +26,9 @@ def connect(cluster: str, temp_dir: str | None = None, num_cpus: int | None = No
     """Initialise Ray and say what was done.
 
     ``auto`` joins the cluster named by RAY_ADDRESS or started with ``ray start`` on this
-    machine, and otherwise starts a local instance; ``local`` always starts a fresh local
-    instance; anything else is an address that must answer. The storage settings in
+    machine if something answers there within seconds, and otherwise starts a local instance,
+    saying what pointed where; ``local`` always starts a fresh local instance; anything else is
+    an address that must answer. The storage settings in
     FORWARDED_ENV (and the variables named in ``worker_env``) that are set in this process are
     passed to every worker of the job, so workers on other nodes reach the same store.
     """
@@ -56,17 +57,30 @@ def _connect(cluster: str, temp_dir: str | None, num_cpus: int | None, runtime_e
         _start_local(temp_dir, num_cpus, runtime_env)
         return f"started a local Ray instance on 127.0.0.1 ({_cpus()} CPUs, {_gpus()} GPUs)"
     if cluster == "auto":
-        _keep_loopback(os.environ.get("RAY_ADDRESS") or _address_of_running_cluster())
-        try:
-            ray.init(address="auto", logging_level=logging.WARNING, log_to_driver=False,
-                     runtime_env=runtime_env)
-        except (ConnectionError, RuntimeError, ValueError):
+        address, source = auto_address()
+        if address is None:
             _start_local(temp_dir, num_cpus, runtime_env)
-            return (f"no running Ray cluster found (RAY_ADDRESS={os.environ.get('RAY_ADDRESS', 'unset')}); "
-                    f"started a local one on 127.0.0.1 ({_cpus()} CPUs, {_gpus()} GPUs)")
-        return f"joined the running Ray cluster ({_cpus()} CPUs, {_gpus()} GPUs, {_nodes()} nodes)"
+            return (f"no running Ray cluster found ({source}); started a local one on 127.0.0.1 "
+                    f"({_cpus()} CPUs, {_gpus()} GPUs)")
+        problem = probe(address)
+        if problem:
+            # Ray itself would retry this address for minutes ("Failed to connect to GCS" every
+            # 30 s) before giving up: a stopped cluster's address file is no reason to wait.
+            if source.startswith("RAY_ADDRESS"):
+                del os.environ["RAY_ADDRESS"]  # so nothing started from here tries it again
+            _start_local(temp_dir, num_cpus, runtime_env)
+            return (f"{source} points at {address}, where nothing answers ({problem}); started a "
+                    f"local Ray instance on 127.0.0.1 instead ({_cpus()} CPUs, {_gpus()} GPUs)")
+        cluster = address
+    else:
+        problem = probe(cluster)
+        if problem:
+            raise UserError(
+                f"--cluster {cluster}: nothing answers at this address ({problem}); check the "
+                f"address (host:port of the head node's GCS, e.g. 10.0.0.5:6379, or "
+                f"ray://host:10001), or use --cluster local"
+            )
     _keep_loopback(cluster)
-    _check_reachable(cluster)
     try:
         ray.init(address=cluster, logging_level=logging.WARNING, log_to_driver=False,
                  runtime_env=runtime_env)
@@ -79,6 +93,50 @@ def _connect(cluster: str, temp_dir: str | None, num_cpus: int | None, runtime_e
     return f"joined the Ray cluster at {cluster} ({_cpus()} CPUs, {_gpus()} GPUs, {_nodes()} nodes)"
 
 
+def auto_address() -> tuple[str | None, str]:
+    """The address ``--cluster auto`` would join and what named it: RAY_ADDRESS, else the
+    address file that ``ray start`` writes. Ray's own "auto" would also join any Ray instance
+    it finds in the process list, e.g. another user's test instance: that is left out."""
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    if env and env not in ("auto", "local"):
+        return env, "RAY_ADDRESS (environment variable)"
+    if env == "local":
+        return None, "RAY_ADDRESS=local"
+    path = _address_file()
+    try:
+        with open(path) as handle:
+            address = handle.read().strip()
+    except OSError:
+        return None, f"RAY_ADDRESS unset, no address file at {path}"
+    if not address:
+        return None, f"RAY_ADDRESS unset, address file {path} empty"
+    return address, f"the address file {path} (left by `ray start`)"
+
+
+def _address_file() -> str:
+    try:
+        from ray._private.utils import get_ray_address_file
+
+        return get_ray_address_file(None)
+    except Exception:  # a private helper: if it moves, this is where Ray has always kept it
+        base = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+        return os.path.join(base, "ray", "ray_current_cluster")
+
+
+def probe(address: str, timeout: float = 2.0) -> str | None:
+    """None if something accepts a connection at ``address`` (host:port, optionally ray://),
+    else why not: in seconds, not after Ray's minutes of retries."""
+    host_port = address.split("://", 1)[-1]
+    host, sep, port = host_port.rpartition(":")
+    if not sep or not host:
+        return f"{address!r} is not host:port"
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return None
+    except (OSError, ValueError) as exc:
+        return str(exc) or type(exc).__name__
+
+
 def _keep_loopback(address: str | None) -> None:
     """Ray rewrites a loopback address to the machine's external IP before connecting, which
     cannot reach a cluster that listens on 127.0.0.1 only (the safe default). For a loopback
@@ -89,31 +147,6 @@ def _keep_loopback(address: str | None) -> None:
         from ray._private import ray_constants
 
         ray_constants.ENABLE_RAY_CLUSTER = False  # read at call time by Ray's address lookup
-
-
-def _check_reachable(address: str) -> None:
-    """Fail in a second, not after Ray's minutes of retries, when nothing listens there."""
-    if address.startswith("ray://") or ":" not in address:
-        return
-    host, port = address.rsplit(":", 1)
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=3):
-            pass
-    except (OSError, ValueError) as exc:
-        raise UserError(
-            f"--cluster {address}: nothing answers at this address ({exc}); check the address "
-            f"(host:port of the head node's GCS, e.g. 10.0.0.5:6379, or ray://host:10001), "
-            f"or use --cluster local"
-        ) from None
-
-
-def _address_of_running_cluster() -> str | None:
-    try:
-        from ray._private.utils import read_ray_address
-
-        return read_ray_address()
-    except Exception:  # a private helper: if it moves, Ray's own lookup still runs
-        return None
 
 
 def _start_local(temp_dir: str | None, num_cpus: int | None, runtime_env: dict | None = None) -> None:

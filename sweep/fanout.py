@@ -27,6 +27,7 @@ from sweep.config import SweepConfig
 from sweep.progress import Progress
 from sweep.store import Store, local_tmp_dir
 from sweep.tracking import Tracker
+from sweep.trials import checkpoint_relpath
 
 IDENTITY_FIELDS = ("trial_id", "dataset", "model", "beta", "layers", "z_dim", "seed")
 
@@ -138,7 +139,7 @@ def plan_tasks(cfg: SweepConfig, rows: dict[str, dict[str, Any]], store: Store) 
         done += 1
     todo = []
     for row in rows.values():
-        if row["status"] != "ok" or not store.exists(f"checkpoints/{row['trial_id']}.pt"):
+        if row["status"] != "ok" or not store.exists(checkpoint_relpath(row["trial_id"])):
             continue
         trial = {k: row[k] for k in IDENTITY_FIELDS}
         for mode, similarity in cfg.attack.tasks():
@@ -214,20 +215,21 @@ def run_tasks(cfg: SweepConfig, store: Store, todo: list[AttackTask], done: int 
                             res.cpus_per_attack_task)
         tasks[ref] = task
     pending = list(tasks)
-    progress = Progress("attacks", total, done, unit="tasks")
-    finished, task_seconds, started, last = done, [], time.monotonic(), 0.0
+    progress = Progress("attacks", total, done, unit="task")
+    finished, task_seconds, started = done, [], time.monotonic()
     failures: dict[str, list[str]] = {}  # trial_id -> why each of its failed tasks failed
     while pending:
-        ready, pending = ray.wait(pending, num_returns=1, timeout=5.0)
+        ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
         for ref in ready:
             try:
                 task_seconds.append(ray.get(ref))
                 finished += 1
             except ray.exceptions.RayError as exc:  # retries used up: the rest goes on
                 failures.setdefault(tasks[ref].trial["trial_id"], []).append(_why(exc))
-        if time.monotonic() - last > 5 or not pending:
-            last = time.monotonic()
-            progress.update(finished, extra=f"{len(pending)} queued or running")
+        failed = sum(len(v) for v in failures.values())
+        progress.update(finished + failed, f"{len(pending)} queued or running"
+                        + (f", {failed} failed" if failed else ""))
+    progress.close()
     timing = FanoutTiming(time.monotonic() - started, task_seconds, _slots(res))
     print(f"attacks: {timing.summary()}")
     if failures:
@@ -272,7 +274,7 @@ def attack_task(task: AttackTask, pairs: dict[str, Any], config: AttackConfig, o
     torch.set_num_threads(max(1, int(cpus)))
     store = Store(out)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    relpath = f"checkpoints/{task.trial['trial_id']}.pt"
+    relpath = checkpoint_relpath(task.trial["trial_id"])
     with tempfile.TemporaryDirectory(dir=local_tmp_dir()) as folder:
         local = store.download(relpath, Path(folder) / "model.pt")
         try:

@@ -121,7 +121,11 @@ def run(args: argparse.Namespace) -> int:
                          evals_per_attack=args.evals_per_attack, steps=args.plan_steps))
         return 0
     if args.dry_run:
+        from sweep.pipeline import missing_data_paths
+
         print(describe(cfg, specs))
+        for problem in missing_data_paths(cfg):  # the sweep may be meant for another machine
+            print(f"warning: {problem} (on this machine)", file=sys.stderr)
         return 0
 
     from sweep.pipeline import run_pipeline

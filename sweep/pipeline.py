@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import UserError
+from sweep import run_artifacts
 from sweep.cluster import connect, place_on_gpus, shutdown
 from sweep.config import SweepConfig
+from sweep.lock import hold
 from sweep.store import Store
 from sweep.tracking import Tracker
 from sweep.trials import TrialSpec
@@ -29,6 +31,11 @@ TRAIN_LAYER_METRICS = {"kl_layers": "kl_layer", "active_units": "active_units_la
 
 def run_pipeline(cfg: SweepConfig, specs: list[TrialSpec], out: str, args: argparse.Namespace) -> int:
     store = Store(out)
+    with hold(store):  # one sweep per results folder, checked before anything is written
+        return _run_pipeline(cfg, specs, store, args)
+
+
+def _run_pipeline(cfg: SweepConfig, specs: list[TrialSpec], store: Store, args: argparse.Namespace) -> int:
     check_results_folder(store, cfg, reuse=args.reuse_out)
     check_data_paths(cfg)
     previous = store.read_json("tracking.json") if store.exists("tracking.json") else {}
@@ -55,13 +62,18 @@ def run_pipeline(cfg: SweepConfig, specs: list[TrialSpec], out: str, args: argpa
         rows = finished_trials(store)
         if tracker is not None:
             record_trials(tracker, rows)
+            run_artifacts.log_checkpoints(tracker, store, rows)
         attack_failures: dict[str, str] = {}
         if not args.no_attacks:
             from sweep.fanout import run_attacks
 
             attack_failures = run_attacks(cfg, store, rows, tracker) or {}
+            if tracker is not None:
+                run_artifacts.log_reconstructions(tracker, store, rows)
         if not args.no_report:
             write_report(store, tracker)
+        if tracker is not None:
+            tracker.log_results(results_datasets(cfg, store))
         print_summary(cfg, store, specs, rows, tracker, attack_failures)
         status = "FINISHED"
     finally:
@@ -87,13 +99,33 @@ def check_results_folder(store: Store, cfg: SweepConfig, reuse: bool) -> None:
 
 
 def check_data_paths(cfg: SweepConfig) -> None:
+    problems = missing_data_paths(cfg)
+    if problems:
+        raise UserError(problems[0])
+
+
+def missing_data_paths(cfg: SweepConfig) -> list[str]:
+    """What is wrong with each local dataset path that does not exist on this machine (a
+    dry run only warns: the sweep may be meant for another machine)."""
+    problems = []
     for dataset in cfg.grid.datasets:
         path = cfg.data.data_dirs.get(dataset)
         if path and "://" not in path and not Path(path).expanduser().exists():
-            raise UserError(
+            problems.append(
                 f"data.data_dirs.{dataset} = {path!r} does not exist; point it at your local copy "
                 f"of {dataset} (see the README's datasets section; nothing is downloaded)"
             )
+    return problems
+
+
+def results_datasets(cfg: SweepConfig, store: Store) -> dict[str, tuple[str, Any]]:
+    """The Parquet datasets of the results folder that exist: MLflow name -> (URI, schema)."""
+    from sweep import schema
+
+    found = {"train": schema.TRAIN, "noise": schema.NOISE, "attacks": schema.ATTACKS,
+             "gallery": schema.GALLERY}
+    return {f"{cfg.name}/{name}": (store.uri_of(name), table_schema)
+            for name, table_schema in found.items() if store.exists(name)}
 
 
 def record_trials(tracker: Tracker, rows: dict[str, dict[str, Any]]) -> None:
@@ -175,9 +207,10 @@ def print_summary(cfg: SweepConfig, store: Store, specs: list[TrialSpec],
         print(f"MLflow:      {tracker.tracking_uri}  experiment {tracker.experiment_name!r}, "
               f"parent run {tracker.parent_run_id}")
         if tracker.tracking_uri.startswith(("http://", "https://")):
-            print(f"             open it at {tracker.tracking_uri}")
+            print(f"             open it at {tracker.ui_url(tracker.tracking_uri)}")
         else:
             print("             open it with: mlflow ui --backend-store-uri " + tracker.tracking_uri)
+            print(f"             then {tracker.ui_url('http://127.0.0.1:5000')}")
         if tracker.failures:
             print(f"MLflow: {len(tracker.failures)} logging call(s) failed; re-run the command to back-fill:")
             for failure in tracker.failures[:10]:

@@ -110,6 +110,11 @@ class Store:
         except FileNotFoundError:
             pass
 
+    def delete_dir(self, relpath: str) -> None:
+        """A folder and everything below it (nothing if it does not exist)."""
+        if self.exists(relpath):
+            self.fs.delete_dir(self.path(relpath))
+
     # --- reading -------------------------------------------------------------------------
 
     def exists(self, relpath: str) -> bool:

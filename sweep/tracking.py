@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 GRID_FIELDS = ("dataset", "model", "beta", "layers", "z_dim", "seed")
 PARENT_TAG = "seatbelt.role"
+# Without this tag MLflow 3's UI opens an experiment on its GenAI traces overview ("No data
+# available") and a researcher must find the "Model training" switch to see any run.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 # MLflow's REST client retries a refused connection 7 times with back-off 2 (about four
 # minutes per call). The tracker retries on its own and the results are safe in Parquet, so a
@@ -67,6 +70,9 @@ class Tracker:
                 f"cannot reach the MLflow tracking store at {self.tracking_uri} ({type(exc).__name__}: "
                 f"{str(exc)[:200]}); start it, pass another --tracking-uri, or use --no-tracking"
             ) from None
+        for key, value in EXPERIMENT_TAGS.items():
+            self._call("tag the experiment",
+                       lambda k=key, v=value: self.client.set_experiment_tag(self.experiment_id, k, v))
         self.parent_run_id = self._parent(parent_run_id, config)
         self.children = self._existing_children()
 
@@ -125,6 +131,19 @@ class Tracker:
             self.children[trial_id] = run_id
         return run_id
 
+    def forget(self, trial: dict[str, Any], reason: str) -> None:
+        """Delete a trial's run (MLflow keeps it recoverable, tagged with ``reason``), so the
+        trial's next run is its only one: used when its results are thrown away and redone."""
+        run_id = self.children.pop(trial["trial_id"], None)
+        if run_id is None:
+            return
+
+        def delete() -> None:
+            self.client.set_tag(run_id, "seatbelt.deleted_because", reason[:5000])
+            self.client.delete_run(run_id)
+
+        self._call(f"delete the old run of {trial['trial_id']}", delete)
+
     # --- logging -----------------------------------------------------------------------
 
     def log_metrics(self, trial: dict[str, Any], metrics: dict[str, Any], step: int | None = None) -> None:
@@ -155,6 +174,55 @@ class Tracker:
     def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
         self._call("log artifacts", lambda: self.client.log_artifacts(self.parent_run_id, local_dir, artifact_path))
 
+    @property
+    def artifacts_unreachable(self) -> str | None:
+        """Why this client cannot reach the experiment's artifacts, if it cannot: runs made
+        through a tracking server keep them behind it (``mlflow-artifacts:/``), which a client
+        of the server's database directly cannot write."""
+        if not hasattr(self, "_artifacts_unreachable"):
+            location = self._call("read the experiment", lambda: self.client.get_experiment(self.experiment_id))
+            where = getattr(location, "artifact_location", "") or ""
+            self._artifacts_unreachable = None
+            if where.startswith("mlflow-artifacts:") and not self.tracking_uri.startswith(("http://", "https://")):
+                self._artifacts_unreachable = (
+                    f"the experiment's artifacts are served by a tracking server ({where}); pass its "
+                    "URL with --tracking-uri to log the trials' model files")
+        return self._artifacts_unreachable
+
+    def artifacts_of(self, trial: dict[str, Any]) -> set[str] | None:
+        """The top-level artifact paths of a trial's run (None if they cannot be listed)."""
+        run_id = self.child(trial)
+        if run_id is None or self.artifacts_unreachable:
+            return None
+        listed = self._call(f"list artifacts of {trial['trial_id']}", lambda: self.client.list_artifacts(run_id))
+        return None if listed is None else {item.path for item in listed}
+
+    def log_trial_artifact(self, trial: dict[str, Any], local_path: str | Path,
+                           artifact_path: str | None = None) -> None:
+        run_id = self.child(trial)
+        if run_id is not None:
+            self._call(f"log {Path(local_path).name} to {trial['trial_id']}",
+                       lambda: self.client.log_artifact(run_id, str(local_path), artifact_path))
+
+    def log_results(self, datasets: dict[str, tuple[str, Any]]) -> None:
+        """Link the sweep's Parquet datasets to the parent run as its dataset inputs: name ->
+        (URI, pyarrow schema). Logging the same ones again adds nothing."""
+        import warnings
+
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        inputs = []
+        for name, (uri, schema) in datasets.items():
+            with warnings.catch_warnings():  # "can be interpreted in multiple ways": all the same class
+                warnings.simplefilter("ignore", UserWarning)
+                source = resolve_dataset_source(uri)
+            dataset = MetaDataset(source, name=name, schema=_mlflow_schema(schema))
+            inputs.append(DatasetInput(dataset._to_mlflow_entity(),
+                                       tags=[InputTag("mlflow.data.context", "results")]))
+        self._call("log the results datasets", lambda: self.client.log_inputs(self.parent_run_id, datasets=inputs))
+
     def close(self, status: str = "FINISHED") -> None:
         self._call("close the sweep run", lambda: self.client.set_terminated(self.parent_run_id, status))
 
@@ -182,6 +250,12 @@ class Tracker:
                 time.sleep(0.5 * 2**attempt)
         return None
 
+    def ui_url(self, server: str) -> str:
+        """The experiment's page in ``mlflow ui`` at ``server``, on its runs. MLflow 3.17's UI
+        picks GenAI or model-training pages by a switch it keeps per browser (GenAI first) and
+        reads this URL's ``workflowType`` for it; the experiment's kind tag serves other UIs."""
+        return f"{server.rstrip('/')}/#/experiments/{self.experiment_id}?workflowType=machine_learning"
+
     def info(self) -> dict[str, str]:
         return {
             "tracking_uri": self.tracking_uri,
@@ -189,6 +263,25 @@ class Tracker:
             "experiment_id": self.experiment_id,
             "parent_run_id": self.parent_run_id,
         }
+
+
+def _mlflow_schema(schema):
+    """A pyarrow schema as MLflow's (what the UI shows beside a dataset input)."""
+    import pyarrow as pa
+    from mlflow.types import DataType
+    from mlflow.types.schema import Array, ColSpec, Schema
+
+    def kind(arrow_type):
+        if pa.types.is_list(arrow_type):
+            return Array(kind(arrow_type.value_type))
+        for test, mlflow_type in ((pa.types.is_string, DataType.string), (pa.types.is_boolean, DataType.boolean),
+                                  (pa.types.is_integer, DataType.long), (pa.types.is_floating, DataType.double),
+                                  (pa.types.is_binary, DataType.binary)):
+            if test(arrow_type):
+                return mlflow_type
+        return DataType.string
+
+    return Schema([ColSpec(kind(field.type), field.name) for field in schema])
 
 
 def _is_number(value: Any) -> bool:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import time
+import tempfile
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
-# Tune's own console output would interleave with the sweep's progress line: keep it quiet
+# Tune's own console output would interleave with the sweep's progress bar: keep it quiet
 # (set before Tune is imported, which reads them at import).
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -17,16 +18,17 @@ from ray import tune  # noqa: E402
 from sweep import schema
 from sweep.config import SweepConfig
 from sweep.progress import Progress
-from sweep.store import Store
+from sweep.store import Store, local_tmp_dir
 from sweep.tracking import Tracker
-from sweep.trials import TrialSpec
+from sweep.trials import TrialSpec, checkpoint_relpath
 
 TUNE_NAME = "tune"
 
-# The driver's tracker. Tune pickles callbacks into its experiment state and restores them on
-# resume, so the callbacks hold no connection themselves: they use whatever tracker the
-# current driver process set here.
+# The driver's tracker and progress bar. Tune pickles callbacks into its experiment state and
+# restores them on resume, so the callbacks hold no connection or terminal themselves: they use
+# whatever the current driver process set here.
 _TRACKER: Tracker | None = None
+_PROGRESS: "TrainingProgress | None" = None
 
 
 def finished_trials(store: Store) -> dict[str, dict[str, Any]]:
@@ -42,7 +44,8 @@ def finished_trials(store: Store) -> dict[str, dict[str, Any]]:
 
 
 def run_training(cfg: SweepConfig, specs: list[TrialSpec], store: Store, tracker: Tracker | None) -> None:
-    global _TRACKER
+    global _TRACKER, _PROGRESS
+    retrain_broken(store, finished_trials(store), tracker)
     done = finished_trials(store)
     # failed trials run again; ok and diverged ones are final
     pending = [s for s in specs if done.get(s.trial_id, {}).get("status") not in ("ok", "diverged")]
@@ -51,41 +54,105 @@ def run_training(cfg: SweepConfig, specs: list[TrialSpec], store: Store, tracker
         return
 
     _TRACKER = tracker
-    res = cfg.resources
-    resources = {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial, **res.custom_per_trial}
-    from sweep.trainable import train_trial
-
-    trainable = tune.with_resources(train_trial, resources)
     experiment = store.uri_of(TUNE_NAME)
-    progress_callback = ProgressCallback(len(specs), len(specs) - len(pending))
-    if tune.Tuner.can_restore(experiment):
+    restore = tune.Tuner.can_restore(experiment)
+    if restore:
         print(f"training: resuming the interrupted Tune experiment at {experiment}")
-        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
     else:
         print(f"training: {len(pending)} of {len(specs)} trials to run")
-        tuner = tune.Tuner(
-            trainable,
-            param_space={
-                "trial": tune.grid_search([s.to_dict() for s in pending]),
-                "train": asdict(cfg.train), "data": asdict(cfg.data), "health": asdict(cfg.health),
-                "out": store.uri, "sweep": cfg.name, "cpus": res.cpus_per_trial,
-            },
-            # Reused workers keep their dataset cache (cached_dataset) from trial to trial: a
-            # fresh process per trial re-imports torch and re-builds the dataset, which made
-            # tiny trials ~4x slower (benchmarks/load.py).
-            tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent, reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=TUNE_NAME,
-                storage_path=store.uri,
-                failure_config=tune.FailureConfig(max_failures=res.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                callbacks=[TrackingCallback(), progress_callback],
-                verbose=0,
-            ),
-        )
-    results = tuner.fit()
-    _record_failures(cfg, store, results)
+    _PROGRESS = TrainingProgress(len(specs), cfg.train.steps, len(specs) - len(pending))
+    try:
+        if restore:
+            tuner = tune.Tuner.restore(experiment, trainable=_trainable(cfg), resume_unfinished=True,
+                                       resume_errored=True)
+            _record_failures(cfg, store, tuner.fit())
+            # Tune reruns only what its experiment left unfinished or errored. A trial it counts
+            # as finished whose results were removed since (retrain_broken) can only run in a
+            # new experiment; every trial of this one has ended, so it has nothing left to resume.
+            done = finished_trials(store)
+            pending = [s for s in specs if s.trial_id not in done]
+            if not pending:
+                return
+            store.delete_dir(TUNE_NAME)
+            _PROGRESS.progress.note(f"training: {len(pending)} of {len(specs)} trials to run")
+        _record_failures(cfg, store, _new_tuner(cfg, pending, store).fit())
+    finally:
+        _PROGRESS.close()
+        _PROGRESS = None
+
+
+def _trainable(cfg: SweepConfig):
+    from sweep.trainable import train_trial
+
+    res = cfg.resources
+    return tune.with_resources(train_trial, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial,
+                                             **res.custom_per_trial})
+
+
+def _new_tuner(cfg: SweepConfig, pending: list[TrialSpec], store: Store) -> tune.Tuner:
+    res = cfg.resources
+    return tune.Tuner(
+        _trainable(cfg),
+        param_space={
+            "trial": tune.grid_search([s.to_dict() for s in pending]),
+            "train": asdict(cfg.train), "data": asdict(cfg.data), "health": asdict(cfg.health),
+            "out": store.uri, "sweep": cfg.name, "cpus": res.cpus_per_trial,
+        },
+        # Reused workers keep their dataset cache (cached_dataset) from trial to trial: a
+        # fresh process per trial re-imports torch and re-builds the dataset, which made
+        # tiny trials ~4x slower (benchmarks/load.py).
+        tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=TUNE_NAME,
+            storage_path=store.uri,
+            failure_config=tune.FailureConfig(max_failures=res.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[TrackingCallback(), ProgressCallback()],
+            verbose=0,
+        ),
+    )
+
+
+def retrain_broken(store: Store, rows: dict[str, dict[str, Any]], tracker: Tracker | None) -> list[str]:
+    """Trials marked ok whose model file is missing or unreadable are trained again: their
+    results (which came from that model) are removed, the ``train/`` row last, so a re-run
+    that stops half-way finds the trial still broken. Returns their ids."""
+    broken = broken_checkpoints(store, rows)
+    for trial_id, why in broken.items():
+        print(f"training: {store.uri_of(checkpoint_relpath(trial_id))} {why}; retraining {trial_id} "
+              "(its noise, attack and gallery rows go with it)", flush=True)
+        for folder in ("attacks", "gallery"):
+            store.delete_dir(f"{folder}/{trial_id}")
+        store.delete(f"noise/{trial_id}.parquet")
+        store.delete(checkpoint_relpath(trial_id))
+        if tracker is not None:
+            tracker.forget(rows[trial_id], reason=f"retrained: checkpoint {why}")
+        store.delete(f"train/{trial_id}.parquet")
+    return sorted(broken)
+
+
+def broken_checkpoints(store: Store, rows: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """trial_id -> what is wrong with its model file, for the trials marked ok. Each file is
+    read with the project's loader (the check the attack tasks would make)."""
+    from models import load_checkpoint
+    from models.errors import CheckpointError
+
+    broken = {}
+    with tempfile.TemporaryDirectory(dir=local_tmp_dir()) as folder:
+        for trial_id, row in sorted(rows.items()):
+            relpath = checkpoint_relpath(trial_id)
+            if row.get("status") != "ok":
+                continue
+            if not store.exists(relpath):
+                broken[trial_id] = "is missing"
+                continue
+            local = store.path(relpath) if store.is_local else store.download(relpath, Path(folder) / "model.pt")
+            try:
+                load_checkpoint(local, map_location="cpu")
+            except CheckpointError as exc:  # "checkpoint PATH is corrupt or truncated: what to do"
+                cause = str(exc).split(str(local), 1)[-1].strip()
+                broken[trial_id] = cause.split(": ")[0].split(" [")[0]
+    return broken
 
 
 def _record_failures(cfg: SweepConfig, store: Store, results) -> None:
@@ -101,17 +168,20 @@ def _record_failures(cfg: SweepConfig, store: Store, results) -> None:
 
 
 class TrackingCallback(tune.Callback):
-    """Logs each trial's reports to its MLflow child run, from the driver."""
+    """Logs each trial's training curves to its MLflow child run, from the driver. Only what the
+    trainable reports as curves (``loss``, ``train_*``) is logged: Tune adds its own fields to
+    every result (pid, timestamp, time_this_iter_s, training_iteration, ...) and the final
+    result repeats the grid fields, none of which are metrics of the model. The evaluation is
+    logged from the ``train/`` row (pipeline.record_trials)."""
 
     def on_trial_start(self, iteration, trials, trial, **info):
         if _TRACKER is not None:
             _TRACKER.child(trial.config["trial"])
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if _TRACKER is not None and "step" in result:
-            metrics = {k: v for k, v in result.items() if k == "loss" or k.startswith("train_")
-                       or result.get("status") == "ok"}
-            _TRACKER.log_metrics(trial.config["trial"], metrics, step=int(result["step"]))
+        curves = {k: v for k, v in result.items() if k == "loss" or k.startswith("train_")}
+        if _TRACKER is not None and "step" in result and curves:
+            _TRACKER.log_metrics(trial.config["trial"], curves, step=int(result["step"]))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if _TRACKER is not None:
@@ -124,21 +194,50 @@ class TrackingCallback(tune.Callback):
             _TRACKER.finish(trial.config["trial"], "FAILED", tags={"status": "failed"})
 
 
-class ProgressCallback(tune.Callback):
-    """One compact progress line: trials finished / running / pending and an ETA."""
+class TrainingProgress:
+    """The training stage's bar, counted in training steps over all trials (a trial is a coarse
+    unit: the smoke sweep has 7, two running at a time), with trials ended and running beside."""
 
-    def __init__(self, total: int, already_done: int):
-        self.progress = Progress("training", total, already_done, unit="trials")
-        self.last_print = 0.0
+    def __init__(self, trials: int, steps_per_trial: int, already_done: int):
+        self.trials, self.steps_per_trial, self.already_done = trials, steps_per_trial, already_done
+        self.steps: dict[str, int] = {}  # trial_id -> last step reported in this run
+        self.ended: set[str] = set()
+        self.progress = Progress("training", trials * steps_per_trial,
+                                 already_done * steps_per_trial, unit="step")
+
+    def result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if result.get("status") in ("ok", "diverged"):  # a diverged trial has nothing left to do
+            self.steps[trial_id] = self.steps_per_trial
+        elif "step" in result:
+            self.steps[trial_id] = int(result["step"])
+
+    def ended_trial(self, trial_id: str) -> None:
+        self.ended.add(trial_id)
+        self.steps[trial_id] = self.steps_per_trial
+
+    def show(self, running: int) -> None:
+        done = self.already_done * self.steps_per_trial + sum(self.steps.values())
+        ended = self.already_done + len(self.ended)
+        self.progress.update(min(done, self.progress.total),
+                             f"{ended}/{self.trials} trials, {running} running")
+
+    def close(self) -> None:
+        self.progress.close()
+
+
+class ProgressCallback(tune.Callback):
+    """Feeds the driver's TrainingProgress (held at module level for the reason _TRACKER is)."""
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if _PROGRESS is not None:
+            _PROGRESS.result(trial.config["trial"]["trial_id"], result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if _PROGRESS is not None:
+            _PROGRESS.ended_trial(trial.config["trial"]["trial_id"])
+
+    on_trial_error = on_trial_complete
 
     def on_step_end(self, iteration, trials, **info):
-        if time.monotonic() - self.last_print < 5:
-            return
-        self.last_print = time.monotonic()
-        running = sum(1 for t in trials if t.status == "RUNNING")
-        ended = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
-        self.progress.update(self.progress.already_done + ended, extra=f"{running} running")
-
-    def on_experiment_end(self, trials, **info):
-        ended = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
-        self.progress.update(self.progress.already_done + ended, final=True)
+        if _PROGRESS is not None:
+            _PROGRESS.show(sum(1 for t in trials if t.status == "RUNNING"))

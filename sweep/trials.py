@@ -28,6 +28,11 @@ class TrialSpec:
         return {**asdict(self), "trial_id": self.trial_id}
 
 
+def checkpoint_relpath(trial_id: str) -> str:
+    """Where a finished trial's model file lives in the results folder."""
+    return f"checkpoints/{trial_id}.pt"
+
+
 def model_accepts(model: str, beta: float, layers: int) -> bool:
     """Which grid points a model kind takes: the paper's four kinds are one model family that
     differ in layers and beta, so the grid keeps only the combinations that name each kind."""

@@ -51,10 +51,11 @@ def write_config(folder: Path, name: str = "tiny", models: str = '["vae", "tcvae
 def sweep_command(config: Path, out: Path, tracking_uri: str, *extra: str,
                   cluster: str = "local", ray_tmp: str | None = None) -> list[str]:
     """The CLI on a fresh local Ray instance (never one that happens to run on the machine),
-    with its own short temp dir (Ray's socket paths must stay under 107 characters)."""
+    with its own short temp dir (Ray's socket paths must stay under 107 characters); with
+    ``auto``, the local instance it may start gets the same."""
     command = [sys.executable, "-m", "sweep.grid", "--config", str(config), "--out", str(out),
                "--tracking-uri", tracking_uri, "--cluster", cluster, *extra]
-    if cluster == "local":
+    if cluster in ("local", "auto"):
         command += ["--num-cpus", "2", "--ray-temp-dir", ray_tmp or short_tmp_dir()]
     return command
 

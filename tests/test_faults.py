@@ -312,6 +312,8 @@ class RunsCode:
 
 @pytest.mark.slow
 def test_corrupt_attack_part_and_checkpoints_are_reported_and_handled(sweep, tmp_path, ray_tmp):
+    """The attack stage alone (``sweep.attack``) reports bad checkpoints and marks their trials
+    failed; the sweep's next run retrains those trials and attacks them, nothing else."""
     import torch
 
     out, uri = copy_sweep(sweep, tmp_path)
@@ -327,7 +329,9 @@ def test_corrupt_attack_part_and_checkpoints_are_reported_and_handled(sweep, tmp
         shutil.rmtree(out / "attacks" / trial_id)
     kept = {p: p.stat().st_mtime_ns for p in parquet_files(out / "attacks" / untouched)}
 
-    result = run(sweep_command(sweep.config, out, uri, "--no-report", ray_tmp=ray_tmp), tmp_path)
+    attack = [sys.executable, "-m", "sweep.attack", "--out", str(out), "--tracking-uri", uri,
+              "--cluster", "local", "--num-cpus", "2", "--ray-temp-dir", ray_tmp]
+    result = run(attack, tmp_path)
     assert f"attacks: attacks/{redo}/{part.name} is unreadable; its attacks will be redone" in result.stdout
     assert f"attacks: {1 + 2 * TASKS_PER_TRIAL} of {len(OK_TRIALS) * TASKS_PER_TRIAL} tasks to run" in result.stdout
     assert_attacks_complete(out, {redo, untouched})  # the rest went on; the part was redone
@@ -339,10 +343,6 @@ def test_corrupt_attack_part_and_checkpoints_are_reported_and_handled(sweep, tmp
         path = str(out / "checkpoints" / f"{trial_id}.pt")
         assert any(l.startswith(f"  {trial_id}: {TASKS_PER_TRIAL} task(s): CheckpointError: checkpoint {path} {why}")
                    for l in lines), result.stdout[-3000:]
-        assert any(l.startswith(f"  {trial_id} failed: attacks: CheckpointError: checkpoint {path}")
-                   for l in lines)
-        assert any(l.startswith(trial_id) and " failed " in l for l in lines)  # the summary table
-    assert not marker.exists(), "unpickling the crafted checkpoint ran its code"
     _, children = runs(uri)
     by_trial = children.set_index("tags.trial_id")
     for trial_id in (garbage, crafted):
@@ -350,6 +350,21 @@ def test_corrupt_attack_part_and_checkpoints_are_reported_and_handled(sweep, tmp
         assert by_trial.loc[trial_id, "tags.attack_status"] == "failed"
         assert f"checkpoints/{trial_id}.pt" in by_trial.loc[trial_id, "tags.attack_reason"]
     assert (by_trial.loc[[redo, untouched], "status"] == "FINISHED").all()
+
+    # The sweep's next run retrains the two trials (and only them), then attacks them.
+    others = {p: p.stat().st_mtime_ns for t in (redo, untouched) for p in parquet_files(out / "attacks" / t)}
+    result = run(sweep_command(sweep.config, out, uri, "--no-report", ray_tmp=ray_tmp), tmp_path)
+    for trial_id, why in ((garbage, "is corrupt or truncated"), (crafted, "cannot be read safely")):
+        assert f"checkpoints/{trial_id}.pt {why}; retraining {trial_id}" in result.stdout
+    assert "training: 2 of 5 trials to run" in result.stdout
+    assert f"attacks: {2 * TASKS_PER_TRIAL} of {len(OK_TRIALS) * TASKS_PER_TRIAL} tasks to run" in result.stdout
+    assert_attacks_complete(out, OK_TRIALS)
+    assert {p: p.stat().st_mtime_ns for p in others} == others
+    assert not marker.exists(), "unpickling the crafted checkpoint ran its code"
+    _, children = runs(uri)
+    assert sorted(children["tags.trial_id"]) == sorted(TRIALS)  # one run per trial
+    by_trial = children.set_index("tags.trial_id")
+    assert (by_trial.loc[sorted(OK_TRIALS), "status"] == "FINISHED").all()
 
 
 @pytest.mark.slow

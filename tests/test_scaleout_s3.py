@@ -244,3 +244,51 @@ def test_sweep_on_s3_resumes_and_reports_from_the_bucket(tmp_path, s3_env, ray_t
     page = s3_fs().open_input_stream(index).read().decode()
     for name in (Path(p).name for p in after if p.endswith(".png")):
         assert f'src="{name}"' in page  # relative links to figures beside it
+
+
+def test_results_folder_lock_on_s3_is_a_conditional_write(s3_env, monkeypatch, capsys):
+    """The lock on a bucket: a second holder is refused naming the first; of two sweeps taking
+    over the same stale lock, exactly one wins (If-Match on its ETag); a lock whose process is
+    gone, or that was not renewed, is taken over with a message."""
+    import socket as socket_module
+
+    from models.errors import UserError
+    from sweep import lock
+    from sweep.store import Store
+
+    store = Store(f"s3://{BUCKET}/sweeps/locked")
+    with lock.hold(store) as record:
+        with pytest.raises(UserError, match=f"is in use by pid {os.getpid()} on {socket_module.gethostname()}"):
+            with lock.hold(store):
+                pytest.fail("two holders at once")
+        body = lock.S3Lock(store).read()[0]
+        assert body["token"] == record["token"]
+    assert lock.S3Lock(store).read() is None  # released
+
+    # a lock left by a process of this host that is gone
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = {**lock.new_record(), "pid": dead.pid}
+    assert lock.S3Lock(store).create(left)
+    first, second = lock.S3Lock(store), lock.S3Lock(store)
+    assert first.read()[0]["pid"] == dead.pid and second.read()[0]["pid"] == dead.pid
+    assert [first.replace(lock.new_record()), second.replace(lock.new_record())] == [True, False]
+    first.remove()
+
+    assert lock.S3Lock(store).create(left)
+    with lock.hold(store):
+        assert f"from pid {dead.pid} on {socket_module.gethostname()}" in capsys.readouterr().out
+    # a live holder on another host: held while it renews, taken over once it stops
+    elsewhere = {**lock.new_record(), "host": "another-node", "pid": 1}
+    assert lock.S3Lock(store).create(elsewhere)
+    with pytest.raises(UserError, match="is in use by pid 1 on another-node"):
+        with lock.hold(store):
+            pass
+    monkeypatch.setattr(lock, "STALE_SECONDS", -1.0)
+    monkeypatch.setattr(lock, "RENEW_SECONDS", 0.2)
+    with lock.hold(store) as record:
+        assert "which has not renewed it for" in capsys.readouterr().out
+        time.sleep(1.0)
+        renewed = lock.S3Lock(store).read()[0]
+        assert renewed["token"] == record["token"] and "renewed" in renewed  # the holder renews it
+    assert lock.S3Lock(store).read() is None

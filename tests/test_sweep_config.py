@@ -95,7 +95,26 @@ def test_dry_run_prints_counts_without_starting_ray():
     assert result.returncode == 0, result.stderr
     first = result.stdout.splitlines()[0]
     assert "660 trials" in first and "673,200 attacks" in first
-    assert "ray" not in result.stderr.lower()
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: data.data_dirs.")]
+    assert "ray" not in "\n".join(set(result.stderr.splitlines()) - set(warnings)).lower()
+
+
+def test_dry_run_warns_about_a_missing_dataset_path_and_the_sweep_refuses_it(tmp_path):
+    there, nowhere = tmp_path / "faces.npy", tmp_path / "no-such-chairs"
+    there.write_bytes(b"")
+    config = tmp_path / "two.toml"
+    config.write_text(f'name = "two"\n[grid]\ndatasets = ["faces", "chairs"]\n'
+                      f'[data]\ndata_dirs = {{ faces = "{there}", chairs = "{nowhere}" }}\n')
+    command = [sys.executable, "-m", "sweep.grid", "--config", str(config), "--out", str(tmp_path / "out")]
+    result = subprocess.run([*command, "--dry-run"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "trials" in result.stdout.splitlines()[0]
+    assert result.stderr.splitlines() == [
+        f"warning: data.data_dirs.chairs = '{nowhere}' does not exist; point it at your local copy of "
+        "chairs (see the README's datasets section; nothing is downloaded) (on this machine)"]
+    result = subprocess.run([*command, "--no-tracking"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"error: data.data_dirs.chairs = '{nowhere}' does not exist" in result.stderr
 
 
 def test_cli_reports_a_bad_config_without_a_traceback(tmp_path):
