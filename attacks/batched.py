@@ -72,7 +72,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from attacks.solvers import ObjectiveFn, SolveResult
+from attacks.result import ObjectiveFn, SolveResult
 
 __all__ = ["BatchedLBFGSB", "subspace_direction", "problems_per_chunk", "probe_cpu_chunk",
            "bytes_per_problem", "device_memory_budget"]

@@ -10,29 +10,17 @@ whole batch at once, on CPU or GPU).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Callable, Protocol
 
 import numpy as np
 import scipy.optimize
 import torch
 from torch import Tensor
 
+from attacks.batched import BatchedLBFGSB
+from attacks.result import ObjectiveFn, SolveResult
+
 __all__ = ["SolveResult", "Solver", "ScipyLBFGSB", "SOLVERS", "get_solver", "ObjectiveFn"]
-
-# objective(d [k, ...], idx: the k problem indices or None for all) -> Δ per problem [k]
-ObjectiveFn = Callable[[Tensor, Optional[Sequence[int]]], Tensor]
-
-
-@dataclass
-class SolveResult:
-    d: Tensor                  # [P, C, H, W] final distortions, float32
-    objective: np.ndarray      # [P] Δ at d as the solver last evaluated it
-    iterations: np.ndarray     # [P] int
-    evaluations: np.ndarray    # [P] int, objective+gradient evaluations
-    seconds: np.ndarray        # [P] wall time per problem (batched solvers: the share)
-    converged: np.ndarray      # [P] bool: stopped on a tolerance, not on a limit or failure
-    messages: list[str] = field(default_factory=list)
 
 
 class Solver(Protocol):
@@ -104,14 +92,7 @@ class ScipyLBFGSB:
                            seconds=secs, converged=conv, messages=msgs)
 
 
-def _batched() -> Solver:
-    """The batched torch solver (``attacks.batched.BatchedLBFGSB``), imported on first use."""
-    from attacks.batched import BatchedLBFGSB
-
-    return BatchedLBFGSB()
-
-
-SOLVERS: dict[str, Callable[[], Solver]] = {"scipy": ScipyLBFGSB, "batched": _batched}
+SOLVERS: dict[str, Callable[[], Solver]] = {"scipy": ScipyLBFGSB, "batched": BatchedLBFGSB}
 
 
 def get_solver(name: str) -> Solver:
