@@ -1,4 +1,6 @@
-"""ModelConfig: every knob of the four model kinds in one plain dataclass.
+"""ModelConfig: every knob of the model kinds in one plain dataclass, and the vocabularies its
+fields take: the model kinds (the registry ``models.kinds``), the architectures (the registry
+below, filled by ``models.networks``), the likelihoods and the TC estimators.
 
 A config is data: it round-trips through ``to_dict``/``from_dict`` (JSON-able, stored in every
 checkpoint) and ``validate()`` turns a bad value into a ``ConfigError`` that names the field,
@@ -10,13 +12,25 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
+from models import kinds
 from models.errors import ConfigError
 
-KINDS = ("vae", "tcvae", "tcdlgm", "seatbelt")
 LIKELIHOODS = ("bernoulli", "gaussian")
 TC_ESTIMATORS = ("mws", "mss")
+
+# The image networks by name: builder(cfg, decoder_in) -> models.networks.Architecture. The
+# built-in ones (mlp, conv) are registered by models.networks, users add theirs the same way.
+Builder = Callable[["ModelConfig", int], Any]
+ARCHITECTURES: dict[str, Builder] = {}
+
+
+def register_architecture(name: str, builder: Builder) -> None:
+    """Make ``ModelConfig(architecture=name)`` build with ``builder(cfg, decoder_in)``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError("an architecture name must be a non-empty string")
+    ARCHITECTURES[name] = builder
 
 # Width of the small MLPs of the latent chain (q(z^{i+1}|z^i[,x]) and p(z^i|z^{i+1})) when
 # neither chain_hidden_dim nor hidden_dim is given. Not published; a modest default.
@@ -25,7 +39,7 @@ DEFAULT_CHAIN_HIDDEN = 256
 
 @dataclass
 class ModelConfig:
-    kind: str = "vae"                 # vae | tcvae | tcdlgm | seatbelt
+    kind: str = "vae"                 # a registered kind (models.kinds): vae | tcvae | tcdlgm | seatbelt built in
     architecture: str = "mlp"         # a name in models.networks' registry (mlp | conv built in)
     channels: int = 1                 # image channels (1 greyscale / binary, 3 RGB)
     image_size: int = 64              # images are square, image_size x image_size
@@ -59,9 +73,7 @@ class ModelConfig:
     # ---------------------------------------------------------------- validation
     def validate(self) -> "ModelConfig":
         """Raise ConfigError naming the first bad field; return self so calls can chain."""
-        from models.networks import ARCHITECTURES  # late import: networks imports this module
-
-        _choice("kind", self.kind, KINDS)
+        kind = kinds.get(self.kind)
         _choice("architecture", self.architecture, tuple(ARCHITECTURES))
         _positive_int("channels", self.channels)
         _positive_int("image_size", self.image_size)
@@ -89,7 +101,7 @@ class ModelConfig:
             _positive_int("hidden_dim", self.hidden_dim, none_ok=True)
         if self.chain_hidden_dim is not None:
             _positive_int("chain_hidden_dim", self.chain_hidden_dim, none_ok=True)
-        self._validate_kind_vs_layers()
+        self._validate_kind_rules(kind)
         return self
 
     def _validate_free_bits(self) -> None:
@@ -102,22 +114,18 @@ class ModelConfig:
                 raise ConfigError(f"free_bits={self.free_bits!r} is not allowed: use nats >= 0 "
                                   "(a number, or a list of one number per layer)")
 
-    def _validate_kind_vs_layers(self) -> None:
-        # The kinds differ only by L, beta and what the decoder sees; catch the combinations
-        # that would silently train a different model than the name says.
-        if self.kind == "vae":
-            if self.layers != 1:
-                raise ConfigError(f"layers={self.layers} with kind='vae': a VAE has layers=1 "
-                                  "(use kind='seatbelt' or 'tcdlgm' for layers >= 2)")
-            if self.beta != 1:
-                raise ConfigError(f"beta={self.beta} with kind='vae': a VAE has beta=1 "
-                                  "(use kind='tcvae' to up-weight the total correlation)")
-        elif self.kind == "tcvae" and self.layers != 1:
-            raise ConfigError(f"layers={self.layers} with kind='tcvae': a beta-TCVAE has layers=1 "
-                              "(use kind='seatbelt' or 'tcdlgm' for layers >= 2)")
-        elif self.kind in ("tcdlgm", "seatbelt") and self.layers < 2:
-            raise ConfigError(f"layers={self.layers} with kind={self.kind!r}: hierarchical kinds need "
-                              "layers >= 2 (use kind='tcvae' for one layer)")
+    def _validate_kind_rules(self, kind: kinds.KindSpec) -> None:
+        # The kinds differ by the L and beta they take (and what the decoder sees, and their
+        # regulariser); catch the combinations that would silently train a different model
+        # than the name says.
+        others = [name for name in kinds.names() if kinds.get(name).accepts(self.beta, self.layers)]
+        instead = f" (kinds that take layers={self.layers}, beta={self.beta:g}: {', '.join(others)})" if others else ""
+        if not kind.takes_layers(self.layers):
+            raise ConfigError(f"layers={self.layers} with kind={self.kind!r}: {kind.label} takes "
+                              f"{kind.layer_rule()}{instead}")
+        if not kind.takes_beta(self.beta):
+            raise ConfigError(f"beta={self.beta} with kind={self.kind!r}: {kind.label} takes "
+                              f"beta = {kind.beta:g}{instead}")
 
     # ---------------------------------------------------------------- (de)serialisation
     def to_dict(self) -> dict[str, Any]:

@@ -1,16 +1,13 @@
-"""The project's error type for mistakes a user can make and fix.
+"""The errors of ``models``: the project's ``UserError`` and ``ConfigError`` (``results.errors``)
+and the one that only models raise, ``CheckpointError``.
 
 The CLIs print a ``UserError`` as one line without a traceback and exit non-zero, so every
 message must say what was wrong and what to do about it.
 """
 
+from results.errors import ConfigError, UserError
 
-class UserError(Exception):
-    """A mistake the user can fix: bad config, unreadable file, missing data, no cluster."""
-
-
-class ConfigError(UserError):
-    """A config field has a value the project cannot use."""
+__all__ = ["UserError", "ConfigError", "CheckpointError"]
 
 
 class CheckpointError(UserError):

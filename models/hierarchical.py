@@ -1,12 +1,15 @@
 """The one model class: a hierarchical VAE with L stochastic layers, beta-TC on the top layer.
 
-All four kinds are this class; the config picks what differs:
+Every kind is this class; its ``KindSpec`` (``models.kinds``) says what differs:
 
-  kind      L     beta   decoder sees          (inference is the same chain for all)
-  vae       1     1      z^1
-  tcvae     1     any    z^1
-  tcdlgm    >= 2  any    z^1 only              (eq. 5: p(x|z^1) prod p(z^i|z^{i+1}) p(z^L))
-  seatbelt  >= 2  any    z^1..z^L concatenated (eq. 7: the skip connections)
+  kind      L     beta   decoder sees          regulariser   (inference is the same chain for all)
+  vae       1     1      z^1                   (beta-1) TC = 0
+  tcvae     1     any    z^1                   (beta-1) TC
+  tcdlgm    >= 2  any    z^1 only              (beta-1) TC of z^L  (eq. 5: p(x|z^1) prod p(z^i|z^{i+1}) p(z^L))
+  seatbelt  >= 2  any    z^1..z^L concatenated (beta-1) TC of z^L  (eq. 7: the skip connections)
+
+A kind registered by a plugin adds a row: its L and beta rules, the layers its decoder reads
+(``decoded_layers``) and its ``regulariser``, e.g. a beta-VAE's (beta-1) KL of z.
 
 Inference (eq. 6): q(z^1|x) prod_i q(z^{i+1} | z^i), or with condition_on_x the 2021 form
 q(z^{i+1} | z^i, h(x)), h(x) being the image encoder's features. Generative chain:
@@ -34,11 +37,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from models import kinds
 from models.config import ModelConfig
 from models.distributions import Gaussian
 from models.likelihoods import build_likelihood
 from models.networks import build_architecture, chain_mlp
-from models.tc import decompose_top_kl
+from models.tc import TopKL, decompose_top_kl
 
 
 @dataclass
@@ -52,6 +56,17 @@ class Encoding:
 class Objective:
     loss: Tensor                 # scalar to minimise (beta and free bits applied)
     parts: dict[str, Tensor]     # named detached scalars, batch means in nats
+
+
+@dataclass
+class KLTerms:
+    """What a kind's regulariser reads (``KindSpec.regulariser(terms, beta)``), per sample, [B]."""
+    kls: list[Tensor]            # KL of each layer, layer 1 first (the top layer's in closed form)
+    top: TopKL                   # the top layer's KL split into index-code MI, TC and dim-KL
+
+    @property
+    def tc(self) -> Tensor:
+        return self.top.tc
 
 
 LOGVAR_BOUND = 10.0
@@ -77,10 +92,13 @@ class HierarchicalVAE(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = ModelConfig.from_dict(cfg.to_dict()).validate()   # a private copy
+        self.kind = kinds.get(cfg.kind)
         L, zd, width = cfg.layers, cfg.z_dim, cfg.chain_width
-        # Seatbelt's skip connections: the decoder's first (linear) layer reads all layers
-        # concatenated, which is the same as a linear projection of the concatenation.
-        decoder_in = zd * L if cfg.kind == "seatbelt" else zd
+        # The decoder reads the kind's layers concatenated: for Seatbelt's skip connections,
+        # all of them, which for the decoder's first (linear) layer is the same as a linear
+        # projection of the concatenation.
+        self._decoded = tuple(self.kind.decoded_layers(L))
+        decoder_in = zd * len(self._decoded)
         arch = build_architecture(cfg, decoder_in)
         chain_in = zd + (arch.feature_dim if cfg.condition_on_x else 0)
         self.inference = nn.ModuleDict(dict(
@@ -96,9 +114,15 @@ class HierarchicalVAE(nn.Module):
 
     # ------------------------------------------------------------------ structure
     @property
+    def decoded_layers(self) -> list[int]:
+        """0-based layers the decoder reads, in the order it concatenates them."""
+        return list(self._decoded)
+
+    @property
     def attack_layers(self) -> list[int]:
-        """0-based layers a latent attack must match: those the likelihood depends on."""
-        return list(range(self.cfg.layers)) if self.cfg.kind == "seatbelt" else [0]
+        """0-based layers a latent attack must match: for the built-in kinds, those the
+        likelihood depends on."""
+        return self.kind.attack_layers(self.cfg.layers)
 
     def encoder_l2(self) -> float:
         """L2 norm of every parameter of the inference side (encoder trunk, head, chain)."""
@@ -142,12 +166,11 @@ class HierarchicalVAE(nn.Module):
 
     def decode(self, z: list[Tensor]) -> Tensor:
         """Likelihood parameters [B, C, H, W]: logits (bernoulli) or means in (0, 1) (gaussian)."""
-        if self.cfg.kind == "seatbelt":
-            if len(z) != self.cfg.layers:
-                raise ValueError(f"seatbelt decodes all {self.cfg.layers} layers, got {len(z)}")
-            inp = torch.cat(list(z), dim=1)
-        else:
-            inp = z[0]                             # vae/tcvae/tcdlgm: p(x | z^1) only
+        layers = self._decoded
+        if len(z) <= max(layers):
+            raise ValueError(f"{self.cfg.kind} decodes layers {[i + 1 for i in layers]} of "
+                             f"{self.cfg.layers}, got {len(z)}")
+        inp = z[layers[0]] if len(layers) == 1 else torch.cat([z[i] for i in layers], dim=1)
         return self.generative.likelihood.params(self.generative.decoder(inp))
 
     def log_likelihood(self, x: Tensor, z: list[Tensor]) -> Tensor:
@@ -191,7 +214,8 @@ class HierarchicalVAE(nn.Module):
         return self.log_likelihood(x, enc.z) - self.kl_to_prior(enc, analytic_top=True)
 
     def objective(self, x: Tensor, eps: list[Tensor] | None = None) -> Objective:
-        """Eq. 8 as a loss: -recon + sum_i FB_i(KL_i) + (beta - 1) TC, batch means.
+        """Eq. 8 as a loss: -recon + sum_i FB_i(KL_i) + the kind's regulariser, batch means;
+        for the built-in kinds the regulariser is (beta - 1) TC.
 
         Eq. 8's top-layer terms MI + beta TC + dimKL are written KL_L + (beta - 1) TC: the same
         objective (MI + TC + dimKL is the top layer's KL), but with the KL apart from the TC
@@ -208,7 +232,7 @@ class HierarchicalVAE(nn.Module):
         top = decompose_top_kl(enc.z[-1], enc.posteriors[-1], cfg.dataset_size, cfg.tc_estimator)
         kls = self.lower_kls(enc) + [enc.posteriors[-1].kl_to_standard()]
 
-        penalty = (cfg.beta - 1.0) * top.tc.mean()
+        penalty = self.kind.regulariser(KLTerms(kls, top), cfg.beta)
         for kl, nats in zip(kls, cfg.free_bits_per_layer):
             penalty = penalty + _free_bits(kl.mean(), nats)
         loss = penalty - recon.mean()

@@ -17,11 +17,10 @@ Built in (Chen et al. 2018, beta-TCVAE, for 64x64 images):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import nn
 
-from models.config import ModelConfig
+from models.config import ARCHITECTURES, ModelConfig, register_architecture
 from models.errors import ConfigError
 
 
@@ -30,17 +29,6 @@ class Architecture:
     encoder: nn.Module   # [B, C, H, W] in [-1, 1] -> [B, feature_dim]
     feature_dim: int
     decoder: nn.Module   # [B, decoder_in] -> [B, C, H, W] raw likelihood parameters
-
-
-Builder = Callable[[ModelConfig, int], Architecture]
-ARCHITECTURES: dict[str, Builder] = {}
-
-
-def register_architecture(name: str, builder: Builder) -> None:
-    """Make ``ModelConfig(architecture=name)`` build with ``builder(cfg, decoder_in)``."""
-    if not isinstance(name, str) or not name:
-        raise ValueError("an architecture name must be a non-empty string")
-    ARCHITECTURES[name] = builder
 
 
 def build_architecture(cfg: ModelConfig, decoder_in: int) -> Architecture:
