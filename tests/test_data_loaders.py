@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sweep.data import DATASET_NAMES, ImageDataset, load_dataset
+from sweep.data import ImageDataset, dataset_names, load_dataset
 from sweep.data import dsprites as ds
 
 
@@ -196,4 +196,4 @@ def test_split_sampling_and_iteration():
 
 
 def test_dataset_names():
-    assert DATASET_NAMES == ("dsprites_generated", "dsprites", "chairs", "faces", "celeba", "folder")
+    assert dataset_names() == ("dsprites_generated", "dsprites", "chairs", "faces", "celeba", "folder")

@@ -13,15 +13,18 @@ nothing imports Ray or MLflow.
 from sweep.data.dataset import IMAGE_SIZE, PIXEL_RANGE, ImageDataset
 from sweep.data.dsprites import generate_dsprites, render_dsprites
 from sweep.data.errors import DatasetError
-from sweep.data.loaders import DATASET_NAMES, LAYOUTS, load_dataset
+from sweep.data.loaders import DATASETS, DatasetSpec, dataset_names, dataset_spec, load_dataset, register_dataset
 
 __all__ = [
-    "DATASET_NAMES",
+    "DATASETS",
     "DatasetError",
+    "DatasetSpec",
     "IMAGE_SIZE",
     "ImageDataset",
-    "LAYOUTS",
     "PIXEL_RANGE",
+    "dataset_names",
+    "dataset_spec",
+    "register_dataset",
     "generate_dsprites",
     "load_dataset",
     "render_dsprites",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from models.errors import UserError
+from results.errors import UserError
 
 
 class DatasetError(UserError):

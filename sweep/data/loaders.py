@@ -1,12 +1,19 @@
 """``load_dataset``: the one entry point from a dataset name (and a local folder) to an
-:class:`ImageDataset`. Nothing here reads the network: the real datasets are read from the
-user's own copy in its published form, and dSprites can be generated in code.
+:class:`ImageDataset`, through the registry of datasets (``DATASETS``). Nothing here reads the
+network: the real datasets are read from the user's own copy in its published form, and dSprites
+can be generated in code.
+
+A dataset of one's own is a ``DatasetSpec`` given to ``register_dataset`` (in a module a sweep
+config lists in ``plugins``): its ``load`` returns an ``ImageDataset``, usually through
+``sweep.data.dataset.build_dataset``.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -21,16 +28,42 @@ from sweep.data.dataset import (
 )
 from sweep.data.errors import DatasetError
 
-DATASET_NAMES = ("dsprites_generated", "dsprites", "chairs", "faces", "celeba", "folder")
-LAYOUTS = {
-    "dsprites_generated": "no files (generated in code)",
-    "dsprites": dsprites.NPZ_LAYOUT,
-    "chairs": images.CHAIRS_LAYOUT,
-    "faces": arrays.FACES_LAYOUT,
-    "celeba": images.CELEBA_LAYOUT,
-    "folder": images.FOLDER_LAYOUT,
-}
 CELEBA_CROP = 140  # centre crop of the 178 x 218 aligned faces before resizing to 64 x 64
+
+# load(root, size, *, seed, held_out, channels, crop, likelihood, workers) -> ImageDataset, with
+# root the local copy (None for a dataset that needs none) and the options of load_dataset
+Loader = Callable[..., ImageDataset]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    load: Loader
+    layout: str                 # what a local copy looks like (said when it is missing or wrong)
+    needs_path: bool = True     # False: nothing to point at (generated in code)
+    channels: int = 1           # image channels, for planning (a folder's are found on reading it)
+    architecture: str = "conv"  # what train.architecture = "auto" picks for it
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    """Make ``spec.name`` a dataset a sweep config (``grid.datasets``) and ``load_dataset`` take."""
+    if not isinstance(spec, DatasetSpec) or not spec.name:
+        raise DatasetError("register_dataset() takes a DatasetSpec with a name")
+    DATASETS[spec.name] = spec
+    return spec
+
+
+def dataset_names() -> tuple[str, ...]:
+    return tuple(DATASETS)
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return DATASETS[name]
 
 
 def load_dataset(
@@ -48,11 +81,11 @@ def load_dataset(
     """Load (or generate) dataset ``name`` as an in-memory :class:`ImageDataset`.
 
     Args:
-        name: one of ``DATASET_NAMES``: "dsprites_generated" (the full dSprites grid drawn in
-            code, no files), "dsprites" (the official .npz), "chairs", "faces", "celeba",
-            "folder" (any folder of images).
+        name: a registered dataset (``dataset_names()``): built in, "dsprites_generated" (the
+            full dSprites grid drawn in code, no files), "dsprites" (the official .npz),
+            "chairs", "faces", "celeba", "folder" (any folder of images).
         data_dir: the local copy (folder, or the file itself for dsprites/faces); unused for
-            "dsprites_generated". See ``LAYOUTS`` for what each dataset expects.
+            "dsprites_generated". Each spec's ``layout`` says what it expects.
         size: take a random subset of this many images, chosen by ``seed`` (None: all). For
             generated dSprites only the chosen images are generated; for folders only the
             chosen files are decoded.
@@ -74,33 +107,25 @@ def load_dataset(
         DatasetError: unknown name, bad arguments, or data that is missing or not in the
             expected layout (the message names the path and the layout).
     """
-    if name not in DATASET_NAMES:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
-    _check_arguments(name, size, seed, held_out, channels, crop, likelihood)
+    spec = dataset_spec(name)
+    _check_arguments(size, seed, held_out, channels, crop, likelihood)
+    root = None
+    if spec.needs_path:
+        if data_dir is None or str(data_dir) == "":
+            raise DatasetError(
+                f"dataset {name!r} needs data_dir: the path of your local copy (nothing is "
+                f"downloaded). Expected {spec.layout}."
+            )
+        root = Path(data_dir).expanduser()
     workers = int(workers) if workers else max(1, min(4, os.cpu_count() or 1))
-    common = dict(seed=int(seed), held_out=float(held_out))
-
-    if name == "dsprites_generated":
-        _native_channels(name, channels, 1)
-        return _dsprites_generated(size, likelihood or "bernoulli", **common)
-
-    if data_dir is None or str(data_dir) == "":
-        raise DatasetError(
-            f"dataset {name!r} needs data_dir: the path of your local copy (nothing is "
-            f"downloaded). Expected {LAYOUTS[name]}."
-        )
-    root = Path(data_dir).expanduser()
-    if name == "dsprites":
-        _native_channels(name, channels, 1)
-        return _dsprites_npz(root, size, likelihood or "bernoulli", **common)
-    if name == "faces":
-        _native_channels(name, channels, 1)
-        return _faces(root, size, likelihood, **common)
-    return _image_folder(name, root, size, channels, crop, likelihood, workers, **common)
+    return spec.load(root, size, seed=int(seed), held_out=float(held_out), channels=channels, crop=crop,
+                     likelihood=likelihood, workers=workers)
 
 
 # ------------------------------------------------------------------------------ per dataset
-def _dsprites_generated(size, likelihood, *, seed, held_out) -> ImageDataset:
+def _dsprites_generated(root, size, *, seed, held_out, channels, crop, likelihood, workers) -> ImageDataset:
+    _native_only("dsprites_generated", channels, crop, 1)
+    likelihood = likelihood or "bernoulli"
     subset = choose_subset(dsprites.GRID_SIZE, size, seed, "the dSprites grid")
     origin = np.arange(dsprites.GRID_SIZE, dtype=np.int64) if subset is None else subset
     classes = dsprites.factor_classes(origin)
@@ -122,7 +147,9 @@ def _dsprites_generated(size, likelihood, *, seed, held_out) -> ImageDataset:
     )
 
 
-def _dsprites_npz(root: Path, size, likelihood, *, seed, held_out) -> ImageDataset:
+def _dsprites_npz(root: Path, size, *, seed, held_out, channels, crop, likelihood, workers) -> ImageDataset:
+    _native_only("dsprites", channels, crop, 1)
+    likelihood = likelihood or "bernoulli"
     path = dsprites.find_npz(root)
     packed, classes, values, sizes, n, subset = dsprites.load_npz(
         path, lambda n: choose_subset(n, size, seed, str(path))
@@ -145,7 +172,8 @@ def _dsprites_npz(root: Path, size, likelihood, *, seed, held_out) -> ImageDatas
     )
 
 
-def _faces(root: Path, size, likelihood, *, seed, held_out) -> ImageDataset:
+def _faces(root: Path, size, *, seed, held_out, channels, crop, likelihood, workers) -> ImageDataset:
+    _native_only("faces", channels, crop, 1)
     path = arrays.find_array_file(root)
     stored = arrays.check_shape(arrays.read_array(path), path)
     grid = tuple(int(s) for s in stored.shape[:-2])
@@ -167,7 +195,7 @@ def _faces(root: Path, size, likelihood, *, seed, held_out) -> ImageDataset:
     )
 
 
-def _image_folder(name, root, size, channels, crop, likelihood, workers, *, seed, held_out):
+def _image_folder(name, root, size, *, seed, held_out, channels, crop, likelihood, workers):
     what = name
     if name == "chairs":
         layout = images.CHAIRS_LAYOUT
@@ -214,8 +242,21 @@ def _finish(name, pixels, likelihood, *, seed, held_out, origin, factors=None, f
     )
 
 
+def _folder_of(name: str) -> Loader:
+    return lambda root, size, **options: _image_folder(name, root, size, **options)
+
+
+register_dataset(DatasetSpec("dsprites_generated", _dsprites_generated, "no files (generated in code)",
+                             needs_path=False, architecture="mlp"))
+register_dataset(DatasetSpec("dsprites", _dsprites_npz, dsprites.NPZ_LAYOUT, architecture="mlp"))
+register_dataset(DatasetSpec("chairs", _folder_of("chairs"), images.CHAIRS_LAYOUT))
+register_dataset(DatasetSpec("faces", _faces, arrays.FACES_LAYOUT))
+register_dataset(DatasetSpec("celeba", _folder_of("celeba"), images.CELEBA_LAYOUT, channels=3))
+register_dataset(DatasetSpec("folder", _folder_of("folder"), images.FOLDER_LAYOUT))
+
+
 # ------------------------------------------------------------------------------ helpers
-def _check_arguments(name, size, seed, held_out, channels, crop, likelihood) -> None:
+def _check_arguments(size, seed, held_out, channels, crop, likelihood) -> None:
     if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1):
         raise DatasetError(f"size: {size!r} must be a positive whole number of images, or None for all")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
@@ -227,8 +268,6 @@ def _check_arguments(name, size, seed, held_out, channels, crop, likelihood) -> 
     if likelihood is not None and likelihood not in LIKELIHOODS:
         raise DatasetError(f"likelihood: {likelihood!r} must be one of {', '.join(LIKELIHOODS)} or None")
     if crop is not None:
-        if name not in ("chairs", "celeba", "folder"):
-            raise DatasetError(f"crop: only image folders (chairs, celeba, folder) take a crop, not {name!r}")
         ok = crop in ("square", "none") or (
             isinstance(crop, (int, np.integer)) and not isinstance(crop, bool) and crop >= 1
         )
@@ -236,6 +275,9 @@ def _check_arguments(name, size, seed, held_out, channels, crop, likelihood) -> 
             raise DatasetError(f"crop: {crop!r} must be a positive int (pixels), 'square' or 'none'")
 
 
-def _native_channels(name: str, channels: int | None, native: int) -> None:
+def _native_only(name: str, channels: int | None, crop, native: int) -> None:
+    """A dataset stored at 64 x 64 takes neither a crop nor other channels than its own."""
+    if crop is not None:
+        raise DatasetError(f"crop: only image folders (chairs, celeba, folder) take a crop, not {name!r}")
     if channels is not None and channels != native:
         raise DatasetError(f"channels: {name!r} images have {native} channel(s); leave channels unset")
