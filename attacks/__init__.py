@@ -13,7 +13,9 @@ from attacks.metrics import auddc, auddc_from_points, ddc_points, lambda_grid, s
 _LAZY = {
     "AttackConfig": "attacks.config",
     "MODES": "attacks.config",
-    "SIMILARITIES": "attacks.config",
+    "LATENT_SIMILARITIES": "attacks.objectives",
+    "LatentSimilarity": "attacks.objectives",
+    "register_similarity": "attacks.objectives",
     "LatentObjective": "attacks.objectives",
     "OutputObjective": "attacks.objectives",
     "build_objective": "attacks.objectives",

@@ -6,14 +6,11 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from models.errors import ConfigError
-
 from attacks.metrics import lambda_grid
+from results.errors import ConfigError
 
 MODES = ("latent", "output")
-LATENT_SIMILARITIES = ("kl", "l2_mean", "l2_sample", "w2")
-OUTPUT_SIMILARITIES = ("elbo",)
-SIMILARITIES = {"latent": LATENT_SIMILARITIES, "output": OUTPUT_SIMILARITIES}
+OUTPUT_SIMILARITIES = ("elbo",)  # the output attack's one; the latent ones are a registry
 
 
 @dataclass
@@ -30,7 +27,8 @@ class AttackConfig:
     lam_exponents: tuple[float, float] = (-20.0, 20.0)  # c range of λ = 2^c
     lams: Optional[tuple[float, ...]] = None  # explicit λ values; overrides n_lambdas/lam_exponents
     modes: tuple[str, ...] = ("latent", "output")
-    similarities: tuple[str, ...] = ("kl",)   # latent-attack r: kl | l2_mean | l2_sample | w2
+    similarities: tuple[str, ...] = ("kl",)   # latent-attack r, attacks.objectives.LATENT_SIMILARITIES:
+                                              #   kl | l2_mean | l2_sample | w2 built in
     solver: str = "scipy"                  # a name in attacks.solvers.SOLVERS
     memory: int = 25                       # L-BFGS-B memory m (scipy maxcor)
     factr: float = 10.0                    # scipy ftol = factr * machine eps (float64)
@@ -65,7 +63,9 @@ class AttackConfig:
 
     def validate(self) -> "AttackConfig":
         """Raise ``ConfigError`` naming the first bad field; return self when all are fine."""
-        from attacks.solvers import SOLVERS  # local: keeps this module light
+        # local: keeps this module free of torch (the registries' modules import it)
+        from attacks.objectives import LATENT_SIMILARITIES
+        from attacks.solvers import SOLVERS
 
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"attack config field {name!r} = {getattr(self, name)!r}: {why}")

@@ -14,7 +14,7 @@ same code, and the gradient of ``values.sum()`` w.r.t. d is every problem's own 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -24,6 +24,9 @@ __all__ = [
     "l2_mean",
     "l2_sample",
     "w2",
+    "LatentSimilarity",
+    "LATENT_SIMILARITIES",
+    "register_similarity",
     "LatentObjective",
     "OutputObjective",
     "ObjectiveValue",
@@ -60,8 +63,32 @@ def l2_sample(mean1: Tensor, logvar1: Tensor, eps1: Tensor, z2: Tensor) -> Tenso
     return torch.linalg.vector_norm(mean1 + (0.5 * logvar1).exp() * eps1 - z2, dim=-1)
 
 
-_CLOSED_FORM = {"kl": gaussian_kl, "l2_mean": l2_mean, "w2": w2}
-LATENT_SIMILARITIES = ("kl", "l2_mean", "l2_sample", "w2")
+@dataclass(frozen=True)
+class LatentSimilarity:
+    """A similarity r of the latent attack (``attack.similarities``), per attacked layer, ``[B]``.
+
+    ``sampled=False``: ``fn(mean1, logvar1, mean2, logvar2)`` compares the two posteriors;
+    ``sampled=True``: ``fn(mean1, logvar1, eps1, z2)`` compares a sample of q(z|x+d), drawn with
+    noise ``eps1`` fixed per problem, to a fixed sample ``z2`` of the target's posterior."""
+
+    name: str
+    fn: Callable[..., Tensor]
+    sampled: bool = False
+
+
+LATENT_SIMILARITIES: dict[str, LatentSimilarity] = {}
+
+
+def register_similarity(similarity: LatentSimilarity) -> LatentSimilarity:
+    """Make ``similarity.name`` a value ``attack.similarities`` takes."""
+    LATENT_SIMILARITIES[similarity.name] = similarity
+    return similarity
+
+
+register_similarity(LatentSimilarity("kl", gaussian_kl))
+register_similarity(LatentSimilarity("l2_mean", l2_mean))
+register_similarity(LatentSimilarity("l2_sample", l2_sample, sampled=True))
+register_similarity(LatentSimilarity("w2", w2))
 
 
 def posterior_params(g) -> tuple[Tensor, Tensor]:
@@ -152,15 +179,16 @@ class LatentObjective(_Objective):
                  noise: Optional[Sequence[Tensor]] = None, noise_target: Optional[Sequence[Tensor]] = None):
         super().__init__(model, x, lams)
         if similarity not in LATENT_SIMILARITIES:
-            raise ValueError(f"unknown latent similarity {similarity!r}; choose from {LATENT_SIMILARITIES}")
+            raise ValueError(f"unknown latent similarity {similarity!r}; choose from {list(LATENT_SIMILARITIES)}")
         self.similarity = similarity
+        self.r = LATENT_SIMILARITIES[similarity]
         self.layers = list(model.attack_layers)
         with torch.no_grad():
             enc_t = model.encode(x_target.detach(), sample=False)
         self.target = [tuple(t.detach() for t in posterior_params(enc_t.posteriors[i])) for i in self.layers]
-        if similarity == "l2_sample":
+        if self.r.sampled:
             if noise is None or noise_target is None:
-                raise ValueError("l2_sample needs fixed noise for both posteriors (noise, noise_target)")
+                raise ValueError(f"{similarity} needs fixed noise for both posteriors (noise, noise_target)")
             # noise[l]: [P, z_dim] for every model layer; keep the attacked ones.
             self.eps = [noise[i].detach() for i in self.layers]
             self.z_target = [m + (0.5 * lv).exp() * noise_target[i].detach()
@@ -171,13 +199,12 @@ class LatentObjective(_Objective):
         total = x_adv.new_zeros(x_adv.shape[0])
         for k, i in enumerate(self.layers):
             m1, lv1 = posterior_params(enc.posteriors[i])
-            if self.similarity == "l2_sample":
-                total = total + l2_sample(m1, lv1, self._take(self.eps[k], idx),
+            if self.r.sampled:
+                total = total + self.r.fn(m1, lv1, self._take(self.eps[k], idx),
                                           self._take(self.z_target[k], idx))
             else:
                 m2, lv2 = self.target[k]
-                total = total + _CLOSED_FORM[self.similarity](m1, lv1, self._take(m2, idx),
-                                                              self._take(lv2, idx))
+                total = total + self.r.fn(m1, lv1, self._take(m2, idx), self._take(lv2, idx))
         return total
 
 
@@ -214,10 +241,10 @@ def build_objective(model, mode: str, similarity: str, x: Tensor, x_target: Tens
     """The objective for (mode, similarity), drawing its fixed noise from ``generators``
     (one per problem)."""
     if mode == "latent":
-        if similarity == "l2_sample":
+        if similarity in LATENT_SIMILARITIES and LATENT_SIMILARITIES[similarity].sampled:
             n1 = sample_encoder_noise(model, x, generators, 1)
             n2 = sample_encoder_noise(model, x, generators, 1)
-            return LatentObjective(model, x, x_target, lams, "l2_sample",
+            return LatentObjective(model, x, x_target, lams, similarity,
                                    noise=[n[0] for n in n1], noise_target=[n[0] for n in n2])
         return LatentObjective(model, x, x_target, lams, similarity)
     if mode == "output":

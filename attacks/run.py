@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from attacks.config import AttackConfig, SIMILARITIES
+from attacks.config import OUTPUT_SIMILARITIES, AttackConfig
 from attacks.metrics import auddc_with_reason, select_lambda
-from attacks.objectives import build_objective, sample_encoder_noise
+from attacks.objectives import LATENT_SIMILARITIES, build_objective, sample_encoder_noise
 from attacks.solvers import SolveResult, get_solver
 
 __all__ = ["run_attacks", "attack_problems", "problem_generators", "attack_metrics", "to_uint8_image",
@@ -162,9 +162,9 @@ def run_attacks(
     """
     config = (config or AttackConfig()).validate()
     seed = config.seed if seed is None else int(seed)
-    if mode not in SIMILARITIES or similarity not in SIMILARITIES[mode]:
-        raise ValueError(f"unknown (mode, similarity) = ({mode!r}, {similarity!r}); "
-                         f"allowed: {SIMILARITIES}")
+    allowed = {"latent": tuple(LATENT_SIMILARITIES), "output": OUTPUT_SIMILARITIES}
+    if similarity not in allowed.get(mode, ()):
+        raise ValueError(f"unknown (mode, similarity) = ({mode!r}, {similarity!r}); allowed: {allowed}")
     n = sources.shape[0]
     pair_ids, source_indices, target_indices = (
         [int(v) for v in seq] for seq in (pair_ids, source_indices, target_indices))

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from attacks.batched import BatchedLBFGSB
 from attacks.result import ObjectiveFn, SolveResult
+from results.errors import ConfigError
 
 __all__ = ["SolveResult", "Solver", "ScipyLBFGSB", "SOLVERS", "get_solver", "ObjectiveFn"]
 
@@ -100,5 +101,4 @@ def get_solver(name: str) -> Solver:
     try:
         return SOLVERS[name]()
     except KeyError:
-        from models.errors import ConfigError
         raise ConfigError(f"unknown attack solver {name!r}; choose one of {sorted(SOLVERS)}") from None

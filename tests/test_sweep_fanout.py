@@ -87,7 +87,7 @@ def test_default_task_size_follows_the_solver(tmp_path):
 
 
 def test_relpath_parses_back():
-    from attacks.config import LATENT_SIMILARITIES
+    from attacks.objectives import LATENT_SIMILARITIES
     from sweep.fanout import AttackTask
 
     for mode, similarity in [("latent", s) for s in LATENT_SIMILARITIES] + [("output", "elbo")]:
