@@ -29,10 +29,10 @@ import numpy as np
 import pandas as pd
 
 from analysis.stats import Interval, bootstrap_log_ratio, bootstrap_ratio, summarize, summarize_log
+from results import kinds
+from results.schema import TRIAL_FIELDS
 
 __all__ = [
-    "MODEL_ORDER",
-    "MODEL_LABELS",
     "METRICS",
     "HEALTHY",
     "ok_trials",
@@ -53,10 +53,6 @@ __all__ = [
     "noise_sigma",
 ]
 
-MODEL_ORDER = ["vae", "tcvae", "tcdlgm", "seatbelt"]
-MODEL_LABELS = {"vae": "VAE", "tcvae": "β-TCVAE", "tcdlgm": "β-TCDLGM", "seatbelt": "Seatbelt-VAE"}
-
-
 @dataclass(frozen=True)
 class Metric:
     column: str
@@ -76,7 +72,7 @@ HEALTHY = "healthy"
 UNKNOWN_HEALTH = ("unknown", "no health recorded in train/ (results of an older version of the sweep: "
                              "re-train to measure it)")
 # the columns that name one (trial, pair) unit of the attack aggregates
-UNIT_COLUMNS = ["trial_id", "dataset", "model", "beta", "layers", "z_dim", "seed", "mode", "similarity", "pair"]
+UNIT_COLUMNS = [*TRIAL_FIELDS, "mode", "similarity", "pair"]
 
 
 def objective_unit(mode: str, similarity: str | None) -> str:
@@ -86,12 +82,8 @@ def objective_unit(mode: str, similarity: str | None) -> str:
     return "nats"
 
 
-def model_label(model: str) -> str:
-    return MODEL_LABELS.get(model, str(model))
-
-
-def model_sort_key(model: str) -> tuple[int, str]:
-    return (MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER), str(model))
+model_label = kinds.label         # a kind's display label (its name if this process does not know it)
+model_sort_key = kinds.sort_key   # registry order, unknown kinds last
 
 
 def ok_trials(train: pd.DataFrame) -> pd.DataFrame:
@@ -105,7 +97,7 @@ def trial_health(train: pd.DataFrame) -> pd.DataFrame:
     """One row per trial of ``train``: its identity, ``health`` and ``health_reason``. A trial
     that did not finish (status failed or diverged) has its status as health and its reason; a
     finished trial without a recorded health is "unknown"."""
-    cols = ["trial_id", "dataset", "model", "beta", "layers", "z_dim", "seed", "health", "health_reason"]
+    cols = [*TRIAL_FIELDS, "health", "health_reason"]
     if train.empty or "trial_id" not in train.columns:
         return pd.DataFrame(columns=cols)
     out = train.copy()
@@ -356,7 +348,7 @@ class Selector:
             if isinstance(L, str):
                 L = int(sel["layers"].max() if L == "max" else sel["layers"].min())
             sel = sel.loc[sel["layers"] == L]
-            if self.model in ("tcdlgm", "seatbelt"):
+            if kinds.varies_in_layers(self.model):
                 text += f" L={L}"
         if sel.empty:
             return sel, text

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from analysis import aggregate as agg
 from analysis.load import GALLERY_IMAGE_COLUMNS, iter_gallery_images
 from analysis.stats import LOG_METHOD, T_METHOD, summarize, t_interval
+from results import kinds
 
 __all__ = [
     "FigureResult",
@@ -36,7 +37,6 @@ __all__ = [
     "fig_reconstructions",
 ]
 
-MODEL_COLORS = {"vae": "#7f7f7f", "tcvae": "#1f77b4", "tcdlgm": "#d62728", "seatbelt": "#2ca02c"}
 DPI = 100
 
 
@@ -51,8 +51,12 @@ class SkipFigure(Exception):
     """A figure could not be drawn from the data present; the message says what is missing."""
 
 
-def _color(model: str) -> str:
-    return MODEL_COLORS.get(model, "#9467bd")
+_color = kinds.colour  # a kind's colour, the same in every figure
+
+
+def _layers_text(model: str, layers, sep: str = " ") -> str:
+    """" L=3" for a kind whose trials differ in L, "" for one with a single L."""
+    return f"{sep}L={int(layers)}" if kinds.varies_in_layers(model) else ""
 
 
 def _new_figure(nrows: int, ncols: int, w: float = 4.6, h: float = 3.4, squeeze: bool = False):
@@ -375,7 +379,7 @@ def fig_noise(noise: pd.DataFrame, out: Path, file: str = "fig7_noise_loglik.png
                     ax.axvspan(iv.lo, iv.hi, color=color, alpha=0.15, linewidth=0)
             ax.set_xlabel(f"log p(x|z), z ~ q(z|x+ε), σ={sigma:g} (nats)")
             ax.set_ylabel("density (per nat)")
-            Ltxt = f", L={L}" if model in ("tcdlgm", "seatbelt") else ""
+            Ltxt = _layers_text(model, L, ", ")
             ax.set_title(f"{dataset}: {agg.model_label(model)}{Ltxt}", fontsize=9)
             ax.legend(fontsize=7)
             ax.grid(True, alpha=0.3)
@@ -413,7 +417,7 @@ def fig_weight_norms(train: pd.DataFrame, out: Path, file: str = "table1_weight_
                 rel = grp[["beta"]].copy()
                 rel["rel"] = 100.0 * (vals / base - 1.0)
                 table = summarize(rel, ["beta"], "rel")
-                Ltxt = f" L={int(L)}" if model in ("tcdlgm", "seatbelt") else ""
+                Ltxt = _layers_text(model, L)
                 ls = "-" if int(L) == int(sub.loc[sub["model"] == model, "layers"].max()) else ":"
                 _line_band(ax, table["beta"], table["mean"], table["lo"], table["hi"],
                            label=f"{agg.model_label(model)}{Ltxt}", color=_color(model), linestyle=ls)
@@ -476,7 +480,7 @@ def fig_gallery(
             if i == 0:
                 ax.set_title(names[j], fontsize=7)
             if j == 0:
-                Ltxt = f" L={int(r['layers'])}" if r["model"] in ("tcdlgm", "seatbelt") else ""
+                Ltxt = _layers_text(r["model"], r["layers"])
                 ax.set_ylabel(f"{r['dataset']}\n{agg.model_label(r['model'])}\nβ={float(r['beta']):g}{Ltxt}\n"
                               f"pair {int(r['pair'])}, λ={float(r['lam']):.2g}", fontsize=6)
     _suptitle(fig, f"{chosen[0]['mode']} attacks at the selected λ (Fig. 1)", fontsize=9)
@@ -527,7 +531,7 @@ def fig_reconstructions(
                     ax.set_title(f"pair {int(pair)}: {panel}", fontsize=7)
         r = rows.iloc[0]
         verdict = verdicts.get(trial, "unknown")
-        Ltxt = f" L={int(r['layers'])}" if r["model"] in ("tcdlgm", "seatbelt") else ""
+        Ltxt = _layers_text(r["model"], r["layers"])
         axes[i][0].set_ylabel(f"{agg.model_label(r['model'])}\nβ={float(r['beta']):g}{Ltxt} s{int(r['seed'])}\n{verdict}",
                               fontsize=6, color="#126b12" if verdict == agg.HEALTHY else "#a11")
     shown, total = len(trials), gallery.attrs.get("trials_total", len(trials))

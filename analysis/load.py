@@ -1,6 +1,7 @@
 """Read a sweep's results folder (``--out``) into pandas.
 
-The layout and the columns are the contract in ``docs/CONTRACTS.md``::
+The layout and the columns are the contract (``results.layout``, ``results.schema``; see
+``docs/CONTRACTS.md``)::
 
     train/<trial_id>.parquet              one row per trial
     noise/<trial_id>.parquet              log p(x|z) samples under input noise
@@ -9,8 +10,9 @@ The layout and the columns are the contract in ``docs/CONTRACTS.md``::
     sweep.json, tracking.json
 
 The folder is a local path or any URI pyarrow can open (``s3://bucket/sweeps/x``, ``gs://...``):
-the sweep may write to object storage and the analysis reads it in place (an S3-compatible
-endpoint other than AWS comes from ``AWS_ENDPOINT_URL``, as for the sweep).
+the sweep may write to object storage and the analysis reads it in place, through the same
+``results.store.Store`` (an S3-compatible endpoint other than AWS comes from
+``AWS_ENDPOINT_URL``, as for the sweep).
 
 Each folder is read as one pyarrow dataset: only the requested columns are read and filters are
 pushed down to the Parquet scan (row groups whose statistics exclude the filter are skipped).
@@ -32,7 +34,6 @@ from __future__ import annotations
 
 import json
 import operator
-import posixpath
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -42,10 +43,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from analysis.errors import AnalysisError, AnalysisWarning
+from results import layout, schema
+from results.errors import UserError
+from results.store import Store
 
 __all__ = [
     "TRAIN_COLUMNS",
@@ -55,7 +58,6 @@ __all__ = [
     "GALLERY_IMAGE_COLUMNS",
     "ATTACK_KEY",
     "GRID_FIELDS",
-    "RemotePath",
     "results_dir",
     "list_parquet_files",
     "load_table",
@@ -67,28 +69,14 @@ __all__ = [
     "read_sweep_config",
 ]
 
-GRID_FIELDS = ["dataset", "model", "beta", "layers", "z_dim", "seed"]
-
-TRAIN_COLUMNS = [
-    "sweep", "trial_id", *GRID_FIELDS, "status", "reason", "steps", "seconds", "images_per_s",
-    "elbo", "recon_loglik", "kl_layers", "index_code_mi", "tc", "dim_kl", "mig",
-    "encoder_l2", "decoder_l2", "noise_loglik_mean", "noise_loglik_median", "clean_loglik_mean",
-]
-NOISE_COLUMNS = ["trial_id", *GRID_FIELDS, "sigma", "sample", "loglik"]
-ATTACK_COLUMNS = [
-    "sweep", "trial_id", *GRID_FIELDS, "mode", "similarity", "pair", "source_index",
-    "target_index", "lam", "objective", "distance", "distortion_l2", "adv_target_l2",
-    "target_nll", "source_target_l2", "rec_source_target_l2", "rec_target_target_l2",
-    "selected", "auddc", "solver", "iterations", "seconds",
-]
-GALLERY_IMAGE_COLUMNS = [
-    "input", "reconstruction", "adversarial", "distortion", "adversarial_reconstruction", "target",
-]
-GALLERY_COLUMNS = [
-    "trial_id", *GRID_FIELDS, "mode", "similarity", "pair", "lam", "channels", "height", "width",
-    *GALLERY_IMAGE_COLUMNS,
-]
-ATTACK_KEY = ["trial_id", "mode", "similarity", "pair", "lam"]
+# the contract's columns (results.schema), as lists
+GRID_FIELDS = list(schema.GRID_FIELDS)
+TRAIN_COLUMNS = schema.TRAIN.names
+NOISE_COLUMNS = schema.NOISE.names
+ATTACK_COLUMNS = schema.ATTACKS.names
+GALLERY_IMAGE_COLUMNS = list(schema.GALLERY_PANELS)
+GALLERY_COLUMNS = schema.GALLERY.names
+ATTACK_KEY = list(schema.ATTACK_KEY)
 
 _OPS = {
     "==": operator.eq, "=": operator.eq, "!=": operator.ne, "<": operator.lt,
@@ -98,121 +86,39 @@ _OPS = {
 Filters = Mapping[str, Any] | pc.Expression | None
 
 
-class RemotePath:
-    """A file or folder on a pyarrow filesystem (``s3://``, ``gs://``, ``hdfs://``...), with the
-    few ``pathlib.Path`` methods the analysis uses: ``/``, ``exists``, ``is_dir``,
-    ``read_text``, ``read_bytes``, ``name``. ``str()`` gives its URI."""
-
-    def __init__(self, fs: pafs.FileSystem, path: str, uri: str):
-        self.fs, self.path, self.uri = fs, path.rstrip("/"), uri.rstrip("/")
-
-    @classmethod
-    def from_uri(cls, uri: str) -> "RemotePath":
-        base, _, _query = uri.partition("?")
-        try:
-            fs, path = pafs.FileSystem.from_uri(uri)
-        except (pa.ArrowException, OSError, ValueError) as exc:
-            raise AnalysisError(f"{uri}: pyarrow cannot open this location ({_short(exc)})") from exc
-        return cls(fs, path, base)
-
-    def __truediv__(self, name: str) -> "RemotePath":
-        return RemotePath(self.fs, posixpath.join(self.path, str(name)), posixpath.join(self.uri, str(name)))
-
-    def __str__(self) -> str:
-        return self.uri
-
-    def __repr__(self) -> str:
-        return f"RemotePath({self.uri!r})"
-
-    def __fspath__(self) -> str:  # so os.fspath / f-strings of paths keep working
-        return self.uri
-
-    @property
-    def name(self) -> str:
-        return posixpath.basename(self.path)
-
-    def resolve(self) -> "RemotePath":
-        return self
-
-    def _type(self) -> pafs.FileType:
-        try:
-            return self.fs.get_file_info(self.path).type
-        except OSError as exc:
-            raise AnalysisError(f"cannot reach {self.uri} ({_short(exc)}): check the location and the "
-                                "store's credentials / endpoint (AWS_ENDPOINT_URL)") from exc
-
-    def exists(self) -> bool:
-        return self._type() != pafs.FileType.NotFound
-
-    def is_dir(self) -> bool:
-        return self._type() == pafs.FileType.Directory
-
-    def is_file(self) -> bool:
-        return self._type() == pafs.FileType.File
-
-    def read_bytes(self) -> bytes:
-        with self.fs.open_input_stream(self.path) as stream:
-            return stream.read()
-
-    def read_text(self, encoding: str = "utf-8") -> str:
-        return self.read_bytes().decode(encoding)
-
-    def write_bytes(self, data: bytes) -> None:
-        self.fs.create_dir(posixpath.dirname(self.path), recursive=True)
-        with self.fs.open_output_stream(self.path) as stream:
-            stream.write(data)
-
-    def files(self) -> list[str]:
-        """Paths (on ``fs``) of every file below this folder."""
-        selector = pafs.FileSelector(self.path, recursive=True, allow_not_found=True)
-        return sorted(i.path for i in self.fs.get_file_info(selector) if i.type == pafs.FileType.File)
+Location = str | Path | Store
 
 
-Location = Path | RemotePath
-
-
-def results_dir(out_dir: str | Path | RemotePath) -> Location:
-    """The results folder: a local Path, or a :class:`RemotePath` for a URI pyarrow can open
-    (``s3://bucket/sweeps/x``; an S3-compatible endpoint comes from ``AWS_ENDPOINT_URL``, as for
-    the sweep). AnalysisError if it does not exist or is a file."""
-    if isinstance(out_dir, RemotePath):
+def results_dir(out_dir: Location) -> Store:
+    """The results folder, a local path or a URI pyarrow can open (``s3://bucket/sweeps/x``; an
+    S3-compatible endpoint comes from ``AWS_ENDPOINT_URL``, as for the sweep), opened to read.
+    AnalysisError if it does not exist or is a file."""
+    if isinstance(out_dir, Store):
         return out_dir
-    text = str(out_dir)
-    if "://" in text and not text.startswith("file://"):
-        path: Location = RemotePath.from_uri(text)
-    else:
-        path = Path(text.removeprefix("file://")).expanduser()
-    if not path.exists():
-        raise AnalysisError(
-            f"results folder {path} does not exist: pass the --out folder of a sweep "
-            "(the one holding sweep.json, train/ and attacks/)"
-        )
-    if not path.is_dir():
-        raise AnalysisError(f"{path} is a file, not a results folder: pass the sweep's --out folder")
-    return path
+    try:
+        store = Store(str(out_dir), create=False)
+        if not store.exists():
+            raise AnalysisError(
+                f"results folder {out_dir} does not exist: pass the --out folder of a sweep "
+                "(the one holding sweep.json, train/ and attacks/)"
+            )
+        if not store.is_dir():
+            raise AnalysisError(f"{out_dir} is a file, not a results folder: pass the sweep's --out folder")
+    except UserError as exc:  # the store says what it cannot open or reach
+        raise AnalysisError(str(exc)) from exc
+    return store
 
 
-def list_parquet_files(folder: str | Location) -> list:
-    """All ``*.parquet`` files under ``folder`` (recursive, sorted), skipping hidden/temporary
-    names (a leading ``.`` or ``_`` in any part of the relative path). Paths for a local folder; paths on ``folder.fs`` for a remote one."""
-    if isinstance(folder, RemotePath):
-        found = []
-        for path in folder.files():
-            rel = posixpath.relpath(path, folder.path).split("/")
-            if path.endswith(".parquet") and not any(part.startswith((".", "_")) for part in rel):
-                found.append(path)
-        return found
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    files = []
-    for path in folder.rglob("*.parquet"):
-        rel = path.relative_to(folder).parts
-        if any(part.startswith((".", "_")) for part in rel):
-            continue
-        if path.is_file():
-            files.append(path)
-    return sorted(files)
+def list_parquet_files(folder: Location) -> list[str]:
+    """All ``*.parquet`` files under ``folder`` (recursive, sorted) as paths on its store's
+    filesystem, skipping hidden/temporary names (a leading ``.`` or ``_`` in any part of the
+    relative path)."""
+    store = folder if isinstance(folder, Store) else Store(str(folder), create=False)
+    found = []
+    for relpath in store.list_files("", ".parquet"):
+        if not any(part.startswith((".", "_")) for part in relpath.split("/")):
+            found.append(store.path(relpath))
+    return found
 
 
 def _filter_expression(filters: Filters) -> pc.Expression | None:
@@ -258,7 +164,7 @@ def _empty_frame(columns: Sequence[str]) -> pd.DataFrame:
 
 
 def load_table(
-    folder: str | Location,
+    folder: Location,
     columns: Sequence[str] | None = None,
     filters: Filters = None,
     *,
@@ -272,9 +178,9 @@ def load_table(
     a column absent from every file matches no rows. ``dedup_key``: drop duplicate rows on these
     columns (keeping the last file's) when they are all read.
     """
-    if not isinstance(folder, RemotePath):
-        folder = Path(folder)
-    filesystem = folder.fs if isinstance(folder, RemotePath) else None
+    if not isinstance(folder, Store):
+        folder = Store(str(folder), create=False)
+    filesystem = folder.fs
     files = list_parquet_files(folder)
     wanted = list(columns) if columns is not None else None
     skipped: list[tuple[str, str]] = []
@@ -323,7 +229,7 @@ def _scan(
     columns: list[str],
     expr: pc.Expression | None,
     skipped: list[tuple[str, str]],
-    filesystem: pafs.FileSystem | None = None,
+    filesystem,
 ) -> pa.Table:
     try:
         dataset = ds.dataset([str(p) for p in files], schema=schema, format="parquet", filesystem=filesystem)
@@ -361,53 +267,53 @@ def _note_skipped(df: pd.DataFrame, skipped: list[tuple[str, str]], folder: Loca
         )
 
 
-def load_train(out_dir: str | Location, columns: Sequence[str] | None = None, filters: Filters = None) -> pd.DataFrame:
+def load_train(out_dir: Location, columns: Sequence[str] | None = None, filters: Filters = None) -> pd.DataFrame:
     """``train/``: one row per trial (deduplicated on trial_id, the last file wins)."""
-    return load_table(results_dir(out_dir) / "train", columns, filters,
+    return load_table(results_dir(out_dir).sub(layout.TRAIN), columns, filters,
                       known_columns=TRAIN_COLUMNS, dedup_key=["trial_id"])
 
 
-def load_noise(out_dir: str | Location, columns: Sequence[str] | None = None, filters: Filters = None) -> pd.DataFrame:
+def load_noise(out_dir: Location, columns: Sequence[str] | None = None, filters: Filters = None) -> pd.DataFrame:
     """``noise/``: log p(x|z) of clean images with z ~ q(z | x + ε), one row per sample."""
-    return load_table(results_dir(out_dir) / "noise", columns, filters, known_columns=NOISE_COLUMNS)
+    return load_table(results_dir(out_dir).sub(layout.NOISE), columns, filters, known_columns=NOISE_COLUMNS)
 
 
-def load_attacks(out_dir: str | Location, columns: Sequence[str] | None = None, filters: Filters = None) -> pd.DataFrame:
+def load_attacks(out_dir: Location, columns: Sequence[str] | None = None, filters: Filters = None) -> pd.DataFrame:
     """``attacks/``: one row per attack; duplicate keys (trial_id, mode, similarity, pair, lam)
     are dropped when the key columns are read."""
-    return load_table(results_dir(out_dir) / "attacks", columns, filters,
+    return load_table(results_dir(out_dir).sub(layout.ATTACKS), columns, filters,
                       known_columns=ATTACK_COLUMNS, dedup_key=ATTACK_KEY)
 
 
-def load_gallery(out_dir: str | Location, columns: Sequence[str] | None = None, filters: Filters = None) -> pd.DataFrame:
+def load_gallery(out_dir: Location, columns: Sequence[str] | None = None, filters: Filters = None) -> pd.DataFrame:
     """``gallery/``: the six images (raw uint8 H×W×C bytes) of the selected attack of each pair."""
-    return load_table(results_dir(out_dir) / "gallery", columns, filters, known_columns=GALLERY_COLUMNS,
+    return load_table(results_dir(out_dir).sub(layout.GALLERY), columns, filters, known_columns=GALLERY_COLUMNS,
                       dedup_key=["trial_id", "mode", "similarity", "pair"])
 
 
-def _read_json(path: Location, what: str) -> dict | None:
-    if not path.exists():
+def _read_json(out: Store, name: str, what: str) -> dict | None:
+    if not out.exists(name):
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(out.read_bytes(name).decode("utf-8"))
     except (OSError, ValueError) as exc:
         raise AnalysisError(
-            f"{path} is not readable JSON ({exc}): it holds the {what}; restore it or re-run the sweep "
-            "with the same --out to rewrite it"
+            f"{out.uri_of(name)} is not readable JSON ({exc}): it holds the {what}; restore it or re-run "
+            "the sweep with the same --out to rewrite it"
         ) from exc
     if not isinstance(data, dict):
-        raise AnalysisError(f"{path} should hold a JSON object (the {what}), found {type(data).__name__}")
+        raise AnalysisError(f"{out.uri_of(name)} should hold a JSON object (the {what}), found {type(data).__name__}")
     return data
 
 
-def read_tracking(out_dir: str | Location) -> dict | None:
-    """``tracking.json`` as a dict (tracking_uri, experiment_name, parent_run_id), None if absent."""
-    return _read_json(results_dir(out_dir) / "tracking.json", "MLflow tracking URI and run ids")
+def read_tracking(out_dir: Location) -> dict | None:
+    """``tracking.json`` as a dict (``results.records.TRACKING_KEYS``), None if absent."""
+    return _read_json(results_dir(out_dir), layout.TRACKING_JSON, "MLflow tracking URI and run ids")
 
 
-def read_sweep_config(out_dir: str | Location) -> dict | None:
-    """``sweep.json`` (the resolved config, treated as opaque), None if absent."""
-    return _read_json(results_dir(out_dir) / "sweep.json", "sweep's resolved config")
+def read_sweep_config(out_dir: Location) -> dict | None:
+    """``sweep.json`` (the resolved config, ``results.records``), None if absent."""
+    return _read_json(results_dir(out_dir), layout.SWEEP_JSON, "sweep's resolved config")
 
 
 def iter_gallery_images(row: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:

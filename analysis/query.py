@@ -34,10 +34,12 @@ import pandas as pd
 
 from analysis.errors import AnalysisError
 from analysis.load import read_tracking, results_dir
+from results import layout, records
+from results.schema import GRID_FIELDS
 
 __all__ = ["Clause", "parse_where", "to_mlflow_filter", "query_runs", "main"]
 
-GRID_PARAMS = ("dataset", "model", "beta", "layers", "z_dim", "seed", "trial_id")
+GRID_PARAMS = (*GRID_FIELDS, "trial_id")  # the MLflow params of a trial's run (sweep.tracking)
 _PREFIXES = ("params", "metrics", "tags", "attributes")
 
 _TOKEN = re.compile(
@@ -342,7 +344,7 @@ def _tidy(df: pd.DataFrame, clauses: list[Clause]) -> pd.DataFrame:
     for m in sorted(c for c in df.columns if c.startswith("metrics.")):
         name = m.removeprefix("metrics.")
         out[name if name not in names and name not in out.columns else m] = df[m]
-    sort = [c for c in ("dataset", "model", "beta", "layers", "z_dim", "seed") if c in out.columns and out[c].notna().any()]
+    sort = [c for c in GRID_FIELDS if c in out.columns and out[c].notna().any()]
     if sort and len(out):
         out = out.sort_values(sort, kind="stable")
     return out.reset_index(drop=True)
@@ -396,11 +398,11 @@ def _run(args: argparse.Namespace) -> pd.DataFrame:
     if args.out:
         tracking = read_tracking(results_dir(args.out)) or {}
         if not tracking and not args.experiment:
-            raise AnalysisError(f"{Path(args.out) / 'tracking.json'} is missing: pass --experiment (and --tracking-uri)")
+            raise AnalysisError(f"{Path(args.out) / layout.TRACKING_JSON} is missing: pass --experiment (and --tracking-uri)")
     experiment = args.experiment or tracking.get("experiment_name")
     if not experiment:
         raise AnalysisError("no experiment: pass --out DIR (a sweep's results folder) or --experiment NAME")
-    uri = args.tracking_uri or tracking.get("tracking_uri")
+    uri = records.tracking_uri(args.tracking_uri, tracking)
     parent = tracking.get("parent_run_id") if experiment == tracking.get("experiment_name") else None
     df = query_runs(args.where, experiment=experiment, tracking_uri=uri, parent_run_id=parent)
     if args.sort_by:

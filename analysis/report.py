@@ -18,7 +18,6 @@ import argparse
 import html
 import json
 import os
-import posixpath
 import shutil
 import sys
 import tempfile
@@ -37,7 +36,6 @@ from analysis import figures as figs
 from analysis.errors import AnalysisError, AnalysisWarning
 from analysis.load import (
     GALLERY_COLUMNS,
-    RemotePath,
     GALLERY_IMAGE_COLUMNS,
     load_attacks,
     load_gallery,
@@ -48,14 +46,17 @@ from analysis.load import (
     results_dir,
 )
 from analysis.stats import BOOTSTRAP_METHOD, LOG_METHOD, T_METHOD
+from results import kinds, records
+from results.schema import TRIAL_FIELDS
+from results.store import Store
 
 __all__ = ["build_report", "log_report_to_mlflow", "main"]
 
 REPORT_ATTACK_COLUMNS = [
-    "trial_id", "dataset", "model", "beta", "layers", "z_dim", "seed", "mode", "similarity", "pair",
+    *TRIAL_FIELDS, "mode", "similarity", "pair",
     "lam", "objective", "distortion_l2", "adv_target_l2", "target_nll", "selected", "auddc", "auddc_reason",
 ]
-NOISE_READ_COLUMNS = ["trial_id", "dataset", "model", "beta", "layers", "z_dim", "seed", "sigma", "loglik"]
+NOISE_READ_COLUMNS = [*TRIAL_FIELDS, "sigma", "loglik"]
 
 
 @dataclass
@@ -67,7 +68,7 @@ class _Content:
 
 
 def build_report(out_dir: str | Path, tracking_uri: str | None = None,
-                 log_to_mlflow: bool = True) -> Path | RemotePath:
+                 log_to_mlflow: bool = True) -> Path | Store:
     """Write ``out_dir/report/`` and return its path (``index.html`` is inside).
 
     ``log_to_mlflow``: log the folder as artifacts of the parent run in ``tracking.json``
@@ -80,10 +81,10 @@ def build_report(out_dir: str | Path, tracking_uri: str | None = None,
     a missing figure), then logged to MLflow from the local copy.
     """
     out = results_dir(out_dir)
-    if isinstance(out, RemotePath):
+    if not out.is_local:
         return _build_remote(out, tracking_uri, log_to_mlflow)
-    final = out / "report"
-    tmp = Path(tempfile.mkdtemp(prefix=".report-tmp-", dir=out))
+    final = Path(out.root) / "report"
+    tmp = Path(tempfile.mkdtemp(prefix=".report-tmp-", dir=out.root))
     try:
         _render(out, tmp)
         _install(tmp, final)
@@ -95,8 +96,8 @@ def build_report(out_dir: str | Path, tracking_uri: str | None = None,
     return final
 
 
-def _build_remote(out: RemotePath, tracking_uri: str | None, log_to_mlflow: bool) -> RemotePath:
-    final = out / "report"
+def _build_remote(out: Store, tracking_uri: str | None, log_to_mlflow: bool) -> Store:
+    final = out.sub("report")
     tmp = Path(tempfile.mkdtemp(prefix="seatbelt-report-"))
     try:
         _render(out, tmp)
@@ -108,18 +109,18 @@ def _build_remote(out: RemotePath, tracking_uri: str | None, log_to_mlflow: bool
     return final
 
 
-def _upload(local: Path, final: RemotePath) -> None:
+def _upload(local: Path, final: Store) -> None:
     """Copy the finished report to the store: figures and tables first, ``index.html`` last,
     then remove files of an older report that the new one no longer has. Each object appears
     whole when its upload completes, so a reader sees the old or the new version of a file."""
     names = sorted(p.name for p in local.iterdir() if p.is_file())
     names.sort(key=lambda name: name == "index.html")
     try:
-        old = {posixpath.relpath(path, final.path) for path in final.files()} if final.exists() else set()
+        old = set(final.list_files(""))
         for name in names:
-            (final / name).write_bytes((local / name).read_bytes())
+            final.write_bytes(name, (local / name).read_bytes())
         for name in sorted(old - set(names)):
-            final.fs.delete_file((final / name).path)
+            final.delete(name)
     except OSError as exc:
         raise AnalysisError(f"writing the report to {final} failed: {exc}. Check the store's "
                             "credentials and endpoint (AWS_ENDPOINT_URL)") from exc
@@ -149,7 +150,7 @@ def log_report_to_mlflow(out_dir: str | Path, report_dir: str | Path, tracking_u
             AnalysisWarning, stacklevel=2,
         )
         return None
-    uri = tracking_uri or tracking.get("tracking_uri")
+    uri = records.tracking_uri(tracking_uri, tracking)
     run_id = str(tracking["parent_run_id"])
     try:
         from mlflow import MlflowClient
@@ -177,7 +178,7 @@ def log_report_to_mlflow(out_dir: str | Path, report_dir: str | Path, tracking_u
 # ---------------------------------------------------------------------------------------------
 
 
-def _safe_json(out: Path, reader, what: str, notes: list[str]) -> dict | None:
+def _safe_json(out: Store, reader, what: str, notes: list[str]) -> dict | None:
     try:
         data = reader(out)
     except AnalysisError as exc:
@@ -194,7 +195,7 @@ def _skipped(df: pd.DataFrame, folder: str, notes: list[str]) -> None:
                      "step that writes it.")
 
 
-def _render(out: Path, dest: Path) -> None:
+def _render(out: Store, dest: Path) -> None:
     c = _Content()
     config = _safe_json(out, read_sweep_config, "sweep.json (the resolved config)", c.notes)
     tracking = _safe_json(out, read_tracking, "tracking.json (MLflow run ids)", c.notes)
@@ -288,7 +289,7 @@ def _normalise_train(train: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     if "reason" not in train.columns:
         train["reason"] = ""
     train["reason"] = train["reason"].astype("object").where(train["reason"].notna(), "")
-    for col in ("trial_id", "dataset", "model", "beta", "layers", "z_dim", "seed"):
+    for col in TRIAL_FIELDS:
         if col not in train.columns:
             train[col] = None
     return train
@@ -339,7 +340,7 @@ def _auddc_notes(attacks: pd.DataFrame, notes: list[str]) -> None:
                  + "; ".join(f"{k} ({v})" for k, v in kinds.items()) + ".")
 
 
-def _load_reconstructions(out: Path, meta: pd.DataFrame, excluded: pd.DataFrame, limit: int = 40) -> pd.DataFrame:
+def _load_reconstructions(out: Store, meta: pd.DataFrame, excluded: pd.DataFrame, limit: int = 40) -> pd.DataFrame:
     """Gallery rows for the reconstructions figure: the first two pairs of one attack task per
     trial, every unhealthy trial first, then healthy ones up to ``limit`` trials."""
     mode = "latent" if (meta["mode"] == "latent").any() else str(meta["mode"].iloc[0])
@@ -356,7 +357,7 @@ def _load_reconstructions(out: Path, meta: pd.DataFrame, excluded: pd.DataFrame,
     return gallery
 
 
-def _load_gallery_for_figure(out: Path, meta: pd.DataFrame, similarity: str | None) -> pd.DataFrame:
+def _load_gallery_for_figure(out: Store, meta: pd.DataFrame, similarity: str | None) -> pd.DataFrame:
     mode = "latent" if (meta["mode"] == "latent").any() else str(meta["mode"].iloc[0])
     rows = meta.loc[meta["mode"] == mode]
     if similarity is not None and (rows["similarity"] == similarity).any():
@@ -397,13 +398,9 @@ def _attack_summary(attacks: pd.DataFrame, similarity: dict[str, str | None]) ->
 
 
 def _expected_models(config: dict | None) -> list[str]:
-    grid = (config or {}).get("grid") if isinstance(config, dict) else None
-    models = grid.get("model") if isinstance(grid, dict) else None
-    if isinstance(models, str):
-        return [models]
-    if isinstance(models, list) and all(isinstance(m, str) for m in models):
-        return models
-    return list(agg.MODEL_ORDER)
+    """The kinds the sweep's grid asked for (every registered one without a ``sweep.json``)."""
+    grid = records.grid_of(config)
+    return list(grid.models) if grid is not None else list(kinds.names())
 
 
 def _status_section(config, train, attacks, noise, gallery, c: _Content) -> str:
@@ -418,6 +415,9 @@ def _status_section(config, train, attacks, noise, gallery, c: _Content) -> str:
         st = train["status"].astype(str).value_counts()
         parts.append("Trials in train/: " + ", ".join(f"{html.escape(k)}: {v}" for k, v in st.items())
                      + f" (total {n_trials}).")
+        per_kind = train.drop_duplicates("trial_id")["model"].astype(str).value_counts()
+        parts.append("Model kinds: " + ", ".join(f"{html.escape(kinds.label(m))} ('{html.escape(m)}'): {per_kind[m]}"
+                                                 for m in sorted(per_kind.index, key=kinds.sort_key)) + ".")
         ok_ids = set(agg.ok_trials(train)["trial_id"].astype(str))
         bad = train.loc[train["status"].astype(str) != "ok"]
         if not bad.empty:
@@ -541,7 +541,7 @@ ul.notes li{margin:.2em 0}.meta{color:#555;font-size:.9em}
 """
 
 
-def _page(out: Path, config, tracking, status: str, c: _Content) -> str:
+def _page(out: Store, config, tracking, status: str, c: _Content) -> str:
     name = (config or {}).get("name") if isinstance(config, dict) else None
     title = f"Sweep report: {name}" if name else "Sweep report"
     when = time.strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -552,7 +552,7 @@ def _page(out: Path, config, tracking, status: str, c: _Content) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
-        f"<p class='meta'>Results folder: <code>{esc(str(out.resolve()))}</code>. Generated {esc(when)}.</p>",
+        f"<p class='meta'>Results folder: <code>{esc(out.uri)}</code>. Generated {esc(when)}.</p>",
     ]
     if tracking:
         h.append(
@@ -619,11 +619,11 @@ def main(argv: list[str] | None = None) -> int:
     for w in caught:
         if issubclass(w.category, AnalysisWarning):
             print(f"warning: {w.message}", file=sys.stderr)
-    if isinstance(report, RemotePath):
-        n_png = sum(1 for path in report.files() if path.endswith(".png"))
+    if isinstance(report, Store):
+        n_png, index = len(report.list_files("", ".png")), report.uri_of("index.html")
     else:
-        n_png = len(list(report.glob("*.png")))
-    print(f"wrote {report / 'index.html'} ({n_png} figures)")
+        n_png, index = len(list(report.glob("*.png"))), report / "index.html"
+    print(f"wrote {index} ({n_png} figures)")
     if not args.no_mlflow and not any(issubclass(w.category, AnalysisWarning) and "not logged" in str(w.message)
                                       for w in caught):
         tracking = read_tracking(args.out) or {}

@@ -1,4 +1,6 @@
-"""Write a small, realistic synthetic results folder (the ``--out`` layout of CONTRACTS.md).
+"""Write a small, realistic synthetic results folder (the ``--out`` layout of CONTRACTS.md),
+through the contract the sweep writes with (``results``: its store, schemas, layout and the
+shape of ``sweep.json``), so a reader cannot tell it from a sweep's folder but by its numbers.
 
 For tests, benchmarks and trying the report without running a sweep. The numbers follow the
 paper's headline results in direction (β-TCVAE and Seatbelt-VAE grow harder to attack with β
@@ -11,13 +13,15 @@ applied here only to fill the ``selected`` column realistically.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
+
+from results import kinds, layout, records, schema
+from results.layout import trial_id
+from results.store import Store
 
 __all__ = ["DEFAULT_GRID", "trial_id", "write_synthetic_results", "log_synthetic_runs"]
 
@@ -28,11 +32,6 @@ DEFAULT_GRID: list[tuple[str, float, int]] = (
     + [("tcdlgm", b, L) for b in (1.0, 4.0, 10.0) for L in (2, 3)]
     + [("seatbelt", b, L) for b in (1.0, 4.0, 10.0) for L in (2, 3)]
 )
-
-
-def trial_id(dataset: str, model: str, beta: float, layers: int, z_dim: int, seed: int) -> str:
-    """The sweep's readable trial id, e.g. ``dsprites-seatbelt-b4-L3-z10-s0``."""
-    return f"{dataset}-{model}-b{beta:g}-L{layers}-z{z_dim}-s{seed}"
 
 
 def _lams(n: int) -> np.ndarray:
@@ -70,13 +69,6 @@ def _select(lam: np.ndarray, obj: np.ndarray) -> int:
     return int(cand[np.argmax(lam[cand])])
 
 
-def _write(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
-
-
 def write_synthetic_results(
     out_dir: str | Path,
     *,
@@ -105,26 +97,14 @@ def write_synthetic_results(
     that finished but did not learn: their ELBO sits at the mean image's, and their attacks look
     extremely robust (as a collapsed encoder's do). ``attacks/noise/gallery=False`` leave those
     folders out."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Store(out_dir)
     grid = list(DEFAULT_GRID if grid is None else grid)
     rng = np.random.default_rng(seed)
     lam = _lams(n_lam)
-    config = {
-        "name": sweep_name,
-        "grid": {
-            "dataset": list(datasets),
-            "model": sorted({g[0] for g in grid}),
-            "beta": sorted({g[1] for g in grid}),
-            "layers": sorted({g[2] for g in grid}),
-            "z_dim": list(z_dims),
-            "seed": list(seeds),
-        },
-        "train": {"epochs": 1, "batch_size": 64},
-        "attack": {"pairs": pairs, "lambdas": int(lam.size), "similarity": list(similarities)},
-        "config_hash": "synthetic",
-    }
-    (out / "sweep.json").write_text(json.dumps(config, indent=2))
+    axes = records.GridConfig(datasets=list(datasets), models=sorted({g[0] for g in grid}, key=kinds.sort_key),
+                              betas=sorted({float(g[1]) for g in grid}), layers=sorted({int(g[2]) for g in grid}),
+                              z_dims=list(z_dims), seeds=list(seeds))
+    records.write_sweep(out, {"name": sweep_name, "grid": asdict(axes)}, fingerprint="synthetic")
     ids = []
     failed = set(failed)
     unhealthy = dict(unhealthy or {})
@@ -152,7 +132,7 @@ def write_synthetic_results(
 MEAN_IMAGE_LOGLIK = -512.0  # the synthetic mean-image model's held-out log-likelihood
 
 
-def _write_train(out: Path, tid: str, g: dict, ok: bool, sweep: str, rng: np.random.Generator,
+def _write_train(out: Store, tid: str, g: dict, ok: bool, sweep: str, rng: np.random.Generator,
                  health: str = "healthy") -> None:
     model, beta, L = g["model"], g["beta"], g["layers"]
     elbo = {"vae": -100.0, "tcvae": -100.0 - 5.0 * beta, "tcdlgm": -95.0 - 1.0 * beta,
@@ -176,34 +156,21 @@ def _write_train(out: Path, tid: str, g: dict, ok: bool, sweep: str, rng: np.ran
         "decoder_l2": 60.0 * (1 - 0.02 * beta) + rng.normal(0, 0.1),
         "noise_loglik_mean": -200.0, "noise_loglik_median": -190.0, "clean_loglik_mean": -90.0,
     }
-    schema = pa.schema([
-        ("sweep", pa.string()), ("trial_id", pa.string()), ("dataset", pa.string()), ("model", pa.string()),
-        ("beta", pa.float64()), ("layers", pa.int64()), ("z_dim", pa.int64()), ("seed", pa.int64()),
-        ("status", pa.string()), ("reason", pa.string()), ("steps", pa.int64()), ("seconds", pa.float64()),
-        ("images_per_s", pa.float64()), ("health", pa.string()), ("health_reason", pa.string()),
-        ("eval_images", pa.int64()), ("elbo_mean_image", pa.float64()),
-        ("active_units", pa.list_(pa.int64())), ("logvar_at_bound", pa.list_(pa.float64())),
-        ("elbo", pa.float64()), ("recon_loglik", pa.float64()),
-        ("kl_layers", pa.list_(pa.float64())), ("index_code_mi", pa.float64()), ("tc", pa.float64()),
-        ("dim_kl", pa.float64()), ("mig", pa.float64()), ("encoder_l2", pa.float64()),
-        ("decoder_l2", pa.float64()), ("noise_loglik_mean", pa.float64()),
-        ("noise_loglik_median", pa.float64()), ("clean_loglik_mean", pa.float64()),
-    ])
-    _write(pa.Table.from_pylist([row], schema=schema), out / "train" / f"{tid}.parquet")
+    out.write_table(layout.train_file(tid), schema.table([row], schema.TRAIN))
 
 
-def _write_noise(out: Path, tid: str, g: dict, n: int, rng: np.random.Generator) -> None:
+def _write_noise(out: Store, tid: str, g: dict, n: int, rng: np.random.Generator) -> None:
     model, beta = g["model"], g["beta"]
     shift = {"tcvae": 8.0 * beta, "seatbelt": 10.0 * beta, "tcdlgm": -6.0 * beta}.get(model, 0.0)
     sigmas = np.repeat([0.5, 1.0], n)
     loglik = -300.0 + shift + 60.0 * (1.0 - sigmas) + rng.normal(0, 15.0, size=sigmas.size)
     k = sigmas.size
-    table = pa.table({
+    table = schema.conform({
         "trial_id": [tid] * k, "dataset": [g["dataset"]] * k, "model": [model] * k,
         "beta": np.full(k, beta), "layers": np.full(k, g["layers"]), "z_dim": np.full(k, g["z_dim"]),
         "seed": np.full(k, g["seed"]), "sigma": sigmas, "sample": np.tile(np.arange(n), 2), "loglik": loglik,
-    })
-    _write(table, out / "noise" / f"{tid}.parquet")
+    }, schema.NOISE)
+    out.write_table(layout.noise_file(tid), table)
 
 
 def _write_attacks(out, tid, g, pairs, lam, sims, sweep, rng, gallery, size, channels, rgs,
@@ -228,7 +195,7 @@ def _write_attacks(out, tid, g, pairs, lam, sims, sweep, rng, gallery, size, cha
             selected[p * nl + _select(lams[sl], objective[sl])] = True
             auddc[sl] = float(np.clip(robust + rng.normal(0, 0.03), 0, 1))
         n = pair.size
-        table = pa.table({
+        table = schema.conform({
             "sweep": [sweep] * n, "trial_id": [tid] * n, "dataset": [g["dataset"]] * n, "model": [model] * n,
             "beta": np.full(n, beta), "layers": np.full(n, L), "z_dim": np.full(n, g["z_dim"]),
             "seed": np.full(n, g["seed"]), "mode": [mode] * n, "similarity": [sim] * n,
@@ -240,18 +207,15 @@ def _write_attacks(out, tid, g, pairs, lam, sims, sweep, rng, gallery, size, cha
             "rec_target_target_l2": np.full(n, 2.0), "selected": selected, "auddc": auddc,
             "auddc_reason": [""] * n,
             "solver": ["lbfgsb"] * n, "iterations": np.full(n, 100), "seconds": np.full(n, 0.5),
-        })
-        task = f"{mode}-{sim}"
-        path = out / "attacks" / tid / f"{task}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name("." + path.name + ".tmp")
-        pq.write_table(table, tmp, row_group_size=rgs)
-        tmp.replace(path)
+        }, schema.ATTACKS)
+        relpath = layout.attack_file(tid, mode, sim, 0, pairs - 1)
+        out.write_table(relpath, table, row_group_size=rgs)
         if gallery:
-            _write_gallery(out, tid, g, mode, sim, lams[selected], pairs, size, channels, rng)
+            _write_gallery(out, layout.gallery_file(relpath), tid, g, mode, sim, lams[selected], pairs, size,
+                           channels, rng)
 
 
-def _write_gallery(out, tid, g, mode, sim, sel_lams, pairs, size, channels, rng) -> None:
+def _write_gallery(out, relpath, tid, g, mode, sim, sel_lams, pairs, size, channels, rng) -> None:
     rows = []
     yy, xx = np.mgrid[0:size, 0:size]
     for p in range(pairs):
@@ -269,7 +233,7 @@ def _write_gallery(out, tid, g, mode, sim, sel_lams, pairs, size, channels, rng)
         for k, v in imgs.items():
             row[k] = np.repeat(v[:, :, None], channels, axis=2).tobytes()
         rows.append(row)
-    _write(pa.Table.from_pylist(rows), out / "gallery" / tid / f"{mode}-{sim}.parquet")
+    out.write_table(relpath, schema.table(rows, schema.GALLERY))
 
 
 def log_synthetic_runs(
@@ -291,14 +255,14 @@ def log_synthetic_runs(
 
     now = int(time.time() * 1000)
 
-    out = Path(out_dir)
+    out = Store(out_dir)
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment_name)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment_name, artifact_location=artifact_location)
     parent = client.create_run(exp_id, run_name="sweep", tags={"sweep": "synthetic"})
     pid = parent.info.run_id
-    files = sorted((out / "train").glob("*.parquet"))
-    train = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True) if files else pd.DataFrame()
+    files = out.list_files(layout.TRAIN, ".parquet")
+    train = pd.concat([out.read_table(f).to_pandas() for f in files], ignore_index=True) if files else pd.DataFrame()
     metrics = ["elbo", "tc", "mig", "encoder_l2", "decoder_l2", "recon_loglik", "noise_loglik_mean"]
     for r in train.itertuples():
         run = client.create_run(exp_id, run_name=r.trial_id,
@@ -313,6 +277,6 @@ def log_synthetic_runs(
             params=[Param(k, v) for k, v in params.items()],
         )
         client.set_terminated(rid, status="FINISHED" if r.status == "ok" else "FAILED")
-    (out / "tracking.json").write_text(json.dumps(
-        {"tracking_uri": tracking_uri, "experiment_name": experiment_name, "parent_run_id": pid}, indent=2))
+    records.write_tracking(out, {"tracking_uri": tracking_uri, "experiment_name": experiment_name,
+                                 "experiment_id": exp_id, "parent_run_id": pid})
     return pid

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -53,7 +54,7 @@ def main() -> None:
                                 noise=False, gallery=False)
         t_write = time.perf_counter() - t
         files = list_parquet_files(out / "attacks")
-        size = sum(f.stat().st_size for f in files)
+        size = sum(os.path.getsize(f) for f in files)
         print(f"wrote {len(files):,} attack files ({size / 2**20:.1f} MiB) for {len(g) * seeds:,} trials "
               f"in {t_write:.1f} s")
 

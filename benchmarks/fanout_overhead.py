@@ -50,19 +50,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray instance")
     args = ap.parse_args(argv)
 
+    from results.store import Store
     from sweep.cluster import connect, shutdown
-    from sweep.config import from_dict
+    from sweep.config import read_results_config
     from sweep.fanout import plan_tasks, run_tasks
-    from sweep.store import Store
     from sweep.training import finished_trials
 
     with tempfile.TemporaryDirectory(prefix="fanout-bench-") as tmp:
         scratch = Path(tmp)
         folder = trained_sweep(args.sweep, scratch)
         store = Store(str(folder))
-        resolved = store.read_json("sweep.json")
-        resolved.pop("fingerprint", None)
-        cfg = from_dict(resolved, where=str(folder / "sweep.json"))
+        cfg = read_results_config(store)
         rows = finished_trials(store)
         print(connect("local", temp_dir=str(scratch / "ray"), num_cpus=args.num_cpus))
         results = []

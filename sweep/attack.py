@@ -1,7 +1,8 @@
 """``python -m sweep.attack --out DIR``: attack the finished checkpoints of an existing sweep.
 
-Reads the sweep's resolved config from ``DIR/sweep.json``; like the sweep itself, it skips the
-attacks already written, so it also resumes an interrupted attack stage.
+Reads the sweep's resolved config from ``DIR/sweep.json`` (importing its plugins); like the
+sweep itself, it skips the attacks already written, so it also resumes an interrupted attack
+stage. It logs to the sweep's MLflow runs, found the way the sweep finds them on a re-run.
 """
 
 from __future__ import annotations
@@ -9,48 +10,38 @@ from __future__ import annotations
 import argparse
 import sys
 
-from models.errors import UserError
-from sweep.cli import run_cli
+from results import layout
+from results.store import Store
+from sweep.cli import RunOptions, add_run_arguments, run_cli, run_options
 from sweep.cluster import connect, shutdown
-from sweep.config import from_dict
+from sweep.config import SweepConfig, read_results_config
 from sweep.lock import hold
-from sweep.store import Store
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sweep.attack", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="the results folder or URI of a sweep")
-    parser.add_argument("--cluster", default="auto", help="auto, local, or a Ray cluster address")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sweep's)")
-    parser.add_argument("--no-tracking", action="store_true", help="do not log summaries to MLflow")
-    parser.add_argument("--num-cpus", type=int, help="CPUs of a local Ray instance")
-    parser.add_argument("--ray-temp-dir", help="temp folder of a local Ray instance")
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
-    return run_cli(lambda: run(args))
+    return run_cli(lambda: run(args.out, run_options(args)))
 
 
-def run(args: argparse.Namespace) -> int:
-    store = Store(args.out)
-    if not store.exists("sweep.json"):
-        raise UserError(f"--out {store.uri} has no sweep.json; point it at the results folder of a sweep")
+def run(out: str, options: RunOptions) -> int:
+    store = Store(out)
+    cfg = read_results_config(store)  # a folder without sweep.json is refused here
     with hold(store):  # not while a sweep writes the same folder
-        return _attack(args, store)
+        return _attack(cfg, store, options)
 
 
-def _attack(args: argparse.Namespace, store: Store) -> int:
+def _attack(cfg: SweepConfig, store: Store, options: RunOptions) -> int:
     from sweep.fanout import run_attacks
-    from sweep.tracking import Tracker
+    from sweep.tracking import open_tracker
     from sweep.training import finished_trials
 
-    resolved = store.read_json("sweep.json")
-    resolved.pop("fingerprint", None)
-    cfg = from_dict(resolved, where=store.uri_of("sweep.json"))
     tracker = None
-    if not args.no_tracking and store.exists("tracking.json"):
-        tracking = store.read_json("tracking.json")
-        tracker = Tracker(args.tracking_uri or tracking["tracking_uri"], cfg.name, cfg.to_dict(),
-                          parent_run_id=tracking.get("parent_run_id"))
-    print(connect(args.cluster, temp_dir=args.ray_temp_dir, num_cpus=args.num_cpus))
+    if options.tracking and store.exists(layout.TRACKING_JSON):  # a sweep run without MLflow has none
+        tracker = open_tracker(store, cfg, options.tracking_uri)
+    print(connect(options.cluster, temp_dir=options.ray_temp_dir, num_cpus=options.num_cpus))
     try:
         run_attacks(cfg, store, finished_trials(store), tracker)
     finally:

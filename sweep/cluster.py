@@ -6,7 +6,7 @@ import logging
 import os
 import socket
 
-from models.errors import UserError
+from results.errors import UserError
 
 log = logging.getLogger(__name__)
 

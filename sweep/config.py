@@ -1,8 +1,10 @@
 """The typed sweep config: a grid declared as data, plus training, attack and resource settings.
 
 A config comes from a preset (``sweep.presets``) or a TOML/YAML file; both are plain data, parsed
-with ``tomllib`` / ``yaml.safe_load`` (never anything that executes code). ``validate`` checks
-every field and raises ``ConfigError`` naming the field and what it may be.
+with ``tomllib`` / ``yaml.safe_load`` (never anything that executes code). ``validate`` imports
+the config's ``plugins``, then checks every field against the registries (model kinds,
+datasets, architectures, latent similarities) and raises ``ConfigError`` naming the field and
+what it may be.
 """
 
 from __future__ import annotations
@@ -19,25 +21,17 @@ from typing import Any
 import yaml
 
 from attacks.config import AttackConfig
-from models.errors import ConfigError
+from models.config import ARCHITECTURES, TC_ESTIMATORS
+from results import kinds, layout, records
+from results.errors import ConfigError
+from results.records import GridConfig
+from results.store import Store
+from sweep.data import dataset_names, dataset_spec
 from sweep.health import HealthConfig
+from sweep.plugins import import_plugins
+from sweep.trials import expand_grid
 
-MODEL_KINDS = ("vae", "tcvae", "tcdlgm", "seatbelt")
-DATASETS = ("dsprites_generated", "dsprites", "chairs", "faces", "celeba", "folder")
-TC_ESTIMATORS = ("mws", "mss")
-ARCHITECTURES = ("auto", "mlp", "conv")
-
-
-@dataclass
-class GridConfig:
-    """The sweep's axes; every combination a model kind can take becomes one trial."""
-
-    datasets: list[str] = field(default_factory=lambda: ["dsprites_generated"])
-    models: list[str] = field(default_factory=lambda: list(MODEL_KINDS))
-    betas: list[float] = field(default_factory=lambda: [1.0, 4.0])
-    layers: list[int] = field(default_factory=lambda: [1, 2])
-    z_dims: list[int] = field(default_factory=lambda: [10])
-    seeds: list[int] = field(default_factory=lambda: [0])
+AUTO = "auto"  # train.architecture: the dataset's own (its DatasetSpec.architecture)
 
 
 @dataclass
@@ -57,7 +51,7 @@ class TrainConfig:
     lr: float = 1e-3
     free_bits: float = 0.0  # nats per layer (hierarchical models)
     tc_estimator: str = "mws"
-    architecture: str = "auto"  # auto: mlp for dSprites, conv for the others
+    architecture: str = AUTO  # a registered architecture, or auto: mlp for dSprites, conv for the others
     hidden_dim: int | None = None  # None: the beta-TCVAE paper's widths
     condition_on_x: bool = False  # the paper's chain q(z^{i+1}|z^i); True: 2021's q(z^{i+1} | z^i, x)
     checkpoint_every: int = 500  # steps between Tune checkpoints
@@ -66,6 +60,10 @@ class TrainConfig:
     mig_size: int = 10_000  # held-out images for MIG (its estimator needs many); capped by the split
     noise_sigmas: list[float] = field(default_factory=lambda: [0.1, 0.5, 1.0])
     noise_samples: int = 256  # images per sigma for the noise histograms
+
+    def architecture_for(self, dataset: str) -> str:
+        """The architecture a trial on ``dataset`` builds."""
+        return dataset_spec(dataset).architecture if self.architecture == AUTO else self.architecture
 
 
 @dataclass
@@ -93,6 +91,7 @@ class ResourceConfig:
 @dataclass
 class SweepConfig:
     name: str = "smoke"
+    plugins: list[str] = field(default_factory=list)  # modules imported first (sweep.plugins)
     grid: GridConfig = field(default_factory=GridConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -108,12 +107,24 @@ class SweepConfig:
         fingerprint may share a results folder."""
         content = self.to_dict()
         content.pop("resources")
+        if not content["plugins"]:  # so folders written before plugins existed keep their hash
+            content.pop("plugins")
         text = json.dumps(content, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def validate(self) -> "SweepConfig":
         _validate(self)
         return self
+
+    def save(self, store: Store) -> None:
+        """Write ``sweep.json`` (the contract's shape, ``results.records``) into a results folder."""
+        records.write_sweep(store, self.to_dict(), self.fingerprint())
+
+
+def read_results_config(store: Store) -> SweepConfig:
+    """The config of the sweep that wrote a results folder (its ``sweep.json``), validated."""
+    record, _ = records.read_sweep(store)
+    return from_dict(record, where=store.uri_of(layout.SWEEP_JSON))
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -183,15 +194,18 @@ _SECTION_TYPES = {
 def _validate(cfg: SweepConfig) -> None:
     if not isinstance(cfg.name, str) or not cfg.name or any(c in cfg.name for c in "/\\ "):
         raise ConfigError(f"name: {cfg.name!r} must be a non-empty name without spaces or slashes")
+    if not isinstance(cfg.plugins, list) or not all(isinstance(p, str) and p for p in cfg.plugins):
+        raise ConfigError(f"plugins: {cfg.plugins!r} must be a list of module names, e.g. [\"my_package.my_kinds\"]")
+    import_plugins(cfg.plugins)  # before any name is checked: they add to the registries
     grid = cfg.grid
-    _choices("grid.datasets", grid.datasets, DATASETS)
-    _choices("grid.models", grid.models, MODEL_KINDS)
+    _choices("grid.datasets", grid.datasets, dataset_names())
+    _choices("grid.models", grid.models, kinds.names())
     _numbers("grid.betas", grid.betas, minimum=0.0, strict=True, kind=float)
     _numbers("grid.layers", grid.layers, minimum=1, kind=int)
     _numbers("grid.z_dims", grid.z_dims, minimum=1, kind=int)
     _numbers("grid.seeds", grid.seeds, minimum=0, kind=int)
     for dataset in grid.datasets:
-        if dataset != "dsprites_generated" and dataset not in cfg.data.data_dirs:
+        if dataset_spec(dataset).needs_path and dataset not in cfg.data.data_dirs:
             raise ConfigError(
                 f"data.data_dirs: dataset {dataset!r} needs a local copy; add "
                 f"data_dirs.{dataset} = \"/path/to/{dataset}\" (nothing is downloaded)"
@@ -209,7 +223,7 @@ def _validate(cfg: SweepConfig) -> None:
     _number("train.lr", train.lr, minimum=0.0, strict=True, kind=float)
     _number("train.free_bits", train.free_bits, minimum=0.0, kind=float)
     _choice("train.tc_estimator", train.tc_estimator, TC_ESTIMATORS)
-    _choice("train.architecture", train.architecture, ARCHITECTURES)
+    _choice("train.architecture", train.architecture, (AUTO, *ARCHITECTURES))
     if train.hidden_dim is not None:
         _number("train.hidden_dim", train.hidden_dim, minimum=1, kind=int)
     _number("train.checkpoint_every", train.checkpoint_every, minimum=1, kind=int)
@@ -234,23 +248,13 @@ def _validate(cfg: SweepConfig) -> None:
     if res.pairs_per_task is not None:
         _number("resources.pairs_per_task", res.pairs_per_task, minimum=1, kind=int)
 
-    from sweep.trials import expand_grid
-
-    kinds_found = {spec.model for spec in expand_grid(cfg)}
+    kinds_found = {spec.model for spec in expand_grid(grid)}
     for model in grid.models:
         if model not in kinds_found:
             raise ConfigError(
-                f"grid.models: {model!r} takes no point of this grid ({_NEEDS[model]}); "
+                f"grid.models: {model!r} takes no point of this grid ({kinds.get(model).needs()}); "
                 f"add the values it needs to grid.betas / grid.layers or remove it"
             )
-
-
-_NEEDS = {
-    "vae": "it needs beta = 1 and layers = 1",
-    "tcvae": "it needs layers = 1",
-    "tcdlgm": "it needs layers >= 2",
-    "seatbelt": "it needs layers >= 2",
-}
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -10,7 +10,6 @@ a file it cannot read, so nothing is attacked or written twice.
 from __future__ import annotations
 
 import heapq
-import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,16 +19,14 @@ from typing import Any
 import numpy as np
 import ray
 
-from models.errors import UserError
 from attacks.config import AttackConfig
-from sweep import schema
+from results import layout, schema
+from results.errors import UserError
+from results.store import Store, local_tmp_dir
 from sweep.config import SweepConfig
+from sweep.plugins import import_plugins
 from sweep.progress import Progress
-from sweep.store import Store, local_tmp_dir
 from sweep.tracking import Tracker
-from sweep.trials import checkpoint_relpath
-
-IDENTITY_FIELDS = ("trial_id", "dataset", "model", "beta", "layers", "z_dim", "seed")
 
 
 @dataclass
@@ -66,11 +63,6 @@ class FanoutTiming:
                 f"{100 * self.overhead:.1f}%")
 
 
-# the inverse of AttackTask.relpath
-_RELPATH = re.compile(r"^attacks/(?P<trial>[^/]+)/(?P<mode>[a-z]+)-(?P<sim>[a-z0-9_]+)"
-                      r"-p(?P<first>\d+)-(?P<last>\d+)\.parquet$")
-
-
 @dataclass(frozen=True)
 class AttackTask:
     trial: dict[str, Any]  # the train row's identity fields
@@ -80,20 +72,13 @@ class AttackTask:
 
     @property
     def relpath(self) -> str:
-        first, last = self.pairs[0], self.pairs[-1]
-        return f"attacks/{self.trial['trial_id']}/{self.mode}-{self.similarity}-p{first:03d}-{last:03d}.parquet"
+        return layout.attack_file(self.trial["trial_id"], self.mode, self.similarity, self.pairs[0], self.pairs[-1])
 
-    @staticmethod
-    def parse_relpath(relpath: str) -> tuple[str, str, str, int, int] | None:
-        """(trial_id, mode, similarity, first pair, last pair) of a ``relpath``, or None."""
-        match = _RELPATH.match(relpath)
-        if match is None:
-            return None
-        return (match["trial"], match["mode"], match["sim"], int(match["first"]), int(match["last"]))
+    parse_relpath = staticmethod(layout.parse_attack_file)
 
     @property
     def gallery_relpath(self) -> str:
-        return self.relpath.replace("attacks/", "gallery/", 1)
+        return layout.gallery_file(self.relpath)
 
 
 def attack_pairs(cfg: SweepConfig, dataset_name: str) -> dict[str, Any]:
@@ -130,7 +115,7 @@ def plan_tasks(cfg: SweepConfig, rows: dict[str, dict[str, Any]], store: Store) 
     n_pairs = cfg.attack.n_pairs
     covered: dict[tuple[str, str, str], set[int]] = {}
     done = 0
-    for relpath in store.list_files("attacks", ".parquet"):
+    for relpath in store.list_files(layout.ATTACKS, ".parquet"):
         key = AttackTask.parse_relpath(relpath)
         if key is None or not _readable(store, relpath):
             continue
@@ -139,9 +124,9 @@ def plan_tasks(cfg: SweepConfig, rows: dict[str, dict[str, Any]], store: Store) 
         done += 1
     todo = []
     for row in rows.values():
-        if row["status"] != "ok" or not store.exists(checkpoint_relpath(row["trial_id"])):
+        if row["status"] != "ok" or not store.exists(layout.checkpoint_file(row["trial_id"])):
             continue
-        trial = {k: row[k] for k in IDENTITY_FIELDS}
+        trial = {k: row[k] for k in schema.TRIAL_FIELDS}
         for mode, similarity in cfg.attack.tasks():
             have = covered.get((row["trial_id"], mode, similarity), set())
             missing = [p for p in range(n_pairs) if p not in have]
@@ -212,7 +197,7 @@ def run_tasks(cfg: SweepConfig, store: Store, todo: list[AttackTask], done: int 
     tasks = {}
     for task in todo:
         ref = remote.remote(task, pair_refs[task.trial["dataset"]], cfg.attack, store.uri, cfg.name,
-                            res.cpus_per_attack_task)
+                            res.cpus_per_attack_task, tuple(cfg.plugins))
         tasks[ref] = task
     pending = list(tasks)
     progress = Progress("attacks", total, done, unit="task")
@@ -261,9 +246,10 @@ def _why(exc: Exception) -> str:
 
 @ray.remote
 def attack_task(task: AttackTask, pairs: dict[str, Any], config: AttackConfig, out: str,
-                sweep_name: str, cpus: float) -> float:
+                sweep_name: str, cpus: float, plugins: tuple[str, ...] = ()) -> float:
     """Attack one chunk of pairs of one checkpoint; write its rows and pictures; return the
     seconds of compute it took."""
+    import_plugins(plugins)  # before the checkpoint names its kind and the config its similarity
     import torch
 
     from attacks.run import run_attacks as attack
@@ -274,7 +260,7 @@ def attack_task(task: AttackTask, pairs: dict[str, Any], config: AttackConfig, o
     torch.set_num_threads(max(1, int(cpus)))
     store = Store(out)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    relpath = checkpoint_relpath(task.trial["trial_id"])
+    relpath = layout.checkpoint_file(task.trial["trial_id"])
     with tempfile.TemporaryDirectory(dir=local_tmp_dir()) as folder:
         local = store.download(relpath, Path(folder) / "model.pt")
         try:
@@ -309,7 +295,7 @@ def read_attack_rows(store: Store, columns: list[str] | None = None):
     import pyarrow as pa
 
     tables = []
-    for relpath in store.list_files("attacks", ".parquet"):
+    for relpath in store.list_files(layout.ATTACKS, ".parquet"):
         try:
             tables.append(store.read_table(relpath, columns=columns))
         except Exception:  # unreadable files are reported and redone by plan_tasks

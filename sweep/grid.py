@@ -12,7 +12,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from sweep.cli import run_cli
+from sweep.cli import add_run_arguments, run_cli, run_options
 from sweep.config import SweepConfig, load_file
 from sweep.presets import PRESETS, preset
 from sweep.trials import TrialSpec, expand_grid
@@ -28,11 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="a named sweep (default: smoke, which runs on a laptop CPU in minutes)")
     source.add_argument("--config", help="a TOML or YAML sweep config file")
-    parser.add_argument("--cluster", default="auto",
-                        help="auto (join a running cluster, else start a local one), local, or an address")
     parser.add_argument("--out", help="results folder or URI (default: sweeps/<sweep name>)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's own default)")
-    parser.add_argument("--no-tracking", action="store_true", help="run without MLflow")
+    add_run_arguments(parser)
     parser.add_argument("--dry-run", action="store_true", help="print the grid and the work, start nothing")
     parser.add_argument("--max-concurrent", type=int, help="trials running at once (default: as resources allow)")
     parser.add_argument("--cpus-per-trial", type=float)
@@ -47,8 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="use a results folder that another sweep config wrote")
     parser.add_argument("--no-attacks", action="store_true", help="train and evaluate only")
     parser.add_argument("--no-report", action="store_true", help="skip the report at the end")
-    parser.add_argument("--num-cpus", type=int, help="CPUs of a local Ray instance (default: all)")
-    parser.add_argument("--ray-temp-dir", help="temp folder of a local Ray instance")
     parser.add_argument("--worker-env", action="append", default=[], metavar="NAME",
                         help="also pass this environment variable to every Ray worker (repeatable; "
                              "e.g. AWS_ACCESS_KEY_ID when the nodes have no instance profile). The "
@@ -111,7 +106,7 @@ def describe(cfg: SweepConfig, specs: list[TrialSpec], listing: bool = True) -> 
 
 def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
-    specs = expand_grid(cfg)
+    specs = expand_grid(cfg.grid)
     if args.plan:
         from sweep.plan import plan_sweep
 
@@ -131,7 +126,9 @@ def run(args: argparse.Namespace) -> int:
     from sweep.pipeline import run_pipeline
 
     out = args.out or str(Path("sweeps") / cfg.name)
-    return run_pipeline(cfg, specs, out, args)
+    options = run_options(args, worker_env=tuple(args.worker_env), reuse_out=args.reuse_out,
+                          attacks=not args.no_attacks, report=not args.no_report)
+    return run_pipeline(cfg, specs, out, options)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,10 +28,11 @@ import uuid
 from typing import Any, Iterator
 from urllib.parse import parse_qs
 
-from models.errors import UserError
-from sweep.store import Store
+from results.errors import UserError
+from results import layout
+from results.store import Store
 
-LOCK_FILE = "sweep.lock"
+LOCK_FILE = layout.LOCK
 RENEW_SECONDS = 60.0
 STALE_SECONDS = 300.0
 

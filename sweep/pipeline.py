@@ -6,19 +6,20 @@ anywhere and the same command picks up where it stopped.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
-from models.errors import UserError
+from results import layout, records, schema
+from results.errors import UserError
+from results.store import Store
 from sweep import run_artifacts
+from sweep.cli import RunOptions
 from sweep.cluster import connect, place_on_gpus, shutdown
 from sweep.config import SweepConfig
 from sweep.lock import hold
-from sweep.store import Store
-from sweep.tracking import Tracker
+from sweep.tracking import Tracker, open_tracker
 from sweep.trials import TrialSpec
 
 TRAIN_METRICS = ("elbo", "elbo_mean_image", "recon_loglik", "index_code_mi", "tc", "dim_kl", "mig",
@@ -29,27 +30,25 @@ TRAIN_LAYER_METRICS = {"kl_layers": "kl_layer", "active_units": "active_units_la
                        "logvar_at_bound": "logvar_at_bound_layer"}
 
 
-def run_pipeline(cfg: SweepConfig, specs: list[TrialSpec], out: str, args: argparse.Namespace) -> int:
+def run_pipeline(cfg: SweepConfig, specs: list[TrialSpec], out: str, options: RunOptions) -> int:
     store = Store(out)
     with hold(store):  # one sweep per results folder, checked before anything is written
-        return _run_pipeline(cfg, specs, store, args)
+        return _run_pipeline(cfg, specs, store, options)
 
 
-def _run_pipeline(cfg: SweepConfig, specs: list[TrialSpec], store: Store, args: argparse.Namespace) -> int:
-    check_results_folder(store, cfg, reuse=args.reuse_out)
+def _run_pipeline(cfg: SweepConfig, specs: list[TrialSpec], store: Store, options: RunOptions) -> int:
+    check_results_folder(store, cfg, reuse=options.reuse_out)
     check_data_paths(cfg)
-    previous = store.read_json("tracking.json") if store.exists("tracking.json") else {}
     tracker = None
-    if not args.no_tracking:
-        tracker = Tracker(args.tracking_uri, cfg.name, cfg.to_dict(),
-                          parent_run_id=previous.get("parent_run_id"))
-        store.write_json("tracking.json", tracker.info())
-    store.write_json("sweep.json", {**cfg.to_dict(), "fingerprint": cfg.fingerprint()})
+    if options.tracking:
+        tracker = open_tracker(store, cfg, options.tracking_uri)
+        records.write_tracking(store, tracker.info())
+    cfg.save(store)
 
     print(f"sweep {cfg.name!r}: {len(specs)} trials -> {store.uri}")
     # Connected only after the checks above, so a bad folder or tracking store fails first.
-    print(connect(args.cluster, temp_dir=args.ray_temp_dir, num_cpus=args.num_cpus,
-                  worker_env=getattr(args, "worker_env", None)), flush=True)
+    print(connect(options.cluster, temp_dir=options.ray_temp_dir, num_cpus=options.num_cpus,
+                  worker_env=list(options.worker_env)), flush=True)
     # GPU requests are checked against the real cluster: one no node can ever meet is dropped
     # with a warning instead of leaving every trial pending forever.
     for line in place_on_gpus(cfg.resources):
@@ -64,13 +63,13 @@ def _run_pipeline(cfg: SweepConfig, specs: list[TrialSpec], store: Store, args: 
             record_trials(tracker, rows)
             run_artifacts.log_checkpoints(tracker, store, rows)
         attack_failures: dict[str, str] = {}
-        if not args.no_attacks:
+        if options.attacks:
             from sweep.fanout import run_attacks
 
             attack_failures = run_attacks(cfg, store, rows, tracker) or {}
             if tracker is not None:
                 run_artifacts.log_reconstructions(tracker, store, rows)
-        if not args.no_report:
+        if options.report:
             write_report(store, tracker)
         if tracker is not None:
             tracker.log_results(results_datasets(cfg, store))
@@ -85,12 +84,9 @@ def _run_pipeline(cfg: SweepConfig, specs: list[TrialSpec], store: Store, args: 
 
 def check_results_folder(store: Store, cfg: SweepConfig, reuse: bool) -> None:
     """A results folder belongs to one sweep config: mixing two would mix their results."""
-    if not store.exists("sweep.json") or reuse:
+    if not store.exists(layout.SWEEP_JSON) or reuse:
         return
-    try:
-        previous = store.read_json("sweep.json").get("fingerprint")
-    except Exception:
-        raise UserError(f"{store.uri_of('sweep.json')} is unreadable; delete it or pass --reuse-out") from None
+    _, previous = records.read_sweep(store)
     if previous != cfg.fingerprint():
         raise UserError(
             f"--out {store.uri} holds results of a different sweep config (fingerprint {previous}, "
@@ -120,10 +116,8 @@ def missing_data_paths(cfg: SweepConfig) -> list[str]:
 
 def results_datasets(cfg: SweepConfig, store: Store) -> dict[str, tuple[str, Any]]:
     """The Parquet datasets of the results folder that exist: MLflow name -> (URI, schema)."""
-    from sweep import schema
-
-    found = {"train": schema.TRAIN, "noise": schema.NOISE, "attacks": schema.ATTACKS,
-             "gallery": schema.GALLERY}
+    found = {layout.TRAIN: schema.TRAIN, layout.NOISE: schema.NOISE, layout.ATTACKS: schema.ATTACKS,
+             layout.GALLERY: schema.GALLERY}
     return {f"{cfg.name}/{name}": (store.uri_of(name), table_schema)
             for name, table_schema in found.items() if store.exists(name)}
 
@@ -201,7 +195,8 @@ def print_summary(cfg: SweepConfig, store: Store, specs: list[TrialSpec],
         for trial_id, status, reason in reasons:
             print(f"  {trial_id} {status}: {reason}")
     print(f"results:     {store.uri}")
-    for name in ("sweep.json", "train", "noise", "checkpoints", "attacks", "gallery", "report/index.html"):
+    for name in (layout.SWEEP_JSON, layout.TRAIN, layout.NOISE, layout.CHECKPOINTS, layout.ATTACKS, layout.GALLERY,
+                 layout.REPORT_INDEX):
         print(f"  {name:12s} {store.uri_of(name)}")
     if tracker is not None:
         print(f"MLflow:      {tracker.tracking_uri}  experiment {tracker.experiment_name!r}, "

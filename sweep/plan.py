@@ -24,10 +24,10 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
+from results import kinds
 from sweep.config import SweepConfig
+from sweep.data import dataset_spec
 from sweep.trials import TrialSpec
-
-THREE_CHANNEL = {"celeba"}  # RGB datasets; the others are greyscale
 
 
 @dataclass(frozen=True)
@@ -39,14 +39,8 @@ class Shape:
     layers: int
 
 
-def architecture_of(cfg: SweepConfig, dataset: str) -> str:
-    if cfg.train.architecture != "auto":
-        return cfg.train.architecture
-    return "mlp" if dataset.startswith("dsprites") else "conv"
-
-
 def shape_of(cfg: SweepConfig, spec: TrialSpec) -> Shape:
-    return Shape(architecture_of(cfg, spec.dataset), 3 if spec.dataset in THREE_CHANNEL else 1, spec.layers)
+    return Shape(cfg.train.architecture_for(spec.dataset), dataset_spec(spec.dataset).channels, spec.layers)
 
 
 def _model(cfg: SweepConfig, shape: Shape, kind: str, z_dim: int):
@@ -54,7 +48,7 @@ def _model(cfg: SweepConfig, shape: Shape, kind: str, z_dim: int):
 
     return build_model(ModelConfig(
         kind=kind, architecture=shape.architecture, channels=shape.channels, z_dim=z_dim,
-        layers=shape.layers, beta=1.0 if kind == "vae" else 4.0,
+        layers=shape.layers, beta=kinds.get(kind).beta_or(4.0),
         likelihood="gaussian" if shape.channels == 3 else "bernoulli",
         free_bits=cfg.train.free_bits, tc_estimator=cfg.train.tc_estimator, dataset_size=100_000,
         hidden_dim=cfg.train.hidden_dim, condition_on_x=cfg.train.condition_on_x,
@@ -164,12 +158,12 @@ def plan_sweep(cfg: SweepConfig, specs: list[TrialSpec], gpus: float = 8, gpu_sp
         measured = {}
         for depth in sorted({depths[0], depths[-1]}):
             shape = Shape(arch, channels, depth)
-            kind = _costliest(kinds_at[shape])
+            kind = _costliest(kinds_at[shape], depth)
             measured[depth] = measure_step(cfg, shape, kind, z_dim, device, steps)
         step_cost[(arch, channels)] = measured
         deepest = Shape(arch, channels, depths[-1])
         eval_cost[(arch, channels)] = {
-            f"{mode}/{sim}": measure_evaluation(cfg, deepest, _costliest(kinds_at[deepest]), z_dim, device, mode, sim)
+            f"{mode}/{sim}": measure_evaluation(cfg, deepest, _costliest(kinds_at[deepest], deepest.layers), z_dim, device, mode, sim)
             for mode, sim in cfg.attack.tasks()
         }
     measure_seconds = time.perf_counter() - started
@@ -241,11 +235,10 @@ def plan_sweep(cfg: SweepConfig, specs: list[TrialSpec], gpus: float = 8, gpu_sp
     return "\n".join(lines)
 
 
-_COST_ORDER = ("seatbelt", "tcdlgm", "tcvae", "vae")  # heaviest objective first
-
-
-def _costliest(kinds: set[str]) -> str:
-    return next(k for k in _COST_ORDER if k in kinds)
+def _costliest(names: set[str], layers: int) -> str:
+    """The kind to time at a depth: the one whose decoder reads the most layers (the kinds'
+    objectives cost the same; Seatbelt's decoder input is L times wider)."""
+    return max(sorted(names), key=lambda name: len(kinds.get(name).decoded_layers(layers)))
 
 
 def _interpolate(points: dict[int, float], depth: int) -> float:

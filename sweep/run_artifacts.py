@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from sweep.store import Store, local_tmp_dir
+from results import layout
+from results.store import Store, local_tmp_dir
 from sweep.tracking import Tracker
-from sweep.trials import checkpoint_relpath
 
 CHECKPOINT_DIR = "checkpoint"
 RECONSTRUCTIONS = "reconstructions.png"
@@ -32,7 +32,7 @@ def log_checkpoints(tracker: Tracker, store: Store, rows: dict[str, dict[str, An
         return
     with tempfile.TemporaryDirectory(dir=local_tmp_dir()) as folder:
         for trial_id, row in sorted(rows.items()):
-            relpath = checkpoint_relpath(trial_id)
+            relpath = layout.checkpoint_file(trial_id)
             if row.get("status") != "ok" or not store.exists(relpath) or _has(tracker, row, CHECKPOINT_DIR):
                 continue
             local = store.download(relpath, Path(folder) / f"{trial_id}.pt")
@@ -43,7 +43,7 @@ def log_checkpoints(tracker: Tracker, store: Store, rows: dict[str, dict[str, An
 def log_reconstructions(tracker: Tracker, store: Store, rows: dict[str, dict[str, Any]]) -> None:
     with tempfile.TemporaryDirectory(dir=local_tmp_dir()) as folder:
         for trial_id, row in sorted(rows.items()):
-            files = store.list_files(f"gallery/{trial_id}", ".parquet")
+            files = store.list_files(f"{layout.GALLERY}/{trial_id}", ".parquet")
             if row.get("status") != "ok" or not files or _has(tracker, row, RECONSTRUCTIONS):
                 continue
             picture = reconstruction_strip(store, files)

@@ -20,11 +20,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from models.errors import UserError
+from results import records
+from results.errors import UserError
+from results.schema import GRID_FIELDS
+from results.store import Store
+from sweep.config import SweepConfig
 
 log = logging.getLogger(__name__)
 
-GRID_FIELDS = ("dataset", "model", "beta", "layers", "z_dim", "seed")
 PARENT_TAG = "seatbelt.role"
 # Without this tag MLflow 3's UI opens an experiment on its GenAI traces overview ("No data
 # available") and a researcher must find the "Model training" switch to see any run.
@@ -35,6 +38,15 @@ EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 # lost server should cost seconds, not minutes per call. A user's own settings win.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def open_tracker(store: Store, cfg: SweepConfig, given_uri: str | None) -> "Tracker":
+    """The tracker of the sweep that writes ``store``: at the URI ``results.records.tracking_uri``
+    picks (``given_uri``, else the one in the folder's ``tracking.json``, else MLflow's default),
+    continuing the parent run named there. Both sweep CLIs open it this way."""
+    stored = records.read_tracking(store)
+    return Tracker(records.tracking_uri(given_uri, stored), cfg.name, cfg.to_dict(),
+                   parent_run_id=stored.get("parent_run_id"))
 
 
 class Tracker:

@@ -4,15 +4,21 @@ A trial writes its own results (final model file, the ``train/`` row, the ``nois
 the results folder before its last report, so a driver killed at any moment loses nothing: the
 ``train/`` row, written last, marks the trial finished. Training resumes from the latest Tune
 checkpoint (model, optimiser, step and the batch stream's position).
+
+Tune passes the trial its config as plain data (``TrialSetup.param_space``); the trainable
+rebuilds the typed configs from it first thing (``TrialSetup.from_dict``), after importing the
+sweep's plugins.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +27,14 @@ import torch
 from ray import tune
 
 from models import ModelConfig, build_model, load_checkpoint, save_checkpoint
+from results import layout, schema
+from results.store import Store, local_tmp_dir
+from sweep.config import DataConfig, SweepConfig, TrainConfig
 from sweep.data import load_dataset
-from sweep import schema
 from sweep.evaluate import evaluate
 from sweep.health import HealthConfig, classify
-from sweep.store import Store, local_tmp_dir
+from sweep.plugins import import_plugins
+from sweep.trials import TrialSpec
 
 MODEL_FILE = "model.pt"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -37,12 +46,47 @@ OPTIMIZER_FILE = "optimizer.pt"
 FAULT_LR_ENV = "SEATBELT_FAULT_LR"
 
 
-def learning_rate(trial: dict[str, Any], train: dict[str, Any]) -> float:
-    for item in filter(None, os.environ.get(FAULT_LR_ENV, "").split(",")):
-        trial_id, _, lr = item.partition("=")
-        if trial_id.strip() == trial["trial_id"]:
-            return float(lr)
-    return train["lr"]
+@dataclass(frozen=True)
+class TrialSetup:
+    """Everything one trial needs, typed; crosses Tune as the plain dict of ``param_space``."""
+
+    trial: TrialSpec
+    train: TrainConfig
+    data: DataConfig
+    health: HealthConfig
+    out: str                 # the results folder's URI
+    sweep: str               # the sweep's name
+    cpus: float              # CPUs the trial has: its torch threads
+    plugins: tuple[str, ...] = ()
+
+    @staticmethod
+    def param_space(cfg: SweepConfig, trials: list[TrialSpec], out: str) -> dict[str, Any]:
+        """Tune's param space: one trial per grid point (a grid search over ``trials``)."""
+        return {"trial": tune.grid_search([t.to_dict() for t in trials]),
+                "train": dataclasses.asdict(cfg.train), "data": dataclasses.asdict(cfg.data),
+                "health": dataclasses.asdict(cfg.health), "out": out, "sweep": cfg.name,
+                "cpus": cfg.resources.cpus_per_trial, "plugins": list(cfg.plugins)}
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> "TrialSetup":
+        """The inverse of ``param_space`` for one trial (a Tune experiment of an older version
+        has no plugins and no health settings: their defaults)."""
+        return cls(TrialSpec.from_dict(config["trial"]), TrainConfig(**config["train"]),
+                   DataConfig(**config["data"]), HealthConfig(**config.get("health", {})),
+                   config["out"], config["sweep"], float(config.get("cpus", 1)),
+                   tuple(config.get("plugins", ())))
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """The identity columns of the trial's train row (``results.schema.IDENTITY_FIELDS``)."""
+        return {"sweep": self.sweep, **self.trial.to_dict()}
+
+    def learning_rate(self) -> float:
+        for item in filter(None, os.environ.get(FAULT_LR_ENV, "").split(",")):
+            trial_id, _, lr = item.partition("=")
+            if trial_id.strip() == self.trial.trial_id:
+                return float(lr)
+        return self.train.lr
 
 
 @functools.lru_cache(maxsize=2)
@@ -58,49 +102,48 @@ def training_pixel_statistics(dataset) -> tuple[torch.Tensor, float]:
     return dataset.pixel_statistics("train")
 
 
-def dataset_for(trial: dict[str, Any], data: dict[str, Any]):
-    name = trial["dataset"]
-    return cached_dataset(name, data["data_dirs"].get(name), data["size"], data["split_seed"], data["held_out"])
+def dataset_for(trial: TrialSpec, data: DataConfig):
+    name = trial.dataset
+    return cached_dataset(name, data.data_dirs.get(name), data.size, data.split_seed, data.held_out)
 
 
-def model_config_for(trial: dict[str, Any], train: dict[str, Any], dataset) -> ModelConfig:
-    architecture = train["architecture"]
-    if architecture == "auto":
-        architecture = "mlp" if dataset.name.startswith("dsprites") else "conv"
+def model_config_for(trial: TrialSpec, train: TrainConfig, dataset) -> ModelConfig:
     return ModelConfig(
-        kind=trial["model"],
-        architecture=architecture,
+        kind=trial.model,
+        architecture=train.architecture_for(trial.dataset),
         channels=dataset.channels,
         image_size=dataset.image_size,
-        z_dim=trial["z_dim"],
-        layers=trial["layers"],
-        beta=trial["beta"],
+        z_dim=trial.z_dim,
+        layers=trial.layers,
+        beta=trial.beta,
         likelihood=dataset.likelihood,
-        condition_on_x=train["condition_on_x"],
-        free_bits=train["free_bits"],
-        tc_estimator=train["tc_estimator"],
+        condition_on_x=train.condition_on_x,
+        free_bits=train.free_bits,
+        tc_estimator=train.tc_estimator,
         dataset_size=len(dataset.train_indices),
-        hidden_dim=train["hidden_dim"],
+        hidden_dim=train.hidden_dim,
     )
 
 
 def train_trial(config: dict[str, Any]) -> None:
-    """Tune function trainable. ``config``: trial (grid point), train, data, out, sweep, cpus."""
-    trial, train, data = config["trial"], config["train"], config["data"]
-    store = Store(config["out"])
-    if _already_finished(store, trial["trial_id"]):
+    """Tune function trainable; ``config`` is one trial's ``TrialSetup.param_space``."""
+    import_plugins(config.get("plugins", ()))  # before any kind, dataset or architecture is named
+    setup = TrialSetup.from_dict(config)
+    trial, train = setup.trial, setup.train
+    store = Store(setup.out)
+    if _already_finished(store, trial.trial_id):
         # A driver killed after this trial wrote its results resumes it as unfinished:
         # report and stop rather than train it again.
-        tune.report({"step": train["steps"], "status": "ok"})
+        tune.report({"step": train.steps, "status": "ok"})
         return
-    torch.set_num_threads(max(1, int(config.get("cpus", 1))))
+    torch.set_num_threads(max(1, int(setup.cpus)))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dataset = dataset_for(trial, data)
+    dataset = dataset_for(trial, setup.data)
 
     model = build_model(model_config_for(trial, train, dataset))
     model.set_mean_image(training_pixel_statistics(dataset)[0])
     model.to(device)
-    lr = learning_rate(trial, train)
+    lr = setup.learning_rate()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     step, seconds = 0, 0.0
     checkpoint = tune.get_checkpoint()
@@ -114,23 +157,23 @@ def train_trial(config: dict[str, Any]) -> None:
 
     # The batch stream is a function of (seed, step), so a resumed trial sees the batches it
     # would have seen without the interruption.
-    generator = torch.Generator().manual_seed(trial["seed"] * 1_000_003 + step)
-    torch.manual_seed(trial["seed"] * 7919 + step)
+    generator = torch.Generator().manual_seed(trial.seed * 1_000_003 + step)
+    torch.manual_seed(trial.seed * 7919 + step)
     started = time.perf_counter()
-    while step < train["steps"]:
-        x = dataset.sample_batch(generator, train["batch_size"], split="train").to(device)
+    while step < train.steps:
+        x = dataset.sample_batch(generator, train.batch_size, split="train").to(device)
         out = model.objective(x)
         if not torch.isfinite(out.loss):
-            _finish_diverged(config, step, seconds + time.perf_counter() - started, float(out.loss))
+            _finish_diverged(setup, step, seconds + time.perf_counter() - started, float(out.loss))
             return
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
         step += 1
-        if step % train["report_every"] == 0 or step % train["checkpoint_every"] == 0:
+        if step % train.report_every == 0 or step % train.checkpoint_every == 0:
             metrics = {"step": step, "loss": float(out.loss),
                        **{f"train_{k}": float(v) for k, v in out.parts.items()}}
-            if step % train["checkpoint_every"] == 0 and step < train["steps"]:
+            if step % train.checkpoint_every == 0 and step < train.steps:
                 elapsed = seconds + time.perf_counter() - started
                 with tempfile.TemporaryDirectory(dir=local_tmp_dir()) as folder:
                     _save(folder, model, optimizer, step, elapsed)
@@ -139,30 +182,29 @@ def train_trial(config: dict[str, Any]) -> None:
                 tune.report(metrics)
 
     seconds += time.perf_counter() - started
-    images_per_s = (train["steps"] * train["batch_size"]) / max(seconds, 1e-9)
-    row, noise_rows = _evaluate(model, dataset, train, trial, data["split_seed"])
+    images_per_s = (train.steps * train.batch_size) / max(seconds, 1e-9)
+    row, noise_rows = _evaluate(model, dataset, train, trial, setup.data.split_seed)
     if not all(math.isfinite(v) for v in (row["elbo"], row["recon_loglik"])):
-        _finish_diverged(config, step, seconds, row["elbo"], what="held-out ELBO")
+        _finish_diverged(setup, step, seconds, row["elbo"], what="held-out ELBO")
         return
-    row["health"], row["health_reason"] = classify(row, model.attack_layers, HealthConfig(**config.get("health", {})))
-    row.update(_identity(config), status="ok", reason="", steps=step, seconds=seconds,
+    row["health"], row["health_reason"] = classify(row, model.decoded_layers, setup.health)
+    row.update(setup.identity, status="ok", reason="", steps=step, seconds=seconds,
                images_per_s=images_per_s, node_id=ray.get_runtime_context().get_node_id())
 
     with tempfile.TemporaryDirectory(dir=local_tmp_dir()) as folder:
         _save(folder, model, optimizer, step, seconds)
-        store.upload_file(Path(folder) / MODEL_FILE, f"checkpoints/{trial['trial_id']}.pt")
-        identity = {k: row[k] for k in ("trial_id", "dataset", "model", "beta", "layers", "z_dim", "seed")}
-        noise_table = schema.table([{**identity, **r} for r in noise_rows], schema.NOISE)
-        store.write_table(f"noise/{trial['trial_id']}.parquet", noise_table)
+        store.upload_file(Path(folder) / MODEL_FILE, layout.checkpoint_file(trial.trial_id))
+        store.write_table(layout.noise_file(trial.trial_id),
+                          schema.table([{**setup.identity, **r} for r in noise_rows], schema.NOISE))
         # Written last: a train row with status ok marks the trial done.
-        store.write_table(f"train/{trial['trial_id']}.parquet", schema.table([row], schema.TRAIN))
+        store.write_table(layout.train_file(trial.trial_id), schema.table([row], schema.TRAIN))
         final = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         tune.report({**final, "step": step, "status": "ok"},
                     checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 def _already_finished(store: Store, trial_id: str) -> bool:
-    relpath = f"train/{trial_id}.parquet"
+    relpath = layout.train_file(trial_id)
     if not store.exists(relpath):
         return False
     try:
@@ -171,23 +213,23 @@ def _already_finished(store: Store, trial_id: str) -> bool:
         return False
 
 
-def _evaluate(model, dataset, train: dict[str, Any], trial: dict[str, Any], split_seed: int):
+def _evaluate(model, dataset, train: TrainConfig, trial: TrialSpec, split_seed: int):
     """Evaluate on seeded random samples of the held-out split, the same for every trial of the
     dataset: ``eval_size`` images, and (nested in the same permutation) ``mig_size`` for MIG."""
     device = next(model.parameters()).device
-    evaluation = dataset.evaluation_indices(train["eval_size"], split_seed)
+    evaluation = dataset.evaluation_indices(train.eval_size, split_seed)
     mean_image, scale = training_pixel_statistics(dataset)
     mig_kwargs = {}
     if dataset.factors is not None:
-        mig_indices = dataset.evaluation_indices(train["mig_size"], split_seed)
+        mig_indices = dataset.evaluation_indices(train.mig_size, split_seed)
         mig_kwargs = dict(mig_images=dataset.batch(mig_indices).to(device),
                           mig_factors=dataset.factors[mig_indices.numpy()],
                           factor_sizes=list(dataset.factor_sizes), factor_names=list(dataset.factor_names))
     return evaluate(
         model, dataset.batch(evaluation).to(device), mean_image,
         model.cfg.gaussian_scale or scale,
-        noise_sigmas=train["noise_sigmas"], noise_samples=train["noise_samples"],
-        batch_size=min(train["batch_size"], 256), seed=trial["seed"], **mig_kwargs,
+        noise_sigmas=train.noise_sigmas, noise_samples=train.noise_samples,
+        batch_size=min(train.batch_size, 256), seed=trial.seed, **mig_kwargs,
     )
 
 
@@ -196,20 +238,12 @@ def _save(folder: str, model, optimizer, step: int, seconds: float) -> None:
     torch.save(optimizer.state_dict(), Path(folder) / OPTIMIZER_FILE)
 
 
-def _identity(config: dict[str, Any]) -> dict[str, Any]:
-    trial = config["trial"]
-    return {"sweep": config["sweep"], **{k: trial[k] for k in
-            ("trial_id", "dataset", "model", "beta", "layers", "z_dim", "seed")}}
-
-
-def _finish_diverged(config: dict[str, Any], step: int, seconds: float, loss: float,
+def _finish_diverged(setup: TrialSetup, step: int, seconds: float, loss: float,
                      what: str = "loss") -> None:
     """A diverging trial stops with its reason recorded; it gets no model file, so it is never
     attacked, and the rest of the sweep goes on."""
     reason = f"{what} became {loss} at step {step}"
-    row = {**_identity(config), "status": "diverged", "reason": reason, "steps": step,
+    row = {**setup.identity, "status": "diverged", "reason": reason, "steps": step,
            "seconds": seconds}
-    Store(config["out"]).write_table(
-        f"train/{config['trial']['trial_id']}.parquet", schema.table([row], schema.TRAIN)
-    )
+    Store(setup.out).write_table(layout.train_file(setup.trial.trial_id), schema.table([row], schema.TRAIN))
     tune.report({"step": step, "status": "diverged", "reason": reason})

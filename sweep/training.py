@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +14,14 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 from ray import tune  # noqa: E402
 
-from sweep import schema
+from results import layout, schema
+from results.store import Store, local_tmp_dir
 from sweep.config import SweepConfig
 from sweep.progress import Progress
-from sweep.store import Store, local_tmp_dir
 from sweep.tracking import Tracker
-from sweep.trials import TrialSpec, checkpoint_relpath
+from sweep.trials import TrialSpec
 
-TUNE_NAME = "tune"
+TUNE_NAME = layout.TUNE
 
 # The driver's tracker and progress bar. Tune pickles callbacks into its experiment state and
 # restores them on resume, so the callbacks hold no connection or terminal themselves: they use
@@ -34,7 +33,7 @@ _PROGRESS: "TrainingProgress | None" = None
 def finished_trials(store: Store) -> dict[str, dict[str, Any]]:
     """trial_id -> train row, for every trial whose row is readable (ok, diverged or failed)."""
     rows = {}
-    for relpath in store.list_files("train", ".parquet"):
+    for relpath in store.list_files(layout.TRAIN, ".parquet"):
         try:
             for row in store.read_table(relpath).to_pylist():
                 rows[row["trial_id"]] = row
@@ -82,7 +81,7 @@ def run_training(cfg: SweepConfig, specs: list[TrialSpec], store: Store, tracker
 
 
 def _trainable(cfg: SweepConfig):
-    from sweep.trainable import train_trial
+    from sweep.trainable import train_trial  # torch, imported when a stage trains
 
     res = cfg.resources
     return tune.with_resources(train_trial, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial,
@@ -90,14 +89,12 @@ def _trainable(cfg: SweepConfig):
 
 
 def _new_tuner(cfg: SweepConfig, pending: list[TrialSpec], store: Store) -> tune.Tuner:
+    from sweep.trainable import TrialSetup
+
     res = cfg.resources
     return tune.Tuner(
         _trainable(cfg),
-        param_space={
-            "trial": tune.grid_search([s.to_dict() for s in pending]),
-            "train": asdict(cfg.train), "data": asdict(cfg.data), "health": asdict(cfg.health),
-            "out": store.uri, "sweep": cfg.name, "cpus": res.cpus_per_trial,
-        },
+        param_space=TrialSetup.param_space(cfg, pending, store.uri),
         # Reused workers keep their dataset cache (cached_dataset) from trial to trial: a
         # fresh process per trial re-imports torch and re-builds the dataset, which made
         # tiny trials ~4x slower (benchmarks/load.py).
@@ -119,15 +116,15 @@ def retrain_broken(store: Store, rows: dict[str, dict[str, Any]], tracker: Track
     that stops half-way finds the trial still broken. Returns their ids."""
     broken = broken_checkpoints(store, rows)
     for trial_id, why in broken.items():
-        print(f"training: {store.uri_of(checkpoint_relpath(trial_id))} {why}; retraining {trial_id} "
+        print(f"training: {store.uri_of(layout.checkpoint_file(trial_id))} {why}; retraining {trial_id} "
               "(its noise, attack and gallery rows go with it)", flush=True)
-        for folder in ("attacks", "gallery"):
+        for folder in (layout.ATTACKS, layout.GALLERY):
             store.delete_dir(f"{folder}/{trial_id}")
-        store.delete(f"noise/{trial_id}.parquet")
-        store.delete(checkpoint_relpath(trial_id))
+        store.delete(layout.noise_file(trial_id))
+        store.delete(layout.checkpoint_file(trial_id))
         if tracker is not None:
             tracker.forget(rows[trial_id], reason=f"retrained: checkpoint {why}")
-        store.delete(f"train/{trial_id}.parquet")
+        store.delete(layout.train_file(trial_id))
     return sorted(broken)
 
 
@@ -140,7 +137,7 @@ def broken_checkpoints(store: Store, rows: dict[str, dict[str, Any]]) -> dict[st
     broken = {}
     with tempfile.TemporaryDirectory(dir=local_tmp_dir()) as folder:
         for trial_id, row in sorted(rows.items()):
-            relpath = checkpoint_relpath(trial_id)
+            relpath = layout.checkpoint_file(trial_id)
             if row.get("status") != "ok":
                 continue
             if not store.exists(relpath):
@@ -164,7 +161,7 @@ def _record_failures(cfg: SweepConfig, store: Store, results) -> None:
             continue
         reason = f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1][:500]}"
         row = {"sweep": cfg.name, **trial, "status": "failed", "reason": reason}
-        store.write_table(f"train/{trial['trial_id']}.parquet", schema.table([row], schema.TRAIN))
+        store.write_table(layout.train_file(trial["trial_id"]), schema.table([row], schema.TRAIN))
 
 
 class TrackingCallback(tune.Callback):

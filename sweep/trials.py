@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from itertools import product
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from sweep.config import SweepConfig
+from results import kinds, layout
+from results.records import GridConfig
 
 
 @dataclass(frozen=True)
@@ -21,33 +21,24 @@ class TrialSpec:
 
     @property
     def trial_id(self) -> str:
-        beta = f"{self.beta:g}".replace(".", "p")
-        return f"{self.dataset}-{self.model}-b{beta}-L{self.layers}-z{self.z_dim}-s{self.seed}"
+        return layout.trial_id(self.dataset, self.model, self.beta, self.layers, self.z_dim, self.seed)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data (the grid fields and the trial id), e.g. for Tune's trial config."""
         return {**asdict(self), "trial_id": self.trial_id}
 
-
-def checkpoint_relpath(trial_id: str) -> str:
-    """Where a finished trial's model file lives in the results folder."""
-    return f"checkpoints/{trial_id}.pt"
-
-
-def model_accepts(model: str, beta: float, layers: int) -> bool:
-    """Which grid points a model kind takes: the paper's four kinds are one model family that
-    differ in layers and beta, so the grid keeps only the combinations that name each kind."""
-    if model == "vae":
-        return beta == 1 and layers == 1
-    if model == "tcvae":
-        return layers == 1
-    return layers >= 2  # tcdlgm, seatbelt
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrialSpec":
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 
-def expand_grid(cfg: "SweepConfig") -> list[TrialSpec]:
-    grid = cfg.grid
+def expand_grid(grid: GridConfig) -> list[TrialSpec]:
+    """Every grid point a model kind takes (``KindSpec.accepts``): the kinds are one model
+    family that differ in layers and β, so the grid keeps only the combinations that name each."""
     specs = []
     for dataset, model, z_dim, seed in product(grid.datasets, grid.models, grid.z_dims, grid.seeds):
+        kind = kinds.get(model)
         for beta, layers in product(sorted(set(map(float, grid.betas))), sorted(set(grid.layers))):
-            if model_accepts(model, beta, layers):
+            if kind.accepts(beta, layers):
                 specs.append(TrialSpec(dataset, model, beta, layers, z_dim, seed))
     return specs

@@ -69,6 +69,24 @@ def test_other_folders_and_json(folder):
     assert read_tracking(folder) is None
 
 
+def test_the_synthetic_writer_writes_the_contracts_folder(folder):
+    """sweep.json of the shape the sweep writes (results.records), files where results.layout
+    puts them, columns of results.schema."""
+    from dataclasses import fields
+
+    from results import layout, records, schema
+
+    config = read_sweep_config(folder)
+    assert set(config["grid"]) == {f.name for f in fields(records.GridConfig)}
+    assert records.grid_of(config).models == ["vae", "tcvae", "seatbelt"]
+    trial = "dsprites-seatbelt-b4-L2-z10-s1"
+    assert (folder / layout.train_file(trial)).is_file() and (folder / layout.noise_file(trial)).is_file()
+    attack = layout.attack_file(trial, "latent", "kl", 0, 1)
+    assert layout.parse_attack_file(attack) == (trial, "latent", "kl", 0, 1)
+    assert (folder / attack).is_file() and (folder / layout.gallery_file(attack)).is_file()
+    assert load_train(folder).columns.tolist() == schema.TRAIN.names
+
+
 def test_unreadable_files_are_skipped_with_a_warning(folder, tmp_path):
     out = tmp_path / "copy"
     import shutil

@@ -49,11 +49,26 @@ EXPECTED_FIGURES = {
 }
 
 
+def write_sweep_json(out: Path, grid, seeds=(0,), models=None, name="synthetic") -> None:
+    """Replace the folder's sweep.json by the one the sweep itself writes for this grid: its
+    config (``sweep.config``) through the contract's writer, as ``python -m sweep.grid`` does."""
+    from results.store import Store
+    from sweep.config import from_dict
+
+    cfg = from_dict({"name": name,
+                     "grid": {"datasets": ["dsprites"], "models": models or sorted({g[0] for g in grid}),
+                              "betas": sorted({g[1] for g in grid}), "layers": sorted({g[2] for g in grid}),
+                              "z_dims": [10], "seeds": list(seeds)},
+                     "data": {"data_dirs": {"dsprites": "data/dsprites.npz"}}})
+    cfg.save(Store(out))
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     out = root / "out"
     write_synthetic_results(out, grid=GRID, seeds=(0, 1), pairs=3, n_lam=6)
+    write_sweep_json(out, GRID, seeds=(0, 1))
     uri = f"sqlite:///{root}/mlflow.db"
     parent = log_synthetic_runs(out, uri, "seatbelt-test", artifact_location=(root / "artifacts").as_uri())
     report = build_report(out)
@@ -193,9 +208,8 @@ def test_partial_no_attacks_failed_trial_missing_model(tmp_path):
     grid = [("vae", 1.0, 1), ("tcvae", 1.0, 1), ("tcvae", 10.0, 1), ("seatbelt", 1.0, 2), ("seatbelt", 10.0, 2)]
     write_synthetic_results(out, grid=grid, seeds=(0, 1), attacks=False,
                             failed=["dsprites-tcvae-b10-L1-z10-s1"])
-    cfg = json.loads((out / "sweep.json").read_text())
-    cfg["grid"]["model"] = ["vae", "tcvae", "tcdlgm", "seatbelt"]  # the config asked for β-TCDLGM too
-    (out / "sweep.json").write_text(json.dumps(cfg))
+    # the config asked for β-TCDLGM too
+    write_sweep_json(out, grid, seeds=(0, 1), models=["vae", "tcvae", "tcdlgm", "seatbelt"])
     with pytest.warns(AnalysisWarning, match="not logged to MLflow: .*tracking.json is missing"):
         report = build_report(out)  # no tracking.json: logging skipped, the report is still written
     html = (report / "index.html").read_text(encoding="utf-8")
@@ -207,6 +221,18 @@ def test_partial_no_attacks_failed_trial_missing_model(tmp_path):
     for p in pngs:
         check_png(report / p)
     check_references(report)
+
+
+def test_only_the_kinds_the_sweep_asked_for_are_expected(tmp_path):
+    """The report reads the grid of a real sweep.json (``grid.models``): a sweep of two kinds gets
+    no note about the kinds it never asked for, and its kinds are listed with their labels."""
+    out = tmp_path / "two"
+    grid = [("vae", 1.0, 1), ("tcvae", 1.0, 1), ("tcvae", 4.0, 1)]
+    write_synthetic_results(out, grid=grid, noise=False, gallery=False)
+    write_sweep_json(out, grid)
+    html = (build_report(out, log_to_mlflow=False) / "index.html").read_text(encoding="utf-8")
+    assert "No finished trial of model kind" not in html and "No attack results of model kind" not in html
+    assert "Model kinds: VAE ('vae'): 1, β-TCVAE ('tcvae'): 2." in html
 
 
 def test_partial_running_sweep_with_a_corrupt_file(tmp_path, capsys):

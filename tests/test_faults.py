@@ -256,7 +256,7 @@ def test_worker_killed_during_attacks_tasks_are_retried(sweep, tmp_path, ray_tmp
     from sweep.cluster import connect, shutdown
     from sweep.config import from_dict
     from sweep.fanout import run_attacks
-    from sweep.store import Store
+    from results.store import Store
     from sweep.training import finished_trials
 
     out, _ = copy_sweep(sweep, tmp_path)
@@ -371,7 +371,7 @@ def test_corrupt_attack_part_and_checkpoints_are_reported_and_handled(sweep, tmp
 def test_results_folder_of_another_config_is_refused_unless_reused(sweep, tmp_path, ray_tmp):
     from sweep.config import load_file
     from sweep.pipeline import check_results_folder
-    from sweep.store import Store
+    from results.store import Store
 
     out = tmp_path / "out"
     out.mkdir()

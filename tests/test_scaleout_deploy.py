@@ -88,7 +88,7 @@ def test_gpu_requests_fall_back_to_cpu_only_when_no_gpu_can_ever_come(monkeypatc
 def test_store_uri_of_keeps_the_query_last(uri, relpath, expected, monkeypatch):
     import pyarrow.fs as pafs
 
-    from sweep.store import Store
+    from results.store import Store
 
     store = Store.__new__(Store)
     store.fs, store.root = pafs.LocalFileSystem(), "/unused"

@@ -254,7 +254,7 @@ def test_results_folder_lock_on_s3_is_a_conditional_write(s3_env, monkeypatch, c
 
     from models.errors import UserError
     from sweep import lock
-    from sweep.store import Store
+    from results.store import Store
 
     store = Store(f"s3://{BUCKET}/sweeps/locked")
     with lock.hold(store) as record:

@@ -16,7 +16,7 @@ from sweep.trials import expand_grid
 def test_model_kinds_expand_only_where_they_exist():
     cfg = from_dict({"grid": {"models": ["vae", "tcvae", "tcdlgm", "seatbelt"], "betas": [1.0, 4.0],
                               "layers": [1, 2, 3], "z_dims": [10], "seeds": [0, 1]}})
-    specs = expand_grid(cfg)
+    specs = expand_grid(cfg.grid)
     by_model = {m: [s for s in specs if s.model == m] for m in ("vae", "tcvae", "tcdlgm", "seatbelt")}
     assert {(s.beta, s.layers) for s in by_model["vae"]} == {(1.0, 1)}
     assert {(s.beta, s.layers) for s in by_model["tcvae"]} == {(1.0, 1), (4.0, 1)}
@@ -29,18 +29,18 @@ def test_model_kinds_expand_only_where_they_exist():
 
 def test_trial_ids_are_readable_and_stable():
     cfg = from_dict({"grid": {"models": ["seatbelt"], "betas": [2.5], "layers": [3], "z_dims": [10]}})
-    assert [s.trial_id for s in expand_grid(cfg)] == ["dsprites_generated-seatbelt-b2p5-L3-z10-s0"]
+    assert [s.trial_id for s in expand_grid(cfg.grid)] == ["dsprites_generated-seatbelt-b2p5-L3-z10-s0"]
 
 
 def test_presets_validate_and_smoke_is_small():
     small = smoke().validate()
-    specs = expand_grid(small)
+    specs = expand_grid(small.grid)
     assert {s.model for s in specs} == {"vae", "tcvae", "tcdlgm", "seatbelt"}
     assert small.grid.datasets == ["dsprites_generated"]
     full = paper().validate()
     assert max(full.grid.betas) == 10 and max(full.grid.layers) == 5
     assert set(full.grid.datasets) == {"chairs", "faces", "celeba", "dsprites"}
-    assert len(expand_grid(full)) > 500
+    assert len(expand_grid(full.grid)) > 500
 
 
 @pytest.mark.parametrize("data, field", [

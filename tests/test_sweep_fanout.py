@@ -41,7 +41,7 @@ def _store_with(tmp_path, files: dict[str, bytes | None]):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from sweep.store import Store
+    from results.store import Store
 
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "t1.pt").write_bytes(b"model")

@@ -67,7 +67,7 @@ def test_a_collapsed_model_is_named_collapsed_and_the_report_measures_nothing_on
     from analysis import aggregate as agg
     from analysis.report import build_report
     from analysis.synthetic import trial_id, write_synthetic_results
-    from sweep import schema
+    from results import schema
 
     data, mean, scale, images = dsprites
     model = _collapse(_model("seatbelt", 3, data, mean))

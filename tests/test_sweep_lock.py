@@ -17,9 +17,9 @@ from models.errors import UserError
 from sweep.cluster import auto_address, probe
 from sweep.lock import LOCK_FILE, hold
 from sweep.progress import Progress
-from sweep.store import Store
+from results.store import Store
 
-HOLD = ("import sys, time\nfrom sweep.lock import hold\nfrom sweep.store import Store\n"
+HOLD = ("import sys, time\nfrom sweep.lock import hold\nfrom results.store import Store\n"
         "with hold(Store(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(600)\n")
 
 

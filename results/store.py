@@ -1,5 +1,8 @@
 """The results folder: a local path or any URI pyarrow can write (``s3://``, ``gs://``, ...).
 
+The one file store of the project: the sweep writes through it, the analysis reads (and writes
+its report) through it, and the synthetic writer uses it too.
+
 Every file another step reads is written atomically, so a crash leaves either the old file or
 the new one, never half of one: on a local or network filesystem it is written to a temporary
 name beside it and moved into place; on an object store (S3, GCS) an object becomes visible only
@@ -24,7 +27,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from models.errors import UserError
+from results.errors import UserError
 
 
 def is_uri(location: str) -> bool:
@@ -36,15 +39,18 @@ OBJECT_STORES = ("s3", "gcs")
 
 
 class Store:
-    """Files under one results folder, addressed by paths relative to it."""
+    """Files under one results folder, addressed by paths relative to it ("" is the folder).
 
-    def __init__(self, location: str | Path):
+    ``create=False`` opens a folder to read without creating it (its ``exists("")`` says
+    whether it is there)."""
+
+    def __init__(self, location: str | Path, create: bool = True):
         location = str(location)
         if is_uri(location):
             try:
                 self.fs, self.root = pafs.FileSystem.from_uri(location)
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise UserError(f"--out {location}: pyarrow cannot open this location ({exc})") from None
+            except (pa.ArrowException, OSError, ValueError) as exc:
+                raise UserError(f"--out {location}: pyarrow cannot open this location ({_short(exc)})") from None
             base, sep, query = location.partition("?")
             self.uri = base.rstrip("/") + sep + query
             self.root = self.root.rstrip("/")
@@ -52,6 +58,8 @@ class Store:
             path = Path(location.removeprefix("file://")).expanduser().resolve()
             self.fs, self.root = pafs.LocalFileSystem(), str(path)
             self.uri = str(path)
+        if not create:
+            return
         try:
             self.fs.create_dir(self.root, recursive=True)
         except OSError as exc:
@@ -61,16 +69,29 @@ class Store:
                         "instance profile) and, for a store other than AWS, AWS_ENDPOINT_URL")
             raise UserError(f"--out {location}: cannot create the results folder ({exc}){hint}") from None
 
+    def sub(self, relpath: str) -> "Store":
+        """The folder ``relpath`` as a store of its own (nothing is created)."""
+        store = object.__new__(Store)
+        store.fs, store.root, store.uri = self.fs, self.path(relpath), self.uri_of(relpath)
+        return store
+
+    def __str__(self) -> str:
+        return self.uri
+
+    def __repr__(self) -> str:
+        return f"Store({self.uri!r})"
+
     @property
     def is_local(self) -> bool:
         return isinstance(self.fs, pafs.LocalFileSystem)
 
     def path(self, relpath: str) -> str:
-        return posixpath.join(self.root, relpath)
+        return posixpath.join(self.root, relpath).rstrip("/") if relpath else self.root
 
     def uri_of(self, relpath: str) -> str:
         base, query = (self.uri.split("?", 1) + [""])[:2]  # keep ?endpoint_override=... last
-        return posixpath.join(base.rstrip("/"), relpath) + (f"?{query}" if query else "")
+        where = posixpath.join(base.rstrip("/"), relpath).rstrip("/") if relpath else base
+        return where + (f"?{query}" if query else "")
 
     # --- writing, always atomic ---------------------------------------------------------
 
@@ -93,9 +114,9 @@ class Store:
     def write_json(self, relpath: str, content: Any) -> None:
         self.write_bytes(relpath, json.dumps(content, indent=2, sort_keys=True).encode())
 
-    def write_table(self, relpath: str, table: pa.Table) -> None:
+    def write_table(self, relpath: str, table: pa.Table, row_group_size: int | None = None) -> None:
         sink = io.BytesIO()
-        pq.write_table(table, sink)
+        pq.write_table(table, sink, row_group_size=row_group_size)
         self.write_bytes(relpath, sink.getvalue())
 
     def write_rows(self, relpath: str, rows: list[dict[str, Any]]) -> None:
@@ -117,8 +138,18 @@ class Store:
 
     # --- reading -------------------------------------------------------------------------
 
-    def exists(self, relpath: str) -> bool:
-        return self.fs.get_file_info(self.path(relpath)).type != pafs.FileType.NotFound
+    def _type(self, relpath: str) -> pafs.FileType:
+        try:
+            return self.fs.get_file_info(self.path(relpath)).type
+        except OSError as exc:
+            raise UserError(f"cannot reach {self.uri_of(relpath)} ({_short(exc)}): check the location "
+                            "and the store's credentials / endpoint (AWS_ENDPOINT_URL)") from None
+
+    def exists(self, relpath: str = "") -> bool:
+        return self._type(relpath) != pafs.FileType.NotFound
+
+    def is_dir(self, relpath: str = "") -> bool:
+        return self._type(relpath) == pafs.FileType.Directory
 
     def read_bytes(self, relpath: str) -> bytes:
         with self.fs.open_input_stream(self.path(relpath)) as stream:
@@ -149,6 +180,11 @@ class Store:
 
     def local_dir(self) -> str | None:
         return self.root if self.is_local else None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def local_tmp_dir() -> str:

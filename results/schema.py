@@ -1,7 +1,17 @@
-"""The Parquet schemas of the results folder (docs/CONTRACTS.md), one place for all writers.
+"""The Parquet schemas of the results folder (docs/CONTRACTS.md), one place for every writer
+(the sweep, the synthetic writer) and reader (analysis).
 
 Every file of a dataset is written with the full schema, missing values as nulls, so readers
 can open a folder of files from different trials (ok, diverged, failed) as one table.
+
+The identity of a row comes in three nested sets, each with one name used everywhere (Parquet,
+MLflow params and tags, Tune's trial config):
+
+* ``GRID_FIELDS``: the trial's point of the grid (dataset, model, beta, layers, z_dim, seed);
+* ``TRIAL_FIELDS``: ``trial_id`` and the grid fields, the identity of a ``noise/`` or
+  ``gallery/`` row;
+* ``IDENTITY_FIELDS``: the sweep's name and the trial fields, the identity of a ``train/`` or
+  ``attacks/`` row.
 """
 
 from __future__ import annotations
@@ -10,16 +20,14 @@ from typing import Any
 
 import pyarrow as pa
 
-IDENTITY = [
-    ("sweep", pa.string()),
-    ("trial_id", pa.string()),
-    ("dataset", pa.string()),
-    ("model", pa.string()),
-    ("beta", pa.float64()),
-    ("layers", pa.int64()),
-    ("z_dim", pa.int64()),
-    ("seed", pa.int64()),
-]
+GRID_FIELDS = ("dataset", "model", "beta", "layers", "z_dim", "seed")
+TRIAL_FIELDS = ("trial_id", *GRID_FIELDS)
+IDENTITY_FIELDS = ("sweep", *TRIAL_FIELDS)
+
+_IDENTITY_TYPES = {"sweep": pa.string(), "trial_id": pa.string(), "dataset": pa.string(),
+                   "model": pa.string(), "beta": pa.float64(), "layers": pa.int64(),
+                   "z_dim": pa.int64(), "seed": pa.int64()}
+IDENTITY = [(name, _IDENTITY_TYPES[name]) for name in IDENTITY_FIELDS]
 
 TRAIN = pa.schema(IDENTITY + [
     ("status", pa.string()),
@@ -78,7 +86,7 @@ ATTACKS = pa.schema(IDENTITY + [
     ("seconds", pa.float64()),
 ])
 
-ATTACK_KEY = ("trial_id", "mode", "similarity", "pair", "lam")
+ATTACK_KEY = ("trial_id", "mode", "similarity", "pair", "lam")  # one row per key
 
 GALLERY_PANELS = ("input", "reconstruction", "adversarial", "distortion",
                   "adversarial_reconstruction", "target")
@@ -98,3 +106,12 @@ def table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     """Rows as a table of exactly ``schema``: extra keys are dropped, missing ones are null."""
     columns = {name: [row.get(name) for row in rows] for name in schema.names}
     return pa.Table.from_pydict(columns, schema=schema)
+
+
+def conform(columns: dict[str, Any], schema: pa.Schema) -> pa.Table:
+    """Columns (lists or arrays of equal length) as a table of exactly ``schema``, the way
+    ``table`` does rows: extra columns are dropped, missing ones are null."""
+    length = len(next(iter(columns.values()))) if columns else 0
+    arrays = [pa.array(columns[f.name], type=f.type) if f.name in columns else pa.nulls(length, f.type)
+              for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
