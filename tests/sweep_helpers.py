@@ -71,9 +71,10 @@ def sweep_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def run_sweep(command: list[str], tmp_path: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_sweep(command: list[str], tmp_path: Path, timeout: float = 600,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                            env=sweep_env(tmp_path), cwd=tmp_path)
+                            env=env or sweep_env(tmp_path), cwd=tmp_path)
     assert result.returncode == 0, f"sweep failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 

@@ -1,0 +1,149 @@
+"""The contract package (``results``) and the structure its imports draw: torch-free, one registry
+of model kinds, the folder's encodings beside their parsers, and no import circle anywhere."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from results import kinds, layout, records
+from results.errors import ConfigError, UserError
+from results.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("results", "models", "attacks", "sweep", "analysis")
+
+
+def test_the_contract_imports_no_torch_ray_mlflow_or_sibling_packages():
+    code = ("import sys, json\n"
+            "import results, results.errors, results.schema, results.layout, results.records, "
+            "results.store, results.kinds\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'ray', 'mlflow', 'models', 'attacks', 'sweep', 'analysis')]\n"
+            "print(json.dumps(bad))\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == []
+
+
+def test_the_built_in_kinds_and_their_rules():
+    assert kinds.names()[:4] == ("vae", "tcvae", "tcdlgm", "seatbelt")
+    vae, tcvae, tcdlgm, seatbelt = (kinds.get(n) for n in ("vae", "tcvae", "tcdlgm", "seatbelt"))
+    assert vae.accepts(1.0, 1) and not vae.accepts(4.0, 1) and not vae.accepts(1.0, 2)
+    assert tcvae.accepts(4.0, 1) and not tcvae.accepts(4.0, 2)
+    assert tcdlgm.accepts(4.0, 5) and not tcdlgm.accepts(4.0, 1)
+    assert vae.needs() == "it needs beta = 1 and layers = 1" and tcdlgm.needs() == "it needs layers >= 2"
+    assert seatbelt.attack_layers(3) == [0, 1, 2] and tcdlgm.attack_layers(3) == [0]
+    assert [kinds.varies_in_layers(n) for n in ("vae", "tcvae", "tcdlgm", "seatbelt")] == [False, False, True, True]
+    assert kinds.label("seatbelt") == "Seatbelt-VAE" and kinds.colour("vae") == "#7f7f7f"
+
+
+def test_registering_a_kind(monkeypatch):
+    monkeypatch.setattr(kinds, "_KINDS", dict(kinds._KINDS))  # leave the process's registry alone
+    spec = kinds.KindSpec("mine", "Mine", min_layers=2, max_layers=3, attacked_layers=kinds.all_layers)
+    assert kinds.register(spec) is spec and kinds.register(spec) is spec  # again: a no-op
+    assert kinds.names()[-1] == "mine" and kinds.get("mine").layer_rule() == "2 <= layers <= 3"
+    assert spec.attack_layers(3) == [0, 1, 2] and list(spec.decoded_layers(3)) == [0]
+    with pytest.raises(ConfigError, match="registered already"):
+        kinds.register(kinds.KindSpec("mine", "Another"))
+    with pytest.raises(ConfigError, match="lower-case"):
+        kinds.KindSpec("My-Kind", "x")
+    with pytest.raises(ConfigError, match="not a registered model kind.*plugins") as info:
+        kinds.get("factorvae")
+    assert isinstance(info.value, UserError)
+    # a kind this process does not know is shown by its name in the default colour
+    assert kinds.label("factorvae") == "factorvae" and kinds.colour("factorvae") == kinds.DEFAULT_COLOUR
+    assert kinds.sort_key("factorvae") > kinds.sort_key("mine")
+
+
+def test_trial_ids_and_attack_files_round_trip():
+    assert layout.trial_id("dsprites", "seatbelt", 2.5, 3, 10, 0) == "dsprites-seatbelt-b2p5-L3-z10-s0"
+    relpath = layout.attack_file("dsprites-vae-b1-L1-z10-s0", "latent", "l2_mean", 3, 12)
+    assert relpath == "attacks/dsprites-vae-b1-L1-z10-s0/latent-l2_mean-p003-012.parquet"
+    assert layout.parse_attack_file(relpath) == ("dsprites-vae-b1-L1-z10-s0", "latent", "l2_mean", 3, 12)
+    assert layout.gallery_file(relpath).startswith("gallery/dsprites-vae-b1-L1-z10-s0/")
+    assert layout.parse_attack_file("attacks/t/notes.parquet") is None
+
+
+def test_sweep_json_and_the_tracking_uri_rule(tmp_path):
+    store = Store(tmp_path / "out")
+    grid = records.GridConfig(models=["vae"], betas=[1.0], layers=[1])
+    records.write_sweep(store, {"name": "x", "grid": grid.__dict__, "train": {"steps": 3}}, "abc")
+    config, fingerprint = records.read_sweep(store)
+    assert fingerprint == "abc" and config["train"] == {"steps": 3}
+    assert records.grid_of(config) == grid and records.grid_of({"grid": {"model": ["vae"]}}) is None
+    with pytest.raises(ValueError, match="grid"):
+        records.sweep_record({"name": "x", "grid": {"model": ["vae"]}}, "abc")
+    assert records.read_tracking(store) == {}
+    records.write_tracking(store, {"tracking_uri": "sqlite:///a.db", "parent_run_id": "p"})
+    stored = records.read_tracking(store)
+    assert records.tracking_uri("http://given", stored) == "http://given"
+    assert records.tracking_uri(None, stored) == "sqlite:///a.db"
+    assert records.tracking_uri(None, {}) is None  # MLflow's own default
+
+
+def test_a_store_opened_to_read_creates_nothing(tmp_path):
+    store = Store(tmp_path / "absent", create=False)
+    assert not store.exists() and not (tmp_path / "absent").exists()
+    written = Store(tmp_path / "there")
+    written.write_json("a/b.json", {"k": 1})
+    sub = written.sub("a")
+    assert sub.read_json("b.json") == {"k": 1} and sub.uri == f"{written.uri}/a"
+    assert sub.list_files("") == ["b.json"] and written.is_dir("a") and not written.is_dir("a/b.json")
+
+
+# --- the structure the imports draw ----------------------------------------------------------
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, modules: set[str]) -> set[str]:
+    """The project modules a file imports, anywhere in it (late and TYPE_CHECKING imports too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
+                     for alias in node.names]
+        else:
+            continue
+        found.update(name for name in names if name in modules)
+    return found
+
+
+def test_no_import_circles():
+    files = {_module_name(p): p for package in PACKAGES for p in (REPO / package).rglob("*.py")}
+    graph = {name: _imports(path, set(files)) - {name} for name, path in files.items()}
+    circles, index, low, stack, on_stack = [], {}, {}, [], set()
+
+    def visit(node: str) -> None:  # Tarjan's strongly connected components
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph[node]:
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while not component or component[-1] != node:
+                component.append(stack.pop())
+                on_stack.discard(component[-1])
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for name in sorted(graph):
+        if name not in index:
+            visit(name)
+    assert not circles, f"import circles: {circles}"
