@@ -33,6 +33,7 @@ GRID = (
 )
 EXPECTED_FIGURES = {
     "fig0_reconstructions.png",
+    "fig8_robustness_vs_disentanglement.png",
     "fig1_gallery.png",
     "fig3_elbo_vs_beta.png",
     "fig5_objective_vs_beta_tcvae.png",
