@@ -437,6 +437,18 @@ def fig_weight_norms(train: pd.DataFrame, out: Path, file: str = "table1_weight_
     )
 
 
+def _show_image(ax, img) -> None:
+    """One uint8 H×W×C picture in an axis without ticks ("missing" when None)."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if img is None:
+        ax.text(0.5, 0.5, "missing", ha="center", va="center", transform=ax.transAxes, fontsize=7)
+    elif img.shape[2] == 1:
+        ax.imshow(img[:, :, 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    else:
+        ax.imshow(img[:, :, :3], interpolation="nearest")
+
+
 def fig_gallery(
     gallery: pd.DataFrame,
     out: Path,
@@ -466,14 +478,7 @@ def fig_gallery(
     for i, r in enumerate(chosen):
         for j, (col, img) in enumerate(iter_gallery_images(r)):
             ax = axes[i][j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if img is None:
-                ax.text(0.5, 0.5, "missing", ha="center", va="center", transform=ax.transAxes, fontsize=7)
-            elif img.shape[2] == 1:
-                ax.imshow(img[:, :, 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-            else:
-                ax.imshow(img[:, :, :3], interpolation="nearest")
+            _show_image(ax, img)
             if i == 0:
                 ax.set_title(names[j], fontsize=7)
             if j == 0:
@@ -515,15 +520,7 @@ def fig_reconstructions(
             images = dict(iter_gallery_images(match.iloc[0])) if not match.empty else {}
             for j, panel in enumerate(("input", "reconstruction")):
                 ax = axes[i][2 * k + j]
-                ax.set_xticks([])
-                ax.set_yticks([])
-                img = images.get(panel)
-                if img is None:
-                    ax.text(0.5, 0.5, "missing", ha="center", va="center", transform=ax.transAxes, fontsize=7)
-                elif img.shape[2] == 1:
-                    ax.imshow(img[:, :, 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-                else:
-                    ax.imshow(img[:, :, :3], interpolation="nearest")
+                _show_image(ax, images.get(panel))
                 if i == 0:
                     ax.set_title(f"pair {int(pair)}: {panel}", fontsize=7)
         r = rows.iloc[0]

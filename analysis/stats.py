@@ -37,7 +37,6 @@ __all__ = [
     "t_interval",
     "bootstrap_ci",
     "bootstrap_ratio",
-    "bootstrap_log_ratio",
     "summarize",
     "summarize_log",
     "ContrastGroup",
@@ -145,41 +144,6 @@ def bootstrap_ratio(
         return Interval(est, float("nan"), float("nan"), n)
     alpha = (1 - confidence) / 2
     lo, hi = np.quantile(ratios, [alpha, 1 - alpha])
-    return Interval(est, float(lo), float(hi), n)
-
-
-def bootstrap_log_ratio(
-    numerator_logs: Sequence[float] | np.ndarray | pd.Series,
-    denominator_logs: Sequence[float] | np.ndarray | pd.Series,
-    paired: bool = False,
-    n_boot: int = 4000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> Interval:
-    """Ratio of geometric means ``exp(mean(numerator_logs) − mean(denominator_logs))`` with a
-    percentile-bootstrap CI; the arrays hold one natural log per unit (e.g. per pair). Paired:
-    the same resampled units on both sides, as in :func:`bootstrap_ratio`."""
-    if paired:
-        a = np.asarray(numerator_logs, dtype=float).ravel()
-        b = np.asarray(denominator_logs, dtype=float).ravel()
-        if a.size != b.size:
-            raise ValueError("paired bootstrap needs one numerator and one denominator value per unit")
-        keep = np.isfinite(a) & np.isfinite(b)
-        a, b = a[keep], b[keep]
-    else:
-        a, b = _clean(numerator_logs), _clean(denominator_logs)
-    n = int(min(a.size, b.size))
-    if n == 0:
-        return Interval(float("nan"), float("nan"), float("nan"), 0)
-    est = float(np.exp(a.mean() - b.mean()))
-    if min(a.size, b.size) < 2:
-        return Interval(est, float("nan"), float("nan"), n)
-    rng = np.random.default_rng(seed)
-    ia = rng.integers(0, a.size, size=(n_boot, a.size))
-    ib = ia if paired else rng.integers(0, b.size, size=(n_boot, b.size))
-    diffs = a[ia].mean(axis=1) - b[ib].mean(axis=1)
-    alpha = (1 - confidence) / 2
-    lo, hi = np.exp(np.quantile(diffs, [alpha, 1 - alpha]))
     return Interval(est, float(lo), float(hi), n)
 
 
