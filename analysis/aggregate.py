@@ -3,7 +3,7 @@
 Only **healthy** trials enter an aggregate (``status == "ok"`` and ``health == "healthy"``, see
 ``sweep.health``): a model that never left the mean-image plateau, or whose encoder collapsed,
 looks robust for reasons that have nothing to do with robustness. ``left_out`` names the others
-and why, and the headline claims say "not measured" where a side has no healthy trial.
+and why; the claims (``analysis.claims``) say "not measured" where a side has no healthy trial.
 
 Sources of variation (the paper's CIs): input–target pairs, |z|, seeds, and L where a figure
 pools over it. The unit of a CI is:
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.stats import Interval, bootstrap_log_ratio, bootstrap_ratio, summarize, summarize_log
+from analysis.stats import bootstrap_ratio, summarize, summarize_log
 from results import kinds
 from results.schema import TRIAL_FIELDS
 
@@ -47,9 +47,7 @@ __all__ = [
     "elbo_by_beta",
     "attack_by_beta",
     "attack_heatmap",
-    "pair_log_means",
     "weight_norm_table",
-    "headline_ratios",
     "noise_sigma",
 ]
 
@@ -263,27 +261,6 @@ def attack_heatmap(
     return summarize_metric(pair_units(mine, metric, selected_only), by, metric)
 
 
-def pair_log_means(rows: pd.DataFrame, metric: str = "objective", selected_only: bool = False) -> pd.Series:
-    """Per input–target pair, the mean over trials (|z|, seeds) of the natural log of the pair's
-    ``metric`` (``pair_units``), indexed by pair; units with a value <= 0 are dropped."""
-    units = pair_units(rows, metric, selected_only)
-    if units.empty:
-        return pd.Series(dtype=float)
-    values = units[metric].to_numpy(dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logs = np.where(values > 0, np.log(np.where(values > 0, values, 1.0)), np.nan)
-    frame = pd.DataFrame({"pair": units["pair"].to_numpy(), "v": logs})
-    frame = frame.loc[np.isfinite(frame["v"])]
-    return frame.groupby("pair", sort=True)["v"].mean()
-
-
-def _ratio_of_geometric_means(num: pd.Series, den: pd.Series, seed: int = 0) -> Interval:
-    common = num.index.intersection(den.index)
-    if len(common) >= 2 and len(common) == len(num) == len(den):
-        return bootstrap_log_ratio(num.loc[common].to_numpy(), den.loc[common].to_numpy(), paired=True, seed=seed)
-    return bootstrap_log_ratio(num.to_numpy(), den.to_numpy(), paired=False, seed=seed)
-
-
 # ---------------------------------------------------------------------------------------------
 # Table 1: weight norms
 
@@ -324,172 +301,6 @@ def weight_norm_table(train: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     df["_m"] = df["model"].map(lambda m: model_sort_key(m)[0])
     return df.sort_values(["part", "dataset", "_m", "layers"], ascending=[False, True, True, True]) \
         .drop(columns="_m").reset_index(drop=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Headline ratios
-
-
-@dataclass(frozen=True)
-class Selector:
-    """Which attack rows form one side of a ratio: a model kind at β/L = a value, 'min' or 'max'."""
-
-    model: str
-    beta: float | str = "max"
-    layers: int | str | None = None  # None: any L
-
-    def pick(self, rows: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-        sel = rows.loc[rows["model"] == self.model]
-        text = model_label(self.model)
-        if sel.empty:
-            return sel, text
-        if self.layers is not None:
-            L = self.layers
-            if isinstance(L, str):
-                L = int(sel["layers"].max() if L == "max" else sel["layers"].min())
-            sel = sel.loc[sel["layers"] == L]
-            if kinds.varies_in_layers(self.model):
-                text += f" L={L}"
-        if sel.empty:
-            return sel, text
-        b = self.beta
-        if isinstance(b, str):
-            b = float(sel["beta"].max() if b == "max" else sel["beta"].min())
-        sel = sel.loc[np.isclose(sel["beta"].astype(float), float(b))]
-        return sel, f"{text} β={b:g}"
-
-
-@dataclass(frozen=True)
-class Claim:
-    claim: str
-    mode: str
-    numerator: Selector
-    denominator: Selector | tuple[Selector, ...]  # alternatives, first with data wins
-    paper: str
-    expect: str  # ">1": robustness grows; "<=1": does not grow
-
-
-CLAIMS = [
-    Claim("latent Δ: β-TCVAE (largest β) over VAE", "latent", Selector("tcvae", "max"),
-          (Selector("vae", "min"), Selector("tcvae", "min")), "≈10³ (Chairs), >10 (3D Faces)", ">1"),
-    Claim("output Δ: β-TCVAE (largest β) over VAE", "output", Selector("tcvae", "max"),
-          (Selector("vae", "min"), Selector("tcvae", "min")), "≈1.2", ">1"),
-    Claim("latent Δ: Seatbelt-VAE (largest β, L) over β-TCVAE (largest β)", "latent",
-          Selector("seatbelt", "max", "max"), Selector("tcvae", "max"), ">1 (more robust still)", ">1"),
-    Claim("output Δ: Seatbelt-VAE (largest β, L) over β-TCVAE (largest β)", "output",
-          Selector("seatbelt", "max", "max"), Selector("tcvae", "max"), ">1 (smaller margin)", ">1"),
-    Claim("latent Δ: Seatbelt-VAE (largest β, L) over (smallest β, L=1)", "latent",
-          Selector("seatbelt", "max", "max"),
-          (Selector("tcvae", "min"), Selector("vae", "min"), Selector("seatbelt", "min", "min")),
-          "≈10⁷ (β=1, L=1 → β=10, L=5)", ">1"),
-    Claim("latent Δ: β-TCDLGM (largest β, L) over (smallest β, L)", "latent",
-          Selector("tcdlgm", "max", "max"), Selector("tcdlgm", "min", "min"),
-          "≈1: not more robust with β or L", "<=1"),
-]
-
-
-NO_GROWTH_MARGIN = 1.5
-
-
-def _verdict(iv: Interval, expect: str) -> str:
-    """Words that say no more than the interval: "holds" / "does not hold" only when the whole
-    95% CI lies on one side of the claim's boundary, "inconclusive" when it straddles it."""
-    if not np.isfinite(iv.estimate):
-        return "not measured"
-    if not (np.isfinite(iv.lo) and np.isfinite(iv.hi)):
-        return f"inconclusive (no interval from {iv.n} pair(s))"
-    if expect == ">1":
-        if iv.lo > 1:
-            return "holds (CI above 1)"
-        if iv.hi < 1:
-            return "does not hold (CI below 1)"
-        return "inconclusive (CI includes 1)"
-    # expect "<= 1": the claim is that robustness does NOT grow ("≈1"); a few per cent more is
-    # "≈1" next to ×10³..10⁷, so the boundary is NO_GROWTH_MARGIN
-    if iv.hi <= NO_GROWTH_MARGIN:
-        return f"holds (CI below ×{NO_GROWTH_MARGIN:g})"
-    if iv.lo > NO_GROWTH_MARGIN:
-        return f"does not hold (grows: CI above ×{NO_GROWTH_MARGIN:g})"
-    return f"inconclusive (CI includes ×{NO_GROWTH_MARGIN:g})"
-
-
-def _unhealthy_text(trials: pd.DataFrame) -> str:
-    return "; ".join(f"{r.trial_id} ({r.health}: {r.health_reason})" for r in trials.itertuples())
-
-
-def headline_ratios(
-    attacks: pd.DataFrame,
-    similarity: dict[str, str | None] | None = None,
-    variants: Sequence[str] = ("all λ", "selected λ"),
-    seed: int = 0,
-    train: pd.DataFrame | None = None,
-) -> pd.DataFrame:
-    """The paper's headline ratios on this sweep's data, per dataset and λ variant.
-
-    Ratio of geometric means of the attack objective Δ, over (trial, pair) units; CI: percentile
-    bootstrap over input–target pairs (paired when both sides have the same pairs) of the ratio.
-    ``attacks`` holds every trial's rows; with ``train``, only healthy trials are measured: a
-    side whose trials are all unhealthy makes the claim "not measured", naming them, and the
-    ``left_out`` column names the unhealthy trials a side would otherwise have included.
-    ``verdict`` says whether the claim's direction holds here, in words its interval supports."""
-    cols = ["dataset", "claim", "variant", "numerator", "denominator", "ratio", "lo", "hi",
-            "pairs", "paper", "verdict", "left_out"]
-    if attacks.empty:
-        return pd.DataFrame(columns=cols)
-    similarity = similarity or {}
-    health = trial_health(train) if train is not None else None
-    healthy = healthy_trial_ids(train) if train is not None else None
-
-    def split(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """(healthy rows, the unhealthy trials among ``rows``)."""
-        if healthy is None or rows.empty:
-            return rows, pd.DataFrame(columns=["trial_id", "health", "health_reason"])
-        ids = rows["trial_id"].astype(str)
-        bad_ids = sorted(set(ids) - healthy)
-        bad = health.loc[health["trial_id"].isin(bad_ids)]
-        missing = sorted(set(bad_ids) - set(bad["trial_id"]))
-        if missing:
-            bad = pd.concat([bad, pd.DataFrame({"trial_id": missing, "health": UNKNOWN_HEALTH[0],
-                                                "health_reason": "the trial has no row in train/"})])
-        return rows.loc[ids.isin(healthy)], bad
-
-    out = []
-    for dataset in sorted(attacks["dataset"].dropna().unique()):
-        ds_rows = attacks.loc[attacks["dataset"] == dataset]
-        for claim in CLAIMS:
-            sim = similarity.get(claim.mode, default_similarity(ds_rows, claim.mode))
-            for variant in variants:
-                selected = variant == "selected λ"
-                rows = attack_rows(ds_rows, "objective", claim.mode, sim, selected_only=selected)
-                num_all, num_text = claim.numerator.pick(rows)
-                dens = claim.denominator if isinstance(claim.denominator, tuple) else (claim.denominator,)
-                den_all, den_text = dens[0].pick(rows)
-                for alt in dens[1:]:
-                    if not den_all.empty:
-                        break
-                    den_all, den_text = alt.pick(rows)
-                (num_rows, num_bad), (den_rows, den_bad) = split(num_all), split(den_all)
-                iv = Interval(float("nan"), float("nan"), float("nan"), 0)
-                if num_all.empty or den_all.empty:
-                    missing = num_text if num_all.empty else den_text
-                    verdict = f"not measured: no {claim.mode} attacks of {missing.split(' β=')[0]}"
-                elif num_rows.empty or den_rows.empty:
-                    text, bad = (num_text, num_bad) if num_rows.empty else (den_text, den_bad)
-                    verdict = f"not measured: no healthy trial of {text} ({_unhealthy_text(bad)})"
-                elif num_all.index.equals(den_all.index):
-                    verdict = "not measured: only one setting present"
-                else:
-                    iv = _ratio_of_geometric_means(pair_log_means(num_rows, "objective", selected),
-                                                   pair_log_means(den_rows, "objective", selected), seed=seed)
-                    verdict = _verdict(iv, claim.expect)
-                bad = pd.concat([num_bad, den_bad]).drop_duplicates(subset=["trial_id"])
-                out.append({
-                    "dataset": dataset, "claim": claim.claim, "variant": variant,
-                    "numerator": num_text, "denominator": den_text, "ratio": iv.estimate,
-                    "lo": iv.lo, "hi": iv.hi, "pairs": iv.n, "paper": claim.paper, "verdict": verdict,
-                    "left_out": _unhealthy_text(bad),
-                })
-    return pd.DataFrame(out, columns=cols)
 
 
 def noise_sigma(noise: pd.DataFrame, preferred: float = 1.0) -> float | None:

@@ -35,6 +35,7 @@ __all__ = [
     "fig_weight_norms",
     "fig_gallery",
     "fig_reconstructions",
+    "fig_thesis",
 ]
 
 DPI = 100
@@ -440,6 +441,18 @@ def fig_weight_norms(train: pd.DataFrame, out: Path, file: str = "table1_weight_
     )
 
 
+def _show_image(ax, img) -> None:
+    """One uint8 H×W×C picture in an axis without ticks ("missing" when None)."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if img is None:
+        ax.text(0.5, 0.5, "missing", ha="center", va="center", transform=ax.transAxes, fontsize=7)
+    elif img.shape[2] == 1:
+        ax.imshow(img[:, :, 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    else:
+        ax.imshow(img[:, :, :3], interpolation="nearest")
+
+
 def fig_gallery(
     gallery: pd.DataFrame,
     out: Path,
@@ -469,14 +482,7 @@ def fig_gallery(
     for i, r in enumerate(chosen):
         for j, (col, img) in enumerate(iter_gallery_images(r)):
             ax = axes[i][j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if img is None:
-                ax.text(0.5, 0.5, "missing", ha="center", va="center", transform=ax.transAxes, fontsize=7)
-            elif img.shape[2] == 1:
-                ax.imshow(img[:, :, 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-            else:
-                ax.imshow(img[:, :, :3], interpolation="nearest")
+            _show_image(ax, img)
             if i == 0:
                 ax.set_title(names[j], fontsize=7)
             if j == 0:
@@ -518,15 +524,7 @@ def fig_reconstructions(
             images = dict(iter_gallery_images(match.iloc[0])) if not match.empty else {}
             for j, panel in enumerate(("input", "reconstruction")):
                 ax = axes[i][2 * k + j]
-                ax.set_xticks([])
-                ax.set_yticks([])
-                img = images.get(panel)
-                if img is None:
-                    ax.text(0.5, 0.5, "missing", ha="center", va="center", transform=ax.transAxes, fontsize=7)
-                elif img.shape[2] == 1:
-                    ax.imshow(img[:, :, 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-                else:
-                    ax.imshow(img[:, :, :3], interpolation="nearest")
+                _show_image(ax, images.get(panel))
                 if i == 0:
                     ax.set_title(f"pair {int(pair)}: {panel}", fontsize=7)
         r = rows.iloc[0]
@@ -543,4 +541,54 @@ def fig_reconstructions(
         f"deterministic encoding), for {shown} of {total} attacked trials, unhealthy ones first; the label gives "
         "each trial's health (sweep.health). A model on the mean-image plateau draws the same blur for every "
         "input. Unhealthy trials appear only here and in the Training health table.",
+    )
+
+
+def fig_thesis(trials: pd.DataFrame, correlations: pd.DataFrame, out: Path,
+               file: str = "fig8_robustness_vs_disentanglement.png") -> FigureResult:
+    """Beyond the paper: each healthy trial's latent-attack robustness against its MIG and its
+    total correlation, with Spearman's ρ pooled and within each β."""
+    from analysis.thesis import SCORES
+
+    if trials.empty or "log_delta" not in trials.columns:
+        raise SkipFigure("no healthy trial with both latent attacks and disentanglement scores")
+    scores = [s for s in SCORES if s in trials.columns and pd.to_numeric(trials[s], errors="coerce").notna().any()]
+    if not scores:
+        raise SkipFigure("no MIG or TC in train/ (MIG needs ground-truth factors)")
+    datasets = _datasets(trials)
+    fig, axes = _new_figure(len(datasets), len(scores), w=4.8, h=3.8)
+    markers = "osD^v<>ph*"
+    betas = sorted(trials["beta"].dropna().unique())
+    for i, dataset in enumerate(datasets):
+        data = trials.loc[trials["dataset"] == dataset]
+        for j, score in enumerate(scores):
+            ax = axes[i][j]
+            for model in sorted(data["model"].unique(), key=agg.model_sort_key):
+                for k, beta in enumerate(betas):
+                    sub = data.loc[(data["model"] == model) & (data["beta"] == beta)]
+                    if sub.empty:
+                        continue
+                    ax.scatter(pd.to_numeric(sub[score], errors="coerce"), np.exp(sub["log_delta"]),
+                               color=_color(model), marker=markers[k % len(markers)], s=28, alpha=0.85,
+                               label=f"{agg.model_label(model)} β={beta:g}")
+            ax.set_yscale("log")
+            ax.set_xlabel(f"{SCORES[score]} ({'unitless' if score == 'mig' else 'nats'})")
+            ax.set_ylabel("Δ_latent (nats, log scale)")
+            rows = correlations.loc[(correlations["dataset"] == dataset) & (correlations["score"] == score)]
+            lines = [f"{'pooled' if r.beta == 'pooled' else 'β=' + r.beta}: ρ={_fmt(r.rho)} [{_fmt(r.lo)}, {_fmt(r.hi)}]"
+                     for r in rows.itertuples()]
+            ax.text(0.02, 0.98, "\n".join(lines), transform=ax.transAxes, va="top", fontsize=6,
+                    bbox=dict(facecolor="white", alpha=0.7, linewidth=0))
+            ax.set_title(f"{dataset}: robustness against {SCORES[score]}", fontsize=9)
+            ax.grid(True, alpha=0.3)
+            if j == len(scores) - 1:
+                ax.legend(fontsize=5, loc="lower right", ncol=2)
+    _suptitle(fig, "Latent-attack robustness against disentanglement, healthy trials (beyond the paper)", fontsize=10)
+    _save(fig, out / file)
+    return FigureResult(
+        file, "Robustness against disentanglement (beyond the paper)",
+        "Each healthy trial: the geometric mean over its input–target pairs of the pair's mean Δ_latent over the "
+        "positive λ, against its MIG and its total correlation (the top layer's, MSS estimate on held-out images). "
+        "Colour: model kind; marker: β. In each panel, Spearman's ρ pooled over the grid and within each β with its "
+        "95% interval (Fisher z, Bonett–Wright standard error).",
     )

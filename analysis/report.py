@@ -32,7 +32,9 @@ import numpy as np
 import pandas as pd
 
 from analysis import aggregate as agg
+from analysis import claims as cl
 from analysis import figures as figs
+from analysis import thesis
 from analysis.errors import AnalysisError, AnalysisWarning
 from analysis.load import (
     GALLERY_COLUMNS,
@@ -45,7 +47,7 @@ from analysis.load import (
     read_tracking,
     results_dir,
 )
-from analysis.stats import BOOTSTRAP_METHOD, LOG_METHOD, T_METHOD
+from analysis.stats import LOG_METHOD, T_METHOD
 from results import kinds, records
 from results.schema import TRIAL_FIELDS
 from results.store import Store
@@ -56,7 +58,7 @@ REPORT_ATTACK_COLUMNS = [
     *TRIAL_FIELDS, "mode", "similarity", "pair",
     "lam", "objective", "distortion_l2", "adv_target_l2", "target_nll", "selected", "auddc", "auddc_reason",
 ]
-NOISE_READ_COLUMNS = [*TRIAL_FIELDS, "sigma", "loglik"]
+NOISE_READ_COLUMNS = [*TRIAL_FIELDS, "sigma", "sample", "loglik"]
 
 
 @dataclass
@@ -213,9 +215,9 @@ def _render(out: Store, dest: Path) -> None:
     status = _status_section(config, train, attacks, noise, gallery_meta, c)
     excluded = agg.left_out(train, attacks, noise, gallery_meta)
     _health_section(train, excluded, c)
-    all_attacks = attacks
+    all_attacks, all_noise = attacks, noise
     # no conclusion from a model that did not learn: every figure and claim below reads the
-    # healthy trials only (the headline claims also get the others, to say why they are missing)
+    # healthy trials only (the claims also get the others, to say why they are missing)
     train_h = agg.keep_healthy(train, train)
     attacks = agg.keep_healthy(attacks, train)
     noise = agg.keep_healthy(noise, train)
@@ -249,13 +251,15 @@ def _render(out: Store, dest: Path) -> None:
     draw(figs.fig_noise, noise, dest)
     draw(figs.fig_weight_norms, train_h, dest)
 
-    ratios = agg.headline_ratios(all_attacks, similarity, train=train)
-    if not ratios.empty:
-        ratios.to_csv(dest / "headline_ratios.csv", index=False)
-        c.files.append("headline_ratios.csv")
-        c.tables.insert(0, ("Headline claims on this sweep's data", _ratio_caption(similarity), _ratio_html(ratios)))
+    claims = cl.claims_table(all_attacks, train, all_noise, similarity)
+    if not claims.empty:
+        claims.to_csv(dest / "claims.csv", index=False)
+        c.files.append("claims.csv")
+        c.tables.insert(0, ("The paper's claims on this sweep's data", _claims_caption(similarity),
+                            _claims_html(claims)))
     else:
-        c.notes.append("Headline-ratio table skipped: no attack results yet.")
+        c.notes.append("Claims table skipped: no finished trial yet.")
+    _thesis_section(attacks, train_h, similarity.get("latent"), dest, c, draw)
     norms = agg.weight_norm_table(train_h)
     if not norms.empty:
         norms.to_csv(dest / "weight_norms.csv", index=False)
@@ -293,6 +297,32 @@ def _normalise_train(train: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
         if col not in train.columns:
             train[col] = None
     return train
+
+
+def _thesis_section(attacks: pd.DataFrame, train: pd.DataFrame, similarity: str | None, dest: Path,
+                    c: _Content, draw) -> None:
+    """Beyond the paper: the rank correlation of log Δ_latent with MIG and TC, its figure, and
+    what it finds in words (``analysis.thesis``)."""
+    table = thesis.rank_correlations(attacks, train, similarity)
+    if table.empty:
+        c.notes.append("Robustness-against-disentanglement analysis skipped: no healthy trial with latent attacks.")
+        return
+    table.to_csv(dest / "robustness_vs_disentanglement.csv", index=False)
+    c.files.append("robustness_vs_disentanglement.csv")
+    trials = agg.ok_trials(train).merge(thesis.trial_robustness(attacks, similarity), on="trial_id")
+    draw(figs.fig_thesis, trials, table, dest)
+    rows = "".join(
+        f"<tr><td>{html.escape(str(r.dataset))}</td><td>{html.escape(thesis.SCORES[r.score])}</td>"
+        f"<td>{html.escape(str(r.beta))}</td><td>{_num(r.rho)} [{_num(r.lo)}, {_num(r.hi)}]</td><td>{int(r.trials)}</td></tr>"
+        for r in table.itertuples())
+    finding = "".join(f"<p>{html.escape(text)}</p>" for text in thesis.findings(table))
+    c.tables.append((
+        "Does disentangling go with robustness? (beyond the paper)",
+        "The paper varies β and reads robustness off it; this reads the link itself. Spearman's ρ across healthy "
+        "trials between log Δ_latent (geometric mean over the trial's pairs of each pair's mean Δ over the positive "
+        "λ) and MIG or the total correlation, pooled over the grid and within each β (β fixed). 95% interval: "
+        "Fisher z with the Bonett–Wright standard error.",
+        f"{finding}<table><tr><th>dataset</th><th>score</th><th>β</th><th>ρ [95% CI]</th><th>trials</th></tr>{rows}</table>"))
 
 
 def _health_section(train: pd.DataFrame, excluded: pd.DataFrame, c: _Content) -> None:
@@ -441,7 +471,7 @@ def _status_section(config, train, attacks, noise, gallery, c: _Content) -> str:
             notes.append(f"No attack results of model kind {label} yet.")
     if attacks.empty:
         notes.append("No attack results yet (attacks/ is missing or empty): the attack figures (Fig. 1, 5, 6) and "
-                     "the headline-ratio table are left out. Re-run the report when the attack step has run.")
+                     "the claims about Δ are left out. Re-run the report when the attack step has run.")
     else:
         attacked = set(attacks["trial_id"].astype(str))
         waiting = sorted(ok_ids - attacked)
@@ -476,31 +506,35 @@ def _num(v: Any, pct: bool = False) -> str:
     return f"{f:.3g}"
 
 
-def _ratio_caption(similarity: dict[str, str | None]) -> str:
+def _claims_caption(similarity: dict[str, str | None]) -> str:
     return (
-        "Ratio of geometric means of the attack objective Δ (higher = harder to attack), numerator over "
-        "denominator, over the healthy trials of each side. A unit is one (trial, input–target pair): 'all λ' is "
-        "the pair's mean Δ over the positive λ (the paper's Δ), 'selected λ' the Δ at the λ the attack step selected "
-        f"for the pair. Similarities: latent = {similarity.get('latent')}, output = {similarity.get('output')}. CI: "
-        f"{BOOTSTRAP_METHOD} (4000 resamples) of the ratio of geometric means, paired when both sides share the "
-        "pairs. A verdict says 'holds' or 'does not hold' only when the whole CI lies on one side of 1 (of "
-        f"×{agg.NO_GROWTH_MARGIN:g} for the β-TCDLGM claim, Δ does not grow, '≈1'), else 'inconclusive'; 'not "
-        "measured' names what is missing, unhealthy trials included (they never enter a ratio)."
+        "Each claim contrasts settings (a model kind at a β and L) over their healthy trials. Δ (the attack "
+        "objective, higher = harder to attack) and the weight norms: ratio of geometric means, numerator over "
+        "denominator; noise: difference of the mean log p(x|z), z ~ q(z|x+ε), σ = 1. Units: each (trial, input–target "
+        "pair) for Δ, 'all λ' being the pair's mean Δ over the positive λ (the paper's Δ) and 'selected λ' the Δ at "
+        "the λ the attack step selected; each trial for the norms; each (trial, image) for noise. Similarities: "
+        f"latent = {similarity.get('latent')}, output = {similarity.get('output')}. 95% interval of a linear mixed "
+        "model with trials (seeds) and pairs or images random (Welch–Satterthwaite t); 'trials' gives the trials "
+        "per setting. A verdict says 'holds' or 'does not hold' only when the whole interval lies on one side of "
+        f"the claim's boundary (1 for ratios, 0 for differences, ×{cl.NO_GROWTH_MARGIN:g} for 'Δ does not grow'), "
+        "else 'inconclusive'; with one trial per setting the interval holds pair-to-pair variation only and the "
+        "verdict says so. 'Not measured' names what is missing, unhealthy trials included (they never enter a claim)."
     )
 
 
-def _ratio_html(df: pd.DataFrame) -> str:
+def _claims_html(df: pd.DataFrame) -> str:
     head = ("<tr><th>dataset</th><th>claim</th><th>λ</th><th>numerator</th><th>denominator</th>"
-            "<th>ratio [95% CI]</th><th>pairs</th><th>paper</th><th>here</th><th>left out (not healthy)</th></tr>")
+            "<th>estimate [95% CI]</th><th>trials</th><th>units</th><th>paper</th><th>here</th>"
+            "<th>left out (not healthy)</th></tr>")
     body = []
     for r in df.itertuples():
         verdict = str(r.verdict)
         cls = "ok" if verdict.startswith("holds") else ("bad" if verdict.startswith("does not") else "na")
         body.append(
             f"<tr><td>{html.escape(str(r.dataset))}</td><td>{html.escape(r.claim)}</td><td>{html.escape(r.variant)}</td>"
-            f"<td>{html.escape(r.numerator)}</td><td>{html.escape(r.denominator)}</td>"
-            f"<td>{_num(r.ratio)} [{_num(r.lo)}, {_num(r.hi)}]</td><td>{int(r.pairs)}</td>"
-            f"<td>{html.escape(r.paper)}</td><td class='{cls}'>{html.escape(verdict)}</td>"
+            f"<td>{html.escape(str(r.numerator))}</td><td>{html.escape(str(r.denominator))}</td>"
+            f"<td>{_num(r.estimate)} [{_num(r.lo)}, {_num(r.hi)}]</td><td>{html.escape(str(r.trials or ''))}</td>"
+            f"<td>{int(r.units)}</td><td>{html.escape(r.paper)}</td><td class='{cls}'>{html.escape(verdict)}</td>"
             f"<td>{html.escape(str(r.left_out or ''))}</td></tr>"
         )
     return f"<table>{head}{''.join(body)}</table>"
@@ -569,9 +603,10 @@ def _page(out: Store, config, tracking, status: str, c: _Content) -> str:
     else:
         h.append("<p>All expected results are present.</p>")
     h.append(f"<p class='meta'>Confidence intervals: the attack objective Δ is summarised by its {esc(LOG_METHOD)}; "
-             f"other quantities by the {esc(T_METHOD)}, over the units named in each caption; ratios use a "
-             "percentile bootstrap over input–target pairs. Only healthy trials (Training health) enter them.</p>")
-    # tables first: the headline claims are the summary of the page
+             f"other quantities by the {esc(T_METHOD)}, over the units named in each caption; the claims use a "
+             "linear mixed model's interval (trials and pairs random). Only healthy trials (Training health) "
+             "enter them.</p>")
+    # tables first: the claims are the summary of the page
     for t_title, caption, body in c.tables:
         h.append(f"<h2>{esc(t_title)}</h2><p class='meta'>{esc(caption)}</p>{body}")
     if c.figures:

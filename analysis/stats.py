@@ -1,6 +1,6 @@
 """Confidence intervals.
 
-Three methods, all at 95% by default:
+Four methods, all at 95% by default:
 
 * **t-interval** for a mean (figures and aggregate tables of quantities on a linear scale):
   ``mean ± t_{(1+c)/2, n−1} · s / √n`` with ``s`` the sample standard deviation (ddof = 1).
@@ -8,10 +8,16 @@ Three methods, all at 95% by default:
 * **geometric mean with the t-interval of the log** (the attack objective Δ, which spans orders
   of magnitude and is positive): ``exp(mean log v)`` and ``exp(mean log v ± t · s_log / √n)``.
   The interval is a ratio interval around the geometric mean, so it never crosses 0.
-* **percentile bootstrap** for a ratio of means (Table 1) or of geometric means (the headline
-  claims): resample the units (input–target pairs, or trials) with replacement, recompute the
-  ratio, take the 2.5% and 97.5% quantiles. When numerator and denominator were measured on the
-  same units the resampling is paired (the same resampled units on both sides).
+* **percentile bootstrap** for a ratio of means (Table 1) or of geometric means: resample the
+  units (input–target pairs, or trials) with replacement, recompute the ratio, take the 2.5% and
+  97.5% quantiles. When numerator and denominator were measured on the same units the
+  resampling is paired (the same resampled units on both sides).
+* **a linear mixed model's interval for a contrast** (the claims table): trials (seeds) and
+  shared units (input–target pairs, or images) are both random; the variance of the contrast is
+  the sum of its seed and unit components (moment estimators of a two-way layout), the interval
+  a t-interval with Welch–Satterthwaite degrees of freedom (:func:`contrast_interval`). With few
+  seeds it keeps its 95% coverage where a hierarchical bootstrap (seeds, then pairs) does not
+  (``benchmarks/interval_coverage.py``; the README has its figures).
 """
 
 from __future__ import annotations
@@ -31,9 +37,11 @@ __all__ = [
     "t_interval",
     "bootstrap_ci",
     "bootstrap_ratio",
-    "bootstrap_log_ratio",
     "summarize",
     "summarize_log",
+    "ContrastGroup",
+    "ContrastInterval",
+    "contrast_interval",
 ]
 
 T_METHOD = "mean ± 95% t-interval (t_{0.975,n−1}·s/√n)"
@@ -139,41 +147,6 @@ def bootstrap_ratio(
     return Interval(est, float(lo), float(hi), n)
 
 
-def bootstrap_log_ratio(
-    numerator_logs: Sequence[float] | np.ndarray | pd.Series,
-    denominator_logs: Sequence[float] | np.ndarray | pd.Series,
-    paired: bool = False,
-    n_boot: int = 4000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> Interval:
-    """Ratio of geometric means ``exp(mean(numerator_logs) − mean(denominator_logs))`` with a
-    percentile-bootstrap CI; the arrays hold one natural log per unit (e.g. per pair). Paired:
-    the same resampled units on both sides, as in :func:`bootstrap_ratio`."""
-    if paired:
-        a = np.asarray(numerator_logs, dtype=float).ravel()
-        b = np.asarray(denominator_logs, dtype=float).ravel()
-        if a.size != b.size:
-            raise ValueError("paired bootstrap needs one numerator and one denominator value per unit")
-        keep = np.isfinite(a) & np.isfinite(b)
-        a, b = a[keep], b[keep]
-    else:
-        a, b = _clean(numerator_logs), _clean(denominator_logs)
-    n = int(min(a.size, b.size))
-    if n == 0:
-        return Interval(float("nan"), float("nan"), float("nan"), 0)
-    est = float(np.exp(a.mean() - b.mean()))
-    if min(a.size, b.size) < 2:
-        return Interval(est, float("nan"), float("nan"), n)
-    rng = np.random.default_rng(seed)
-    ia = rng.integers(0, a.size, size=(n_boot, a.size))
-    ib = ia if paired else rng.integers(0, b.size, size=(n_boot, b.size))
-    diffs = a[ia].mean(axis=1) - b[ib].mean(axis=1)
-    alpha = (1 - confidence) / 2
-    lo, hi = np.exp(np.quantile(diffs, [alpha, 1 - alpha]))
-    return Interval(est, float(lo), float(hi), n)
-
-
 def summarize_log(
     df: pd.DataFrame, by: Sequence[str], value: str, confidence: float = 0.95
 ) -> pd.DataFrame:
@@ -238,3 +211,73 @@ def summarize(
     out["hi"] = out["mean"] + half
     out["n"] = out["n"].astype(int)
     return out[cols]
+
+
+@dataclass(frozen=True)
+class ContrastGroup:
+    """One term of a contrast Σ_g coef_g · mean(values_g): ``values`` is [trials, units], the
+    units (input–target pairs, images) the same columns in every group. Groups of one
+    ``setting`` (e.g. the latent and output attacks of one model) hold the same trials in the same
+    row order; different settings have independent trials."""
+
+    setting: str
+    coef: float
+    values: np.ndarray
+
+
+@dataclass(frozen=True)
+class ContrastInterval:
+    estimate: float
+    lo: float
+    hi: float
+    df: float
+    trials: dict[str, int]   # trials per setting
+    units: int
+    seeds_measured: bool     # every setting had >= 2 trials, so seed variation is in the interval
+
+
+def contrast_interval(groups: Sequence[ContrastGroup], confidence: float = 0.95) -> ContrastInterval:
+    """Estimate and t-interval of Σ_g coef_g · mean(values_g) under a linear mixed model with
+    random trial (seed) effects per setting, random unit effects and a residual.
+
+    Variance of the estimate = Σ_settings var_s(z_k,s)/n_k + var_p(D_p)/P − Σ_k MS_k/(n_k P):
+    z_k,s is trial s's Σ_{g∈k} coef_g · (mean over units), D_p unit p's Σ_g coef_g · (mean over
+    trials), MS_k the residual mean square of the two-way layout of setting k (counted in both
+    other terms, so once removed). Degrees of freedom: Welch–Satterthwaite. A setting with one
+    trial contributes no seed term (``seeds_measured`` is then False); with one unit there is
+    no unit term, and the interval is Welch's two-sample t-interval on the trials."""
+    if not groups:
+        raise ValueError("a contrast needs at least one group")
+    units = {g.values.shape[1] for g in groups}
+    if len(units) != 1:
+        raise ValueError(f"every group needs the same units (columns), got {sorted(units)}")
+    P = units.pop()
+    settings: dict[str, list[ContrastGroup]] = {}
+    for g in groups:
+        settings.setdefault(g.setting, []).append(g)
+    estimate = float(sum(g.coef * np.mean(g.values) for g in groups))
+    components: list[tuple[float, float]] = []   # (variance term, its degrees of freedom)
+    residual = 0.0
+    trials = {}
+    for name, members in settings.items():
+        rows = {m.values.shape[0] for m in members}
+        if len(rows) != 1:
+            raise ValueError(f"groups of setting {name!r} must hold the same trials")
+        n = rows.pop()
+        trials[name] = n
+        w = sum(m.coef * np.asarray(m.values, dtype=float) for m in members)   # [n, P]
+        if n >= 2:
+            components.append((float(np.var(w.mean(axis=1), ddof=1)) / n, n - 1))
+            if P >= 2:
+                resid = w - w.mean(axis=1, keepdims=True) - w.mean(axis=0, keepdims=True) + w.mean()
+                residual += float((resid ** 2).sum() / ((n - 1) * (P - 1))) / (n * P)
+    if P >= 2:
+        d = sum(g.coef * np.asarray(g.values, dtype=float).mean(axis=0) for g in groups)
+        components.append((max(float(np.var(d, ddof=1)) / P - residual, 0.0), P - 1))
+    variance = sum(v for v, _ in components)
+    seeds_measured = all(n >= 2 for n in trials.values())
+    if not components or variance <= 0:
+        return ContrastInterval(estimate, float("nan"), float("nan"), float("nan"), trials, P, seeds_measured)
+    df = variance ** 2 / sum(v ** 2 / k for v, k in components if v > 0)
+    half = float(_st.t.ppf(0.5 + confidence / 2, df)) * float(np.sqrt(variance))
+    return ContrastInterval(estimate, estimate - half, estimate + half, float(df), trials, P, seeds_measured)

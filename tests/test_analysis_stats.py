@@ -198,68 +198,6 @@ def test_heatmap_l1_row_is_tcvae(hand_folder):
     assert set(table.index) == {(1, 1.0), (1, 4.0), (2, 4.0)}
 
 
-def test_headline_ratio_by_hand(hand_folder):
-    ratios = agg.headline_ratios(load_attacks(hand_folder), variants=("all λ",))
-    row = ratios.loc[ratios["claim"].str.startswith("latent Δ: β-TCVAE")].iloc[0]
-    # pair values: β-TCVAE β=4: (20, 100); VAE: (1, 2) -> ratio of geometric means sqrt(2000 / 2)
-    assert row["ratio"] == pytest.approx(math.sqrt(1000))
-    # paired bootstrap over two pairs can only give 20/1, 100/2 or their geometric mean
-    assert 20.0 - 1e-9 <= row["lo"] <= row["hi"] <= 50.0 + 1e-9
-    assert row["pairs"] == 2 and row["verdict"] == "holds (CI above 1)"
-    assert row["denominator"] == "VAE β=1"
-    sb = ratios.loc[ratios["claim"].str.startswith("latent Δ: Seatbelt-VAE (largest β, L) over β-TCVAE")].iloc[0]
-    # Seatbelt pair values (1e3, 1e4) over β-TCVAE β=4 (20, 100): sqrt(1e7 / 2000)
-    assert sb["ratio"] == pytest.approx(math.sqrt(5000))
-    # no output attacks of the VAE: the fallback denominator is β-TCVAE at its smallest β, which has
-    # no output rows either except β=4 -> same rows on both sides
-    out = ratios.loc[ratios["claim"].str.startswith("output Δ: β-TCVAE")].iloc[0]
-    assert out["verdict"].startswith("not measured")
-    dlgm = ratios.loc[ratios["claim"].str.contains("TCDLGM")].iloc[0]
-    assert dlgm["verdict"].startswith("not measured")
-
-
-def _train_rows(attacks, health):
-    """One ok train row per attacked trial, with the given health (default healthy)."""
-    rows = attacks.drop_duplicates(subset=["trial_id"])[["trial_id", "dataset", "model", "beta", "layers",
-                                                         "z_dim", "seed"]].copy()
-    rows["status"] = "ok"
-    rows["health"] = [health.get(t, "healthy") for t in rows["trial_id"]]
-    rows["health_reason"] = [f"hand-made {h}" for h in rows["health"]]
-    return rows
-
-
-def test_an_unhealthy_trial_never_enters_a_claim(hand_folder):
-    attacks = load_attacks(hand_folder)
-    seatbelt = "d-seatbelt-b4-L2-z10-s0"
-    train = _train_rows(attacks, {seatbelt: "plateau"})
-    ratios = agg.headline_ratios(attacks, variants=("all λ",), train=train)
-    for _, row in ratios.loc[ratios["claim"].str.contains("Seatbelt") & (ratios["claim"].str.startswith("latent"))].iterrows():
-        assert row["verdict"].startswith("not measured: no healthy trial of Seatbelt-VAE L=2 β=4")
-        assert seatbelt in row["verdict"] and "plateau" in row["verdict"] and seatbelt in row["left_out"]
-        assert math.isnan(row["ratio"])
-    tc = ratios.loc[ratios["claim"].str.startswith("latent Δ: β-TCVAE")].iloc[0]
-    assert tc["verdict"] == "holds (CI above 1)" and tc["left_out"] == ""
-    # a trial absent from train/ has no known health: left out as well
-    ratios = agg.headline_ratios(attacks, variants=("all λ",), train=train.loc[train["trial_id"] != seatbelt])
-    sb = ratios.loc[ratios["claim"].str.startswith("latent Δ: Seatbelt-VAE (largest β, L) over β-TCVAE")].iloc[0]
-    assert "no row in train/" in sb["verdict"]
-    assert set(agg.keep_healthy(attacks, train)["trial_id"]) == set(attacks["trial_id"]) - {seatbelt}
-    assert list(agg.left_out(train, attacks)["trial_id"]) == [seatbelt]
-
-
-@pytest.mark.parametrize("lo,hi,expect,verdict", [
-    (1.2, 3.0, ">1", "holds (CI above 1)"),
-    (0.2, 0.9, ">1", "does not hold (CI below 1)"),
-    (0.8, 3.0, ">1", "inconclusive (CI includes 1)"),
-    (0.5, 1.4, "<=1", "holds (CI below ×1.5)"),
-    (1.6, 9.0, "<=1", "does not hold (grows: CI above ×1.5)"),
-    (0.9, 9.0, "<=1", "inconclusive (CI includes ×1.5)"),
-])
-def test_verdict_words_agree_with_the_interval(lo, hi, expect, verdict):
-    from analysis.stats import Interval
-    assert agg._verdict(Interval(1.1, lo, hi, 10), expect) == verdict
-
-
 def test_weight_norm_table_by_hand(hand_folder):
     table = agg.weight_norm_table(load_train(hand_folder)).set_index("part")
     enc, dec = table.loc["encoder"], table.loc["decoder"]

@@ -191,7 +191,9 @@ def test_tracking_server_lost_mid_sweep_keeps_results_and_backfills(sweep):
     assert (ok["status"] == "FINISHED").all()
     assert ok["metrics.elbo"].notna().all() and ok["metrics.mig"].notna().all()
     assert ok["metrics.latent_kl_objective_mean"].notna().all()
-    assert ok["metrics.output_auddc_mean"].notna().all()
+    # the output attack's summaries too (its AUDDC may be NaN: these 30-step models reconstruct
+    # source and target alike, and AUDDC is then not reported)
+    assert ok["metrics.output_objective_mean"].notna().all()
 
 
 @pytest.mark.slow

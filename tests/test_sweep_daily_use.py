@@ -144,7 +144,7 @@ def test_a_trial_run_holds_its_model_its_curves_and_no_tune_internals(sweep, tmp
     parents, children = runs(sweep.uri)
     assert len(parents) == 1 and set(children["tags.trial_id"]) == TRIALS and len(children) == len(TRIALS)
     metrics = {c.removeprefix("metrics.") for c in children.columns if c.startswith("metrics.")}
-    assert "elbo" in metrics and "loss" in metrics and "output_auddc_mean" in metrics
+    assert "elbo" in metrics and "loss" in metrics and "output_objective_mean" in metrics
     assert not metrics & TUNE_FIELDS, f"Tune internals logged as metrics: {metrics & TUNE_FIELDS}"
     assert not metrics & GRID_FIELDS, f"grid fields logged as metrics: {metrics & GRID_FIELDS}"
     assert GRID_FIELDS <= {c.removeprefix("params.") for c in children.columns if c.startswith("params.")}

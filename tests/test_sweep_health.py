@@ -92,15 +92,15 @@ def test_a_collapsed_model_is_named_collapsed_and_the_report_measures_nothing_on
                    out / "train" / f"{collapsed}.parquet")
 
     report = build_report(out, log_to_mlflow=False)
-    ratios = pd.read_csv(report / "headline_ratios.csv").fillna("")
-    seatbelt_claims = ratios.loc[ratios["numerator"].str.startswith("Seatbelt-VAE L=3 β=10")]
-    assert len(seatbelt_claims) >= 4
+    claims = pd.read_csv(report / "claims.csv").fillna("")
+    seatbelt_claims = claims.loc[claims["numerator"].str.startswith("Seatbelt-VAE L=3 β=10")]
+    assert len(seatbelt_claims) >= 8
     for verdict in seatbelt_claims["verdict"]:
         assert verdict.startswith("not measured: no healthy trial of Seatbelt-VAE L=3 β=10"), verdict
         assert collapsed in verdict and "collapsed" in verdict
-    assert (seatbelt_claims["ratio"] == "").all()
-    tcvae = ratios.loc[ratios["claim"].str.startswith("latent Δ: β-TCVAE") & (ratios["variant"] == "all λ")].iloc[0]
-    assert tcvae["verdict"] == "holds (CI above 1)"
+    assert (seatbelt_claims["estimate"] == "").all()
+    tcvae = claims.loc[(claims["claim"] == "latent Δ: β-TCVAE (largest β) over VAE") & (claims["variant"] == "all λ")].iloc[0]
+    assert tcvae["estimate"] > 10 and "not measured" not in tcvae["verdict"]
     summary = pd.read_csv(report / "attack_summary.csv")
     assert not ((summary["model"] == "seatbelt") & (summary["beta"] == 10.0)).any()
     page = (report / "index.html").read_text(encoding="utf-8")
