@@ -79,7 +79,7 @@ ATTACK_COLUMNS = [
     "sweep", "trial_id", *GRID_FIELDS, "mode", "similarity", "pair", "source_index",
     "target_index", "lam", "objective", "distance", "distortion_l2", "adv_target_l2",
     "target_nll", "source_target_l2", "rec_source_target_l2", "rec_target_target_l2",
-    "selected", "auddc", "solver", "iterations", "seconds",
+    "selected", "auddc", "solver", "iterations", "evaluations", "seconds",
 ]
 GALLERY_IMAGE_COLUMNS = [
     "input", "reconstruction", "adversarial", "distortion", "adversarial_reconstruction", "target",
