@@ -32,7 +32,8 @@ __all__ = ["run_attacks", "attack_problems", "problem_generators", "attack_metri
 ATTACK_COLUMNS = (
     "mode", "similarity", "pair", "source_index", "target_index", "lam", "objective", "distance",
     "distortion_l2", "adv_target_l2", "target_nll", "source_target_l2", "rec_source_target_l2",
-    "rec_target_target_l2", "selected", "auddc", "auddc_reason", "solver", "iterations", "seconds",
+    "rec_target_target_l2", "selected", "auddc", "auddc_reason", "solver", "iterations",
+    "evaluations", "seconds",
 )
 GALLERY_PANELS = ("input", "reconstruction", "adversarial", "distortion",
                   "adversarial_reconstruction", "target")
@@ -219,7 +220,8 @@ def run_attacks(
                     "rec_source_target_l2", "rec_target_target_l2")},
                 "selected": j == sel, "auddc": float(area), "auddc_reason": area_reason,
                 "solver": config.solver,
-                "iterations": int(result.iterations[p]), "seconds": float(result.seconds[p]),
+                "iterations": int(result.iterations[p]),
+                "evaluations": int(result.evaluations[p]), "seconds": float(result.seconds[p]),
             })
         p = i * m + sel
         C, H, W = sources.shape[1:]

@@ -83,6 +83,7 @@ ATTACKS = pa.schema(IDENTITY + [
     ("auddc_reason", pa.string()),  # why auddc is NaN; empty when it is defined
     ("solver", pa.string()),
     ("iterations", pa.int64()),
+    ("evaluations", pa.int64()),   # objective + gradient evaluations (--plan reads them)
     ("seconds", pa.float64()),
 ])
 

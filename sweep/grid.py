@@ -57,9 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="how many times faster a GPU is than this machine's measurement; only "
                            "used when no GPU is present (default 1: figures are this device's)")
     plan.add_argument("--evals-per-attack", type=float, default=None,
-                      help="objective evaluations an attack takes on average (default: the solver's "
-                           "limit min(maxiter, maxfun), an upper bound); benchmarks/attack.py "
-                           "prints evaluations/attack")
+                      help="objective evaluations an attack takes on average (default: measured, "
+                           "the mean over the attack rows in --out when it holds this config's, "
+                           "else by attacking briefly trained models; the plan says which)")
+    plan.add_argument("--calibration-steps", type=int, default=200,
+                      help="training steps of the models attacked to measure evaluations per "
+                           "attack when --out has no attack rows (default 200)")
     plan.add_argument("--plan-steps", type=int, default=2,
                       help="training steps timed per model shape (after one warm-up step)")
     return parser
@@ -113,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
         print(describe(cfg, specs, listing=False))
         print()
         print(plan_sweep(cfg, specs, gpus=args.gpus, gpu_speedup=args.gpu_speedup,
-                         evals_per_attack=args.evals_per_attack, steps=args.plan_steps))
+                         evals_per_attack=args.evals_per_attack, steps=args.plan_steps,
+                         out=args.out or str(Path("sweeps") / cfg.name),
+                         calibration_steps=args.calibration_steps))
         return 0
     if args.dry_run:
         from sweep.pipeline import missing_data_paths

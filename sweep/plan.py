@@ -5,16 +5,20 @@
 Measures, on this machine's device (the first CUDA GPU if there is one, else the CPU with the
 threads one trial gets), a few full training steps (objective, backward, Adam) of the grid's
 shallowest and deepest model of each architecture at the trial's batch size and widths, and the
-seconds per objective evaluation of each attack mode on the deepest model; then multiplies out:
+seconds per objective evaluation of each attack mode on the deepest model with the configured
+solver; then multiplies out:
 
 * training: trials x steps x seconds/step (depth in between: interpolated linearly in L);
 * attacks: checkpoints x attacks x evaluations/attack x seconds/evaluation.
 
 Without a GPU the figures are this CPU's; ``--gpu-speedup`` (how many times faster one GPU is,
 e.g. from ``benchmarks/train_step.py`` run on both) turns them into GPU figures, and the output
-says which it did. ``--evals-per-attack`` is the one figure that cannot be measured without
-running the attacks on trained models: by default it is the solver's limit (``min(maxiter,
-maxfun)``: L-BFGS-B takes about one evaluation per iteration), an upper bound; ``benchmarks/attack.py`` prints evaluations/attack.
+says which it did. Evaluations per attack depend on the trained models, so they are measured:
+the mean of the ``evaluations`` column of the sweep's own ``attacks/`` rows when its results
+folder (``--out``, same config fingerprint) holds some with the configured solver
+(``evaluations_from_rows``), else, for each architecture without rows, by attacking a briefly
+trained model (``calibrate_evaluations``); ``--evals-per-attack`` overrides both. The output
+says which it used, and the training and attack shares of the GPU-hours.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import platform
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 from results import kinds
 from sweep.config import SweepConfig
@@ -92,7 +97,9 @@ def measure_step(cfg: SweepConfig, shape: Shape, kind: str, z_dim: int, device, 
 
 def measure_evaluation(cfg: SweepConfig, shape: Shape, kind: str, z_dim: int, device,
                        mode: str, similarity: str) -> float:
-    """Seconds per objective+gradient evaluation of one attack, with the configured solver."""
+    """Seconds per objective+gradient evaluation of one attack with the configured solver: one
+    problem for scipy (it solves one at a time), a batch of a task's size (at most 64) for the
+    batched solver, whose cost per evaluation is the batch's share."""
     import dataclasses
 
     import torch
@@ -100,17 +107,162 @@ def measure_evaluation(cfg: SweepConfig, shape: Shape, kind: str, z_dim: int, de
     from attacks.run import attack_problems
 
     model = _model(cfg, shape, kind, z_dim).to(device).eval()
-    x, target = _images(shape, 2, device).split(1)
+    P = 1 if cfg.attack.solver == "scipy" else min(64, cfg.resources.resolved_pairs_per_task(cfg.attack)
+                                                   * len(cfg.attack.resolved_lams()))
+    x, target = _images(shape, 2 * P, device).split(P)
+    lams = torch.full((P,), 1.0, device=device)
     attack_cfg = dataclasses.replace(cfg.attack, maxiter=6, maxfun=8)
     best = float("inf")
     for _ in range(2):  # the first run warms up
         _sync(device)
         started = time.perf_counter()
-        result, _, _ = attack_problems(model, x, target, torch.tensor([1.0], device=device), mode,
-                                       similarity, attack_cfg, [0], [1], seed=0)
+        result, _, _ = attack_problems(model, x, target, lams, mode, similarity, attack_cfg,
+                                       list(range(P)), list(range(P, 2 * P)), seed=0)
         _sync(device)
         best = min(best, (time.perf_counter() - started) / max(1, int(result.evaluations.sum())))
     return best
+
+
+@dataclass(frozen=True)
+class EvaluationCounts:
+    """Mean objective evaluations per attack by (architecture, "mode/similarity"), and where
+    they come from (printable)."""
+
+    per_task: dict[tuple[str, str], float]
+    source: str
+
+    def covers(self, architecture: str, tasks: list[str]) -> bool:
+        return all((architecture, task) in self.per_task for task in tasks)
+
+
+def evaluations_from_rows(cfg: SweepConfig, out: str) -> tuple[EvaluationCounts | None, str]:
+    """The mean evaluations per attack, by architecture and mode/similarity, of the attack rows
+    in the results folder ``out`` that the configured solver solved; or None and why there are
+    none: no such folder, it holds another config's results (its ``sweep.json`` fingerprint
+    differs), or it has no attack rows with an ``evaluations`` column (files written before
+    the column are skipped)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from results import layout, records
+    from results.errors import UserError
+    from results.store import Store, is_uri
+
+    if not is_uri(out) and not Path(out.removeprefix("file://")).expanduser().is_dir():
+        return None, f"no results folder {out}"
+    store = Store(out)
+    try:
+        _, fingerprint = records.read_sweep(store)
+    except UserError:
+        return None, f"{store.uri_of(layout.SWEEP_JSON)} missing or unreadable"
+    if fingerprint != cfg.fingerprint():
+        return None, (f"{store.uri} holds another sweep config's results (fingerprint {fingerprint}, "
+                      f"this config {cfg.fingerprint()})")
+    wanted = ["dataset", "mode", "similarity", "solver", "evaluations"]
+    tables = []
+    for relpath in store.list_files(layout.ATTACKS, ".parquet"):
+        try:
+            table = store.read_table(relpath)
+        except (OSError, pa.ArrowException, ValueError):  # unreadable: the analysis reports it
+            continue
+        if all(name in table.column_names for name in wanted):  # else written before the column
+            tables.append(table.select(wanted))
+    table = pa.concat_tables(tables) if tables else None
+    if table is not None:
+        table = table.filter(pc.and_(pc.equal(table["solver"], cfg.attack.solver),
+                                     pc.is_valid(table["evaluations"])))
+    if table is None or table.num_rows == 0:
+        return None, (f"{store.uri_of(layout.ATTACKS)} has no attack rows with evaluations "
+                      f"(solver {cfg.attack.solver})")
+    sums: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
+    grouped = table.group_by(["dataset", "mode", "similarity"]).aggregate(
+        [("evaluations", "sum"), ("evaluations", "count")])
+    for row in grouped.to_pylist():
+        key = (cfg.train.architecture_for(row["dataset"]), f"{row['mode']}/{row['similarity']}")
+        sums[key][0] += row["evaluations_sum"]
+        sums[key][1] += row["evaluations_count"]
+    return EvaluationCounts(
+        {key: total / n for key, (total, n) in sums.items()},
+        f"measured: the mean over this sweep's {table.num_rows:,} attack rows "
+        f"({store.uri_of(layout.ATTACKS)}, solver {cfg.attack.solver})"), ""
+
+
+def calibrate_evaluations(cfg: SweepConfig, architectures: list[str], device, steps: int = 200,
+                          n_pairs: int = 2, n_lambdas: int = 4, why: str = "") -> EvaluationCounts:
+    """Evaluations per attack measured on a briefly trained model of each architecture: a VAE
+    (L 1, z 6, hidden width 256) started at the mean image and trained ``steps`` Adam steps
+    (lr 3e-3, batch 64) on generated dSprites, then attacked with the configured solver and
+    tolerances on ``n_pairs`` held-out pairs at ``n_lambdas`` of the configured λ (spread over
+    the grid) in every mode. The mean is over those attacks. ``why``: why calibrate (printed)."""
+    import torch
+
+    from attacks.metrics import sample_pairs
+    from attacks.run import attack_problems
+    from models import ModelConfig, build_model
+    from sweep.data import load_dataset
+
+    started = time.perf_counter()
+    data = load_dataset("dsprites_generated", size=10_000, seed=0, held_out=0.1)
+    mean_image = data.pixel_statistics("train", max_images=5_000)[0]
+    lams = cfg.attack.resolved_lams()
+    picked = sorted({round(i * (len(lams) - 1) / max(1, n_lambdas - 1)) for i in range(n_lambdas)})
+    picked = [lams[i] for i in picked]
+    pairs = sample_pairs(data.held_out_indices.tolist(), n_pairs, seed=0)
+    src = [s for s, _ in pairs for _ in picked]
+    tgt = [t for _, t in pairs for _ in picked]
+    x, xt = data.batch(src).to(device), data.batch(tgt).to(device)
+    lam = torch.tensor(picked * n_pairs, dtype=torch.float32, device=device)
+    per_task: dict[tuple[str, str], float] = {}
+    for arch in architectures:
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(kind="vae", architecture=arch, z_dim=6, layers=1,
+                                        hidden_dim=256, dataset_size=len(data.train_indices)))
+        model.set_mean_image(mean_image)
+        model.to(device).train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(steps):
+            loss = model.objective(data.sample_batch(generator, 64).to(device)).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        for mode, sim in cfg.attack.tasks():
+            result, _, _ = attack_problems(model, x, xt, lam, mode, sim, cfg.attack, src, tgt,
+                                           seed=0)
+            per_task[(arch, f"{mode}/{sim}")] = float(result.evaluations.mean())
+    because = f" ({why})" if why else ""
+    return EvaluationCounts(
+        per_task, f"calibrated{because}: {n_pairs} pairs x {len(picked)} lambdas per mode on a VAE "
+        f"({', '.join(architectures)}: L 1, z 6, width 256) trained {steps} steps on generated "
+        f"dSprites, solver {cfg.attack.solver} ({time.perf_counter() - started:.0f}s)")
+
+
+def evaluation_counts(cfg: SweepConfig, architectures: list[str], device, out: str | None = None,
+                      evals_per_attack: float | None = None, calibration_steps: int = 200
+                      ) -> EvaluationCounts:
+    """Evaluations per attack for every (architecture, task) of the sweep: ``evals_per_attack``
+    when given; else the sweep's own attack rows in ``out`` for the architectures they cover
+    (every task), and a calibration (``calibrate_evaluations``) for the others."""
+    tasks = [f"{mode}/{sim}" for mode, sim in cfg.attack.tasks()]
+    if evals_per_attack is not None:
+        return EvaluationCounts({(a, t): float(evals_per_attack) for a in architectures for t in tasks},
+                                "given (--evals-per-attack)")
+    rows, why_not = evaluations_from_rows(cfg, out) if out else (None, "no results folder given")
+    per_task: dict[tuple[str, str], float] = {}
+    sources = []
+    if rows is not None:
+        covered = [a for a in architectures if rows.covers(a, tasks)]
+        per_task.update({(a, t): rows.per_task[(a, t)] for a in covered for t in tasks})
+        sources.append(rows.source + ("" if len(covered) == len(architectures) else
+                                      f" for {', '.join(covered) or 'no architecture'}"))
+    missing = [a for a in architectures if not all((a, t) in per_task for t in tasks)]
+    if missing:
+        why = why_not if rows is None else "this sweep has no attack rows of them yet"
+        calibrated = calibrate_evaluations(cfg, missing, device, steps=calibration_steps, why=why)
+        per_task.update(calibrated.per_task)
+        sources.append(calibrated.source)
+    return EvaluationCounts(per_task, "; ".join(sources))
 
 
 def _device():
@@ -128,20 +280,26 @@ def _device():
 
 
 def plan_sweep(cfg: SweepConfig, specs: list[TrialSpec], gpus: float = 8, gpu_speedup: float | None = None,
-               evals_per_attack: float | None = None, steps: int = 2) -> str:
-    """The plan as printable text (see the module docstring)."""
+               evals_per_attack: float | None = None, steps: int = 2, out: str | None = None,
+               calibration_steps: int = 200) -> str:
+    """The plan as printable text (see the module docstring); ``out``: the sweep's results
+    folder, whose attack rows give the evaluations per attack when it has some."""
     import torch
 
+    from models.errors import UserError
+
     if gpus <= 0:
-        raise ValueError("--gpus must be > 0")
+        raise UserError("--gpus must be > 0")
+    if evals_per_attack is not None and evals_per_attack <= 0:
+        raise UserError("--evals-per-attack must be > 0")
+    if calibration_steps < 0:
+        raise UserError("--calibration-steps must be >= 0")
     device, device_name = _device()
     on_gpu = device.type == "cuda"
     threads = max(1, int(cfg.resources.cpus_per_trial))
     if not on_gpu:
         torch.set_num_threads(threads)
     speedup = 1.0 if on_gpu else (gpu_speedup or 1.0)
-    # L-BFGS-B takes about one evaluation per iteration; it stops at maxiter or maxfun.
-    evals = float(evals_per_attack) if evals_per_attack else float(min(cfg.attack.maxiter, cfg.attack.maxfun))
     z_dim = max(cfg.grid.z_dims)
     started = time.perf_counter()
 
@@ -167,6 +325,8 @@ def plan_sweep(cfg: SweepConfig, specs: list[TrialSpec], gpus: float = 8, gpu_sp
             for mode, sim in cfg.attack.tasks()
         }
     measure_seconds = time.perf_counter() - started
+    counts = evaluation_counts(cfg, sorted({a for a, _ in families}), device, out=out,
+                               evals_per_attack=evals_per_attack, calibration_steps=calibration_steps)
 
     attacks_per_task = cfg.attack.n_pairs * len(cfg.attack.resolved_lams())
     lines = []
@@ -203,21 +363,21 @@ def plan_sweep(cfg: SweepConfig, specs: list[TrialSpec], gpus: float = 8, gpu_sp
 
     lines.append("")
     lines.append(f"  attacks ({attacks_per_task:,} per (checkpoint, mode): {cfg.attack.n_pairs} pairs x "
-                 f"{len(cfg.attack.resolved_lams())} lambdas; solver {cfg.attack.solver}, "
-                 f"{evals:,.0f} evaluations/attack "
-                 + ("(--evals-per-attack)" if evals_per_attack else "(the solver's limit, min(maxiter, maxfun): an upper bound; "
-                    "set --evals-per-attack from benchmarks/attack.py)") + ")")
-    lines.append(f"    {'architecture':12s} {'ch':>2s} {'mode':14s} {'checkpoints':>11s} {'ms/eval':>8s} {'s/attack':>9s} {'GPU-h':>10s}")
+                 f"{len(cfg.attack.resolved_lams())} lambdas; solver {cfg.attack.solver})")
+    lines.append(f"    evaluations per attack: {counts.source}")
+    lines.append(f"    {'architecture':12s} {'ch':>2s} {'mode':14s} {'checkpoints':>11s} {'evals':>6s} {'ms/eval':>8s} "
+                 f"{'s/attack':>9s} {'GPU-h':>10s}")
     attack_hours = 0.0
     checkpoints = Counter((shape_of(cfg, s).architecture, shape_of(cfg, s).channels) for s in specs)
     for family in families:
         for task, seconds in eval_cost[family].items():
             per_eval = seconds / speedup
+            evals = counts.per_task[(family[0], task)]
             per_attack = per_eval * evals
             hours = per_attack * attacks_per_task * checkpoints[family] / 3600
             attack_hours += hours
             lines.append(f"    {family[0]:12s} {family[1]:2d} {task:14s} {checkpoints[family]:11d} "
-                         f"{1000 * per_eval:8.2f} {per_attack:9.2f} {hours:10,.1f}")
+                         f"{evals:6.0f} {1000 * per_eval:8.2f} {per_attack:9.2f} {hours:10,.1f}")
     lines.append("    (ms/eval on the deepest model of the architecture: an upper estimate for shallower ones)")
 
     total = train_hours + attack_hours
@@ -225,7 +385,9 @@ def plan_sweep(cfg: SweepConfig, specs: list[TrialSpec], gpus: float = 8, gpu_sp
     attack_wall = attack_hours / gpus
     lines.append("")
     lines.append(f"  total: {len(specs)} trials, {len(specs) * attacks_per_task * len(cfg.attack.tasks()):,} attacks")
-    lines.append(f"    GPU-hours: {train_hours:,.1f} training + {attack_hours:,.1f} attacks = {total:,.1f}")
+    lines.append(f"    GPU-hours: {train_hours:,.1f} training + {attack_hours:,.1f} attacks = {total:,.1f} "
+                 f"(training {100 * train_hours / max(total, 1e-12):.0f}%, "
+                 f"attacks {100 * attack_hours / max(total, 1e-12):.0f}%)")
     lines.append(f"    wall time on {gpus:g} GPUs: {_duration(train_wall)} training (the longest trial alone: "
                  f"{_duration(longest)}) + {_duration(attack_wall)} attacks = {_duration(train_wall + attack_wall)}")
     res = cfg.resources

@@ -448,9 +448,23 @@ def test_config_defaults_and_tasks():
 
 # --- driver -------------------------------------------------------------------------------
 
-def test_run_attacks_rows_gallery_and_batch_independence():
+def test_run_attacks_rows_gallery_and_batch_independence(monkeypatch):
+    import attacks.run
     from attacks.run import ATTACK_COLUMNS, GALLERY_PANELS, run_attacks
 
+    solved = []  # what the real solver returned (a spy: it still solves)
+    get_solver = attacks.run.get_solver
+
+    def spied(name):
+        solver = get_solver(name)
+
+        class Spy:
+            def solve(self, *args):
+                solved.append(solver.solve(*args))
+                return solved[-1]
+        return Spy()
+
+    monkeypatch.setattr(attacks.run, "get_solver", spied)
     model = LinearGaussianVAE()
     model.train()
     src, tgt = images(2, 20), images(2, 21)
@@ -459,6 +473,10 @@ def test_run_attacks_rows_gallery_and_batch_independence():
     rows, gallery = run_attacks(model, src, tgt, [7, 8], [1, 2], [3, 4], lams, "latent", "kl", cfg, seed=5)
     assert model.training  # restored
     assert len(rows) == 10 and all(tuple(r) == ATTACK_COLUMNS for r in rows)
+    # the evaluations column is the solver's count, problem by problem (--plan averages it)
+    (result,) = solved
+    assert [r["evaluations"] for r in rows] == [int(n) for n in result.evaluations]
+    assert all(isinstance(r["evaluations"], int) and r["evaluations"] >= max(1, r["iterations"]) for r in rows)
     for pair in (7, 8):
         pr = [r for r in rows if r["pair"] == pair]
         assert [r["lam"] for r in pr] == lams

@@ -56,7 +56,7 @@ def test_plan_prints_trials_attacks_costs_and_gpu_hours(tmp_path):
     assert "sweep 'planned': 5 trials, 60 attacks" in text
     assert "plan for 4 GPUs, measured on this device: CPU" in text
     assert "GPU figures = this CPU's / 10 (--gpu-speedup 10" in text
-    assert "50 evaluations/attack (--evals-per-attack)" in text
+    assert "evaluations per attack: given (--evals-per-attack)" in text
     assert "GPU-hours:" in text and "wall time on 4 GPUs:" in text
     assert "latent/kl" in text and "output/elbo" in text
 
