@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from analysis import aggregate as agg
-from analysis.load import list_parquet_files, load_attacks
+from analysis.claims import claims_table
+from analysis.load import list_parquet_files, load_attacks, load_train
 from analysis.report import REPORT_ATTACK_COLUMNS
 from analysis.synthetic import write_synthetic_results
 
@@ -73,8 +74,9 @@ def main() -> None:
         timed("aggregate: Seatbelt heatmap over (β, L)",
               lambda: agg.attack_heatmap(cols, "objective", "latent", "seatbelt", sim["latent"], l1_model="tcvae"), res)
         timed("aggregate: AUDDC by β (per pair)", lambda: agg.attack_by_beta(cols, "auddc", "latent"), res)
-        timed("aggregate: headline ratios (12 bootstraps × 4000 resamples)",
-              lambda: agg.headline_ratios(cols, sim), res)
+        train = load_train(out)
+        timed("claims: the paper's claims table (mixed-model contrasts, both λ variants)",
+              lambda: claims_table(cols, train, similarity=sim), res)
 
         n = len(full)
         print(f"rows: {n:,}; memory of the report's columns in pandas: "
