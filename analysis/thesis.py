@@ -102,8 +102,9 @@ def findings(table: pd.DataFrame) -> list[str]:
         if measured.empty:
             text += "; within a β there are too few trials for an interval."
         elif all(s == "0" for s in signs):
-            text += (f"; within each β ({', '.join(measured['beta'])}) the interval includes 0, so with β fixed the "
-                     f"data show no link between {name} and robustness.")
+            text += (f"; within each β ({', '.join(measured['beta'])}) the interval includes 0: with β fixed these "
+                     f"trials detect no link between {name} and robustness (absence of evidence, not evidence of "
+                     f"absence: see the intervals' width).")
         else:
             parts = [f"β={r.beta}: ρ = {r.rho:.2f} [{r.lo:.2f}, {r.hi:.2f}]" for r in measured.itertuples()]
             text += f"; within β: {'; '.join(parts)} ({better} {name} = more disentangled)."
