@@ -162,11 +162,9 @@ def evaluations_from_rows(cfg: SweepConfig, out: str) -> tuple[EvaluationCounts 
     tables = []
     for relpath in store.list_files(layout.ATTACKS, ".parquet"):
         try:
-            table = store.read_table(relpath)
-        except (OSError, pa.ArrowException, ValueError):  # unreadable: the analysis reports it
-            continue
-        if all(name in table.column_names for name in wanted):  # else written before the column
-            tables.append(table.select(wanted))
+            tables.append(store.read_table(relpath, columns=wanted))
+        except (OSError, pa.ArrowException, ValueError):
+            continue  # unreadable (the analysis reports it), or written before the column
     table = pa.concat_tables(tables) if tables else None
     if table is not None:
         table = table.filter(pc.and_(pc.equal(table["solver"], cfg.attack.solver),
