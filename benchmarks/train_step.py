@@ -3,9 +3,10 @@
     python benchmarks/train_step.py [--batch-size 256] [--iters 5] [--warmup 1] [--threads N]
 
 For each architecture (paper widths) x kind it times full training steps (objective, backward,
-Adam step) after warm-up and reports images/s, the step's FLOPs (matmuls and convolutions,
-forward + backward, counted by torch.utils.flop_counter) and the fraction of this machine's
-measured float32 matmul peak those FLOPs represent.
+Adam step) of the model prepared as the sweep trains it (models.device.prepare_for_training)
+after warm-up and reports images/s, the step's FLOPs (matmuls and convolutions, forward +
+backward, counted by torch.utils.flop_counter) and the fraction of this machine's measured
+float32 matmul peak those FLOPs represent.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from models import ModelConfig, build_model  # noqa: E402
+from models.device import prepare_for_training  # noqa: E402
 
 KINDS = [("vae", 1, 1.0), ("tcvae", 1, 4.0), ("tcdlgm", 3, 4.0), ("seatbelt", 3, 4.0)]
 
@@ -84,7 +86,8 @@ def main() -> None:
     for arch in args.architectures.split(","):
         for kind, layers, beta in KINDS:
             model = build_model(ModelConfig(kind=kind, layers=layers, beta=beta, architecture=arch))
-            model.train()
+            # as sweep.trainable trains it (channels_last on CPU for conv nets)
+            model = prepare_for_training(model, x.device).train()
             flops = step_flops(model, x)
             sec = time_steps(model, x, args.warmup, args.iters)
             print(f"| {arch} | {kind} | {layers} | {args.batch_size / sec:,.0f} | {sec * 1e3:,.0f} | "

@@ -12,13 +12,18 @@ Built in (Chen et al. 2018, beta-TCVAE, for 64x64 images):
         [then a 1x1 conv to 2|z|, i.e. a Linear on the 512 features, in the model];
         decoder mirrors it with transposed convs.
 ``hidden_dim`` (when not None) replaces 1200 (mlp) or 512 (conv) so CPU smoke runs stay cheap.
+Some conv layers are subclasses computing the same function faster on CPU (issue 15:
+``WholeMapConv2d``, ``PointConvTranspose2d``, ``CPUConvTranspose2d``); their parameters are the
+stock layers', so checkpoints are unchanged.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
 
 from models.config import ARCHITECTURES, ModelConfig, register_architecture
 from models.errors import ConfigError
@@ -59,7 +64,96 @@ def build_mlp(cfg: ModelConfig, decoder_in: int) -> Architecture:
 
 # ------------------------------------------------------------------------------ conv
 def _conv_bn_relu(conv: nn.Module, channels: int) -> list[nn.Module]:
-    return [conv, nn.BatchNorm2d(channels), nn.ReLU()]
+    # In place: batch norm's backward reads its input, not its output, so nothing needs the
+    # pre-ReLU values; saves writing a fresh activation (32 MB at 32x32, batch 256) per layer.
+    return [conv, nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
+
+
+def _hwc_rows(t: Tensor) -> Tensor:
+    """[N, C, H, W] -> [N, H*W*C]: a view, not a copy, when t is channels_last (see models.device)."""
+    return t.permute(0, 2, 3, 1).reshape(t.shape[0], -1)
+
+
+class WholeMapConv2d(nn.Conv2d):
+    """A Conv2d whose kernel covers its whole input map (the encoder's 4x4 conv of the 4x4 map),
+    computed as the single matmul it is. Same parameters (checkpoints load either way), same
+    result and FLOPs; oneDNN's convolution runs this shape (no spatial reuse, K = 1024) at
+    ~15 GFLOP/s on one core against ~70-100 for the matmul (issue 15)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (x.shape[-2:] != self.weight.shape[-2:] or self.padding != (0, 0)
+                or self.dilation != (1, 1) or self.groups != 1 or self.padding_mode != "zeros"):
+            return super().forward(x)
+        # Both sides flattened in (h, w, c) order, which is free for channels_last tensors.
+        return F.linear(_hwc_rows(x), _hwc_rows(self.weight), self.bias)[:, :, None, None]
+
+
+class PointConvTranspose2d(nn.ConvTranspose2d):
+    """A ConvTranspose2d of a 1x1 input map (the decoder's first two layers): a single matmul
+    [B, in] x [in, kh*kw*out]. Same parameters and FLOPs; for the 512 -> 64 x 4x4 layer oneDNN's
+    deconvolution reaches ~10-17 GFLOP/s on one core, the matmul ~90-110 (issue 15)."""
+
+    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        if (x.shape[-2:] != (1, 1) or output_size is not None or self.padding != (0, 0)
+                or self.output_padding != (0, 0) or self.dilation != (1, 1) or self.groups != 1):
+            return super().forward(x, output_size)
+        cin, cout, kh, kw = self.weight.shape
+        bias = None if self.bias is None else self.bias.repeat(kh * kw)   # (kh, kw, out) order
+        y = F.linear(x.reshape(x.shape[0], cin), _hwc_rows(self.weight).t(), bias)
+        y = y.view(-1, kh, kw, cout).permute(0, 3, 1, 2)                  # channels_last strides
+        # Hand the next layer the layout the model's weights are in (NCHW unless models.device
+        # made the model channels_last), so its convolution does not convert back and forth.
+        return y if self.weight.is_contiguous(memory_format=torch.channels_last) else y.contiguous()
+
+
+class _CPUConvTranspose2d(torch.autograd.Function):
+    """conv_transpose2d (groups 1, dilation 1, no output padding) with CPU fast paths:
+
+    * backward: oneDNN's transposed-convolution weight gradient is ~3x slower when it also
+      computes the bias gradient (measured 128 ms against 35 ms for 32 -> 32 channels, 16 -> 32
+      pixels, batch 256, one core; a plain Conv2d does not have this), so the bias gradient is
+      summed apart (~1 ms);
+    * forward, with ``fold``: a matmul plus col2im (F.fold). oneDNN vectorises a deconvolution
+      over output channels, so with 1 it runs at ~6 GFLOP/s: the fold forward is 2.7x faster
+      there, ~1.15x with 3 channels and slower from 8 (measured).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int],
+                padding: tuple[int, int], fold: bool) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.conv = (stride, padding, bias is not None)
+        if not fold:
+            return F.conv_transpose2d(x, weight, bias, stride, padding)
+        (kh, kw), (h, w) = weight.shape[-2:], x.shape[-2:]
+        size = ((h - 1) * stride[0] - 2 * padding[0] + kh, (w - 1) * stride[1] - 2 * padding[1] + kw)
+        cols = torch.matmul(weight.flatten(1).t(), x.flatten(2))   # [B, out*kh*kw, h*w]
+        y = F.fold(cols, size, (kh, kw), padding=padding, stride=stride)
+        return y if bias is None else y + bias.view(1, -1, 1, 1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        stride, padding, has_bias = ctx.conv
+        gx, gw, _ = torch.ops.aten.convolution_backward(
+            grad, x, weight, None, stride, padding, [1, 1], True, [0, 0], 1,
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
+        gb = grad.sum((0, 2, 3)) if has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb, None, None, None
+
+
+class CPUConvTranspose2d(nn.ConvTranspose2d):
+    """A ConvTranspose2d taking the CPU fast paths of ``_CPUConvTranspose2d`` (issue 15): the
+    decoder's upsampling layers. On other devices, or with options those paths do not cover,
+    it is the plain layer."""
+
+    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        if (x.device.type != "cpu" or output_size is not None or self.groups != 1
+                or self.dilation != (1, 1) or self.output_padding != (0, 0)
+                or self.padding_mode != "zeros" or x.dim() != 4):
+            return super().forward(x, output_size)
+        return _CPUConvTranspose2d.apply(x, self.weight, self.bias, self.stride, self.padding,
+                                         self.out_channels <= 3)
 
 
 def build_conv(cfg: ModelConfig, decoder_in: int) -> Architecture:
@@ -72,17 +166,17 @@ def build_conv(cfg: ModelConfig, decoder_in: int) -> Architecture:
         *_conv_bn_relu(nn.Conv2d(32, 32, 4, 2, 1), 32),     # 16x16
         *_conv_bn_relu(nn.Conv2d(32, 64, 4, 2, 1), 64),     # 8x8
         *_conv_bn_relu(nn.Conv2d(64, 64, 4, 2, 1), 64),     # 4x4
-        *_conv_bn_relu(nn.Conv2d(64, width, 4), width),     # 1x1
+        *_conv_bn_relu(WholeMapConv2d(64, width, 4), width),  # 1x1
         nn.Flatten(),
     )
     decoder = nn.Sequential(
         nn.Unflatten(1, (decoder_in, 1, 1)),
-        *_conv_bn_relu(nn.ConvTranspose2d(decoder_in, width, 1), width),   # 1x1
-        *_conv_bn_relu(nn.ConvTranspose2d(width, 64, 4), 64),              # 4x4
-        *_conv_bn_relu(nn.ConvTranspose2d(64, 64, 4, 2, 1), 64),           # 8x8
-        *_conv_bn_relu(nn.ConvTranspose2d(64, 32, 4, 2, 1), 32),           # 16x16
-        *_conv_bn_relu(nn.ConvTranspose2d(32, 32, 4, 2, 1), 32),           # 32x32
-        nn.ConvTranspose2d(32, c, 4, 2, 1),                                # 64x64
+        *_conv_bn_relu(PointConvTranspose2d(decoder_in, width, 1), width),  # 1x1
+        *_conv_bn_relu(PointConvTranspose2d(width, 64, 4), 64),             # 4x4
+        *_conv_bn_relu(CPUConvTranspose2d(64, 64, 4, 2, 1), 64),            # 8x8
+        *_conv_bn_relu(CPUConvTranspose2d(64, 32, 4, 2, 1), 32),            # 16x16
+        *_conv_bn_relu(CPUConvTranspose2d(32, 32, 4, 2, 1), 32),            # 32x32
+        CPUConvTranspose2d(32, c, 4, 2, 1),                                 # 64x64
     )
     return Architecture(encoder, width, decoder)
 

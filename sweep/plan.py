@@ -79,7 +79,10 @@ def measure_step(cfg: SweepConfig, shape: Shape, kind: str, z_dim: int, device, 
     """Seconds of one full training step (the fastest of ``steps``, after one warm-up step)."""
     import torch
 
-    model = _model(cfg, shape, kind, z_dim).to(device)
+    from models.device import prepare_for_training
+
+    # Timed as sweep.trainable trains it, so the plan's estimate matches the real steps.
+    model = prepare_for_training(_model(cfg, shape, kind, z_dim), device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     x = _images(shape, cfg.train.batch_size, device)
     times = []

@@ -27,6 +27,7 @@ import torch
 from ray import tune
 
 from models import ModelConfig, build_model, load_checkpoint, save_checkpoint
+from models.device import prepare_for_training
 from results import layout, schema
 from results.store import Store, local_tmp_dir
 from sweep.config import DataConfig, SweepConfig, TrainConfig
@@ -142,7 +143,7 @@ def train_trial(config: dict[str, Any]) -> None:
 
     model = build_model(model_config_for(trial, train, dataset))
     model.set_mean_image(training_pixel_statistics(dataset)[0])
-    model.to(device)
+    model = prepare_for_training(model, device)   # channels_last on CPU (issue 15)
     lr = setup.learning_rate()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     step, seconds = 0, 0.0
@@ -150,6 +151,7 @@ def train_trial(config: dict[str, Any]) -> None:
     if checkpoint:
         with checkpoint.as_directory() as folder:
             model, step, extra = load_checkpoint(Path(folder) / MODEL_FILE, map_location=device)
+            model = prepare_for_training(model, device)
             model.train()
             optimizer = torch.optim.Adam(model.parameters(), lr=lr)
             optimizer.load_state_dict(torch.load(Path(folder) / OPTIMIZER_FILE, weights_only=True))
