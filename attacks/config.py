@@ -35,8 +35,8 @@ class AttackConfig:
     pgtol: float = 1e-5                    # projected-gradient tolerance (scipy gtol)
     maxiter: int = 15000                   # L-BFGS-B iterations per attack
     maxfun: int = 15000                    # objective evaluations per attack
-    batch_ftol: Optional[float] = None     # batched solver: relative-decrease tolerance;
-                                           #   None = factr * eps(float64), as scipy's
+    batch_ftol: Optional[float] = None     # unused: the batched solver stops on scipy's own
+                                           #   factr test (kept so older configs still load)
     batch_memory: Optional[int] = None     # batched solver: bytes a batch may use; None = 1 GiB
                                            #   on CPU, half the free memory on CUDA
     batch_chunk: Optional[int] = None      # batched solver: problems per batch; None = from memory
