@@ -1,6 +1,6 @@
 """Training throughput of every model kind on both paper architectures, as a markdown table.
 
-    python benchmarks/train_step.py [--batch-size 256] [--iters 5] [--warmup 1] [--threads N]
+    python benchmarks/train_step.py [--batch-size 256] [--iters 10] [--warmup 3] [--threads N]
 
 For each architecture (paper widths) x kind it times full training steps (objective, backward,
 Adam step) of the model prepared as the sweep trains it (models.device.prepare_for_training)
@@ -67,8 +67,9 @@ def time_steps(model, x, warmup: int, iters: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3,
+                    help="untimed steps first (the allocator and oneDNN settle in the first few)")
     ap.add_argument("--architectures", default="mlp,conv")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads (default: torch's choice); the peak uses the same")
