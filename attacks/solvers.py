@@ -3,8 +3,8 @@
 A solver minimises ``objective(d, idx)`` (one value per problem, see ``attacks.objectives``)
 over d within ``lower <= d <= upper`` (elementwise: the box that keeps x + d in [0, 1]),
 starting from ``d0``. ``SOLVERS`` maps a config name to a solver: ``"scipy"`` (the reference,
-one problem at a time) and ``"batched"`` (``attacks.batched``: projected L-BFGS in torch on the
-whole batch at once, on CPU or GPU).
+one problem at a time) and ``"batched"`` (``attacks.batched``: the same L-BFGS-B algorithm in
+torch, every running problem in one model pass, on CPU or GPU).
 """
 
 from __future__ import annotations
