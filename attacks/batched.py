@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from attacks.result import ObjectiveFn, SolveResult
+from attacks.result import NONFINITE_VALUE, ObjectiveFn, SolveResult
 
 __all__ = ["BatchedLBFGSB", "cauchy_point", "subspace_step", "middle_matrix", "dcsrch",
            "LineSearch", "problems_per_chunk", "probe_cpu_chunk", "bytes_per_problem",
@@ -79,7 +79,6 @@ _EPS = float(np.finfo(np.float64).eps)
 _FTOL, _GTOL, _XTOL = 1e-3, 0.9, 0.1   # lnsrlb's dcsrch constants
 _MAXLS = 20                            # scipy's maxls: evaluations per line search
 _STPMX = 1e10                          # lnsrlb's bound on a step before the box bounds it
-_BIG = 1e30                            # what ScipyLBFGSB returns for a non-finite value
 _BLOCKS = (16, 64, 256, 1024)          # Cauchy scan: breakpoints tested by each stage, then all
 _CPU_BUDGET = 1 << 30
 _PROBE_START = 32    # smallest batch the CPU probe times (below it a batch is all overhead)
@@ -312,15 +311,14 @@ def _dcstep(stx, fx, dx, sty, fy, dy, stp, fp, dp, brackt, stpmin, stpmax):
         sgnd = dp * np.sign(dx)
         case1 = fp > fx
         case2 = ~case1 & (sgnd < 0.0)
-        case3 = ~case1 & ~case2 & (np.abs(dp) < np.abs(dx))
-        case4 = ~case1 & ~case2 & ~case3
+        case3 = ~case1 & ~case2 & (np.abs(dp) < np.abs(dx))   # else case 4
 
         theta = 3.0 * (fx - fp) / (stp - stx) + dx + dp
         s = np.maximum(np.abs(theta), np.maximum(np.abs(dx), np.abs(dp)))
         rad = (theta / s) ** 2 - (dx / s) * (dp / s)
         # case 1: a higher function value, the minimum is bracketed
-        gam1 = s * np.sqrt(rad)
-        gam1 = np.where(stp < stx, -gam1, gam1)
+        gam = s * np.sqrt(rad)
+        gam1 = np.where(stp < stx, -gam, gam)
         p1 = (gam1 - dx) + theta
         q1 = ((gam1 - dx) + gam1) + dp
         stpc1 = stx + p1 / q1 * (stp - stx)
@@ -328,8 +326,7 @@ def _dcstep(stx, fx, dx, sty, fy, dy, stp, fp, dp, brackt, stpmin, stpmax):
         stpf1 = np.where(np.abs(stpc1 - stx) < np.abs(stpq1 - stx), stpc1,
                          stpc1 + (stpq1 - stpc1) / 2.0)
         # case 2: derivatives of opposite sign, bracketed
-        gam2 = np.where(stp > stx, -gam1 * np.where(stp < stx, -1.0, 1.0),
-                        gam1 * np.where(stp < stx, -1.0, 1.0))
+        gam2 = np.where(stp > stx, -gam, gam)
         p2 = (gam2 - dp) + theta
         q2 = ((gam2 - dp) + gam2) + dx
         stpc2 = stp + p2 / q2 * (stx - stp)
@@ -364,7 +361,7 @@ def _dcstep(stx, fx, dx, sty, fy, dy, stp, fp, dp, brackt, stpmin, stpmax):
     brackt = brackt | case1 | case2
     # the interval that contains the step
     to_y = case1
-    swap = ~case1 & (sgnd < 0.0)
+    swap = case2
     nsty = np.where(to_y, stp, np.where(swap, stx, sty))
     nfy = np.where(to_y, fp, np.where(swap, fx, fy))
     ndy = np.where(to_y, dp, np.where(swap, dx, dy))
@@ -1002,7 +999,7 @@ class _Run:
         f, g = _evaluate(self.objective, s.xt[s.rows(live)], s.rows(s.pid[live]), self.shape)
         bad = ~torch.isfinite(f) | ~torch.isfinite(g.sum(dim=1))   # NaN and inf reach the sum
         if bool(bad.any()):   # as ScipyLBFGSB: a huge value makes the line search back off
-            f = torch.where(bad, torch.full_like(f, _BIG), f)
+            f = torch.where(bad, torch.full_like(f, NONFINITE_VALUE), f)
             g = torch.where(bad[:, None], torch.zeros_like(g), g)
         s.nfev[live] += 1
         return live, f, g

@@ -12,7 +12,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from torch import Tensor
 
-__all__ = ["ObjectiveFn", "SolveResult"]
+__all__ = ["NONFINITE_VALUE", "ObjectiveFn", "SolveResult"]
+
+# what a solver hands L-BFGS-B for a non-finite Δ (with a zero gradient): it cannot recover
+# from NaN, and a huge value makes its line search back off
+NONFINITE_VALUE = 1e30
 
 # objective(d [k, ...], idx: the k problem indices or None for all) -> Δ per problem [k]
 ObjectiveFn = Callable[[Tensor, Optional[Sequence[int]]], Tensor]

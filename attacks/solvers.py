@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from attacks.batched import BatchedLBFGSB
-from attacks.result import ObjectiveFn, SolveResult
+from attacks.result import NONFINITE_VALUE, ObjectiveFn, SolveResult
 from results.errors import ConfigError
 
 __all__ = ["SolveResult", "Solver", "ScipyLBFGSB", "SOLVERS", "get_solver", "ObjectiveFn"]
@@ -73,8 +73,7 @@ class ScipyLBFGSB:
                 g = grad.detach().double().cpu().numpy().ravel()
                 f = float(val.detach())
                 if not np.isfinite(f) or not np.all(np.isfinite(g)):
-                    # L-BFGS-B cannot recover from NaN; a huge value makes its line search back off.
-                    return 1e30, np.zeros_like(g)
+                    return NONFINITE_VALUE, np.zeros_like(g)
                 return f, g
 
             t0 = time.perf_counter()
