@@ -13,8 +13,9 @@ and one backward pass of the model. The problems are independent, so the gradien
   running slot once, so a problem in a long line search never holds the others back, and when
   a problem stops the next one from the queue takes its slot: the model pass stays full until
   the queue is empty, and the longest problems no longer finish alone. With warm starts
-  (``after``, ``attacks.warm``) a problem joins the queue when the one it starts from ends. Once the queue is empty
-  and half of the slots are idle, the state is compacted to the running ones.
+  (``after``, ``attacks.warm``) a problem joins the queue when the one it starts from ends.
+  Once the queue is empty and half of the slots are idle, the state is compacted to the
+  running ones.
 * **Generalised Cauchy point** (``cauchy_point``): the first local minimiser of the quadratic
   model along the projected steepest-descent path, with B the L-BFGS matrix in compact form
   (B = θI − W̃MW̃ᵀ, W̃ = [Y, θS]). The segment before the first breakpoint is tested for every
@@ -910,11 +911,11 @@ def _capacity(run: "_Run", config, history_dtype: torch.dtype) -> int:
     chunk = getattr(config, "batch_chunk", None)
     if chunk is not None:
         return int(min(chunk, P))
-    device, dtype, m = run.x0.device, run.x0.dtype, _history(config)
+    device, m = run.x0.device, _history(config)
     act = (_cuda_activation_bytes(run.objective, run.x0.reshape((P,) + run.shape))
            if device.type == "cuda" else None)
-    chunk = problems_per_chunk(n, m, history_dtype, device, budget=getattr(config, "batch_memory", None),
-                               activation_bytes=act, n_problems=P)
+    chunk = problems_per_chunk(n, m, history_dtype, device, activation_bytes=act, n_problems=P,
+                               budget=getattr(config, "batch_memory", None))
     if device.type == "cpu":
         # the histories of a batch stay in the last-level cache: each iteration reads them
         # twice, and from memory that costs more than an MLP's pass

@@ -105,8 +105,8 @@ def attack_problems(model, x: Tensor, x_target: Tensor, lams: Tensor, mode: str,
                     seed: int) -> tuple[SolveResult, Tensor, Tensor]:
     """Solve P independent problems (row p: source x[p], target x_target[p], λ lams[p]).
 
-    With ``config.warm_start`` a problem starts from the solution of its pair's next larger λ
-    (``attacks.warm``), else every problem from its random d0.
+    In the modes of ``config.warm_start`` a problem starts from the solution of its pair's next
+    larger λ (``attacks.warm``), else every problem from its random d0.
 
     Returns the solver's result and Δ and its distance part re-evaluated at the final d: with
     the objective it minimised for the (deterministic) latent attack, and on fresh noise for
@@ -123,7 +123,7 @@ def attack_problems(model, x: Tensor, x_target: Tensor, lams: Tensor, mode: str,
         for g in gen_d0]).to(x.device)
     d0 = torch.minimum(torch.maximum(d0, lower), upper).to(x.dtype)
     after = (warm_start_predecessors(source_indices, target_indices, lams.tolist(), config.warm_chain)
-             if config.warm_start else None)
+             if mode in config.warm_start else None)
     result = get_solver(config.solver).solve(objective, d0, lower, upper, config, after=after)
     report = objective
     if mode == "output":

@@ -44,8 +44,9 @@ def test_solve_order_puts_every_start_before_its_problem():
 
 
 def test_config_fields_are_validated():
-    AttackConfig(warm_start=True, warm_chain=1).validate()
-    for bad in (dict(warm_start=1), dict(warm_chain=0), dict(warm_chain=2.5)):
+    AttackConfig(warm_start=("latent", "output"), warm_chain=1).validate()
+    for bad in (dict(warm_start=True), dict(warm_start=("latent", "latent")),
+                dict(warm_start=("pixels",)), dict(warm_chain=0), dict(warm_chain=2.5)):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             AttackConfig(**bad).validate()
 
@@ -122,3 +123,29 @@ def test_batched_warm_start_takes_scipys_iterates_in_float64(chain):
     assert got.iterations.tolist() == ref.iterations.tolist()
     assert torch.allclose(got.d, ref.d, rtol=0, atol=1e-12)
     assert got.messages == ref.messages
+
+
+def test_the_driver_chains_each_pairs_lambdas():
+    """run_attacks with warm starts: the first λ of every chain is solved exactly as with cold
+    starts (same d0, same solver), the others from their chain's previous solution."""
+    from attacks.run import run_attacks
+    from tests.test_attacks import LinearGaussianVAE, images
+
+    model = LinearGaussianVAE()
+    src, tgt = images(2, 20), images(2, 21)
+    lams = [0.0, 0.25, 1.0, 4.0, 16.0]
+    common = dict(maxiter=500, maxfun=1000, lams=tuple(lams))
+    args = (model, src, tgt, [7, 8], [1, 2], [3, 4], lams, "latent", "kl")
+    cold, _ = run_attacks(*args, AttackConfig(**common), seed=5)
+    warm, _ = run_attacks(*args, AttackConfig(**common, warm_start=("latent",), warm_chain=2), seed=5)
+    # a mode not listed starts cold
+    other, _ = run_attacks(*args, AttackConfig(**common, warm_start=("output",), warm_chain=2), seed=5)
+    assert [{**r, "seconds": 0} for r in other] == [{**r, "seconds": 0} for r in cold]
+    after = warm_start_predecessors([1] * 5 + [2] * 5, [3] * 5 + [4] * 5, lams * 2, 2)
+    heads = np.flatnonzero(after == COLD)
+    assert heads.tolist() == [0, 2, 4, 5, 7, 9]   # λ 16, 1, 0 of each pair start cold
+    for p in heads:
+        assert all(warm[p][k] == cold[p][k] for k in ("objective", "distortion_l2", "evaluations")), p
+    # the others began at a neighbour's minimum, not at d0: here they need fewer evaluations
+    rest = np.flatnonzero(after != COLD)
+    assert sum(warm[p]["evaluations"] for p in rest) < sum(cold[p]["evaluations"] for p in rest)

@@ -131,6 +131,7 @@ def test_results_folders_keep_their_fingerprint_when_fields_are_added():
     ``plugins`` and the warm-start fields existed (re-running on such a folder resumes it); a
     config that uses warm starts gets its own."""
     assert SweepConfig().fingerprint() == "34927b51ccebad82"
-    warm = from_dict({"attack": {"warm_start": True}})
+    warm = from_dict({"attack": {"warm_start": ["latent"]}})
     assert warm.fingerprint() != SweepConfig().fingerprint()
-    assert from_dict({"attack": {"warm_start": True, "warm_chain": 3}}).fingerprint() != warm.fingerprint()
+    assert from_dict({"attack": {"warm_start": ["latent"], "warm_chain": 3}}).fingerprint() != warm.fingerprint()
+    assert warm.attack.warm_start == ("latent",)
