@@ -12,8 +12,10 @@ and one backward pass of the model. The problems are independent, so the gradien
   tests and history update and computes its next direction. Each *tick* evaluates every
   running slot once, so a problem in a long line search never holds the others back, and when
   a problem stops the next one from the queue takes its slot: the model pass stays full until
-  the queue is empty, and the longest problems no longer finish alone. Once the queue is empty
-  and half of the slots are idle, the state is compacted to the running ones.
+  the queue is empty, and the longest problems no longer finish alone. With warm starts
+  (``after``, ``attacks.warm``) a problem joins the queue when the one it starts from ends.
+  Once the queue is empty and half of the slots are idle, the state is compacted to the
+  running ones.
 * **Generalised Cauchy point** (``cauchy_point``): the first local minimiser of the quadratic
   model along the projected steepest-descent path, with B the L-BFGS matrix in compact form
   (B = θI − W̃MW̃ᵀ, W̃ = [Y, θS]). The segment before the first breakpoint is tested for every
@@ -37,7 +39,9 @@ and one backward pass of the model. The problems are independent, so the gradien
   per iteration gives the new pair's products and the Cauchy direction's Wᵀd; one more gives
   the subspace step. Everything is float64 as in scipy, the iterates included (a float32 x
   cannot take the short steps of a line search near a minimum, which then fails and ends the
-  problem early); only the model sees its own dtype.
+  problem early), except what the model sees and the history itself, kept in the model's
+  dtype: its pairs come from the model's gradients, and its passes are most of the solver's
+  own memory traffic (their products go on in float64).
 * **Capacity**: ``problems_per_chunk`` bounds the slots by memory (history 2·m·n values, working
   vectors, the model's activations); on CUDA that is the batch. On a CPU the histories must
   also fit the last-level cache (``cpu_cache_bytes``), and ``probe_cpu_chunk`` times the model
@@ -52,6 +56,7 @@ test checks this bitwise with a row-wise evaluation.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional
@@ -61,6 +66,7 @@ import torch
 from torch import Tensor
 
 from attacks.result import NONFINITE_VALUE, ObjectiveFn, SolveResult
+from attacks.warm import COLD
 
 __all__ = ["BatchedLBFGSB", "cauchy_point", "subspace_step", "middle_matrix", "dcsrch",
            "LineSearch", "problems_per_chunk", "probe_cpu_chunk", "bytes_per_problem",
@@ -170,7 +176,8 @@ def _evaluate(objective: ObjectiveFn, xs: Tensor, idx: Tensor, shape: tuple) -> 
 
 
 def probe_cpu_chunk(objective: ObjectiveFn, x_all: Tensor, shape: tuple, limit: int,
-                    start: int = _PROBE_START) -> tuple[int, Optional[tuple[Tensor, Tensor]]]:
+                    start: int = _PROBE_START, problems: Optional[Tensor] = None,
+                    ) -> tuple[int, Optional[tuple[Tensor, Tensor]]]:
     """The batch size with the cheapest model pass per problem on this CPU, measured on the
     problems' own starting points.
 
@@ -180,16 +187,18 @@ def probe_cpu_chunk(objective: ObjectiveFn, x_all: Tensor, shape: tuple, limit: 
     ``start``, 2·``start``, 4·``start``, … problems (at most ``limit``), each twice (the first
     call of a shape sets up its kernels) with the second timed, until a size is 10% dearer per
     problem than the best so far. Nothing is wasted beyond those warm-up calls: the timed
-    evaluations are the solver's first ones, returned as (f, g) of problems 0 … K−1 (None when
-    nothing was probed).
+    evaluations are the solver's first ones, returned as (f, g) of the first K of ``problems``
+    (default: all, in order; None when nothing was probed).
     """
-    P = x_all.shape[0]
+    if problems is None:
+        problems = torch.arange(x_all.shape[0], device=x_all.device)
+    P = problems.numel()
     if P <= start or limit <= start:
         return min(P, limit), None
     fs, gs = [], []
     best, best_cost, a, size = start, float("inf"), 0, start
     while size <= limit and a + size <= P:
-        idx = torch.arange(a, a + size, device=x_all.device)
+        idx = problems[a:a + size]
         _evaluate(objective, x_all[idx], idx, shape)
         t0 = time.perf_counter()
         f, g = _evaluate(objective, x_all[idx], idx, shape)
@@ -665,7 +674,7 @@ def subspace_step(x: Tensor, g: Tensor, lo: Tensor, hi: Tensor, theta: Tensor, M
     v, info = torch.linalg.solve_ex(Minv[rows] - U / th[:, None, None], WZr.unsqueeze(2))
     solved = info == 0
     coef = (Mc / th[:, None] + v.squeeze(2) / (th * th)[:, None]) * solved[:, None]
-    Wv = _history_times(W, rows, coef.unsqueeze(1).to(x.dtype))
+    Wv = _history_times(W, rows, coef.unsqueeze(1).to(W.dtype)).to(x.dtype)
     xr, xc, lor, hir, Ff = x[rows], cp.xcp[rows], lo[rows], hi[rows], cp.free[rows].to(x.dtype)
     thx = th[:, None].to(x.dtype)
     du = Ff * ((-g[rows] - thx * (xc - xr)) / thx + Wv)
@@ -796,7 +805,7 @@ class _Slots:
     ls: LineSearch
 
     @classmethod
-    def empty(cls, C: int, n: int, m: int, dtype, device) -> "_Slots":
+    def empty(cls, C: int, n: int, m: int, dtype, device, history_dtype=None) -> "_Slots":
         def vec():
             return torch.zeros(C, n, dtype=dtype, device=device)
 
@@ -806,7 +815,7 @@ class _Slots:
             lo=vec(), hi=vec(), x=vec(), g=vec(), d=vec(), z=vec(), xt=vec(),
             f=np.zeros(C), gdold=np.zeros(C), dtd=np.zeros(C), ifun=np.zeros(C, dtype=np.int64),
             iters=np.zeros(C, dtype=np.int64), nfev=np.zeros(C, dtype=np.int64), seconds=np.zeros(C),
-            W=torch.zeros(C, m, 2, n, dtype=dtype, device=device),
+            W=torch.zeros(C, m, 2, n, dtype=history_dtype or dtype, device=device),
             stamp=torch.full((C, m), -1, dtype=torch.long, device=device),
             SY=torch.zeros(C, m, m, **f64), SS=torch.zeros(C, m, m, **f64),
             GF=torch.zeros(C, m, 2, m, 2, **f64),
@@ -859,7 +868,7 @@ class BatchedLBFGSB:
     name = "batched"
 
     def solve(self, objective: ObjectiveFn, d0: Tensor, lower: Tensor, upper: Tensor,
-              config) -> SolveResult:
+              config, after: Optional[np.ndarray] = None) -> SolveResult:
         # the iterates in float64, as scipy's: a float32 x cannot take the short steps of a
         # line search near a minimum (it then fails and the problem stops early); the model
         # sees its own dtype
@@ -867,11 +876,11 @@ class BatchedLBFGSB:
         if model_dtype != torch.float64:
             inner = objective
             objective = lambda d, idx: inner(d.to(model_dtype), idx)  # noqa: E731
-        run = _Run(objective, d0.double(), lower, upper, config)
+        run = _Run(objective, d0.double(), lower, upper, config, after)
         if run.n_problems == 0:
             return run.result()
-        slots = _Slots.empty(_capacity(run, config), run.x0.shape[1], _history(config),
-                             run.x0.dtype, d0.device)
+        slots = _Slots.empty(_capacity(run, config, model_dtype), run.x0.shape[1],
+                             _history(config), run.x0.dtype, d0.device, history_dtype=model_dtype)
         run.admit(slots, np.arange(slots.capacity))
         while (slots.pid >= 0).any():
             started = time.perf_counter()
@@ -882,7 +891,7 @@ class BatchedLBFGSB:
             slots.seconds[running] += (time.perf_counter() - started) / max(1, int(running.sum()))
             run.retire(slots)
             busy = slots.pid >= 0
-            if run.queue >= run.n_problems and 0 < busy.sum() <= slots.capacity // 2:
+            if not run.ready and 0 < busy.sum() <= slots.capacity // 2:
                 slots.compact(np.flatnonzero(busy))
         result = run.result()
         result.d = result.d.to(model_dtype)
@@ -895,32 +904,41 @@ def _history(config) -> int:
     return int(config.memory if h is None else h)
 
 
-def _capacity(run: "_Run", config) -> int:
+def _capacity(run: "_Run", config, history_dtype: torch.dtype) -> int:
     """Slots in the batch: ``config.batch_chunk``, else from memory (and on a CPU from the last-
     level cache and a timed probe of the model pass, whose evaluations ``run`` keeps)."""
     P, n = run.x0.shape
     chunk = getattr(config, "batch_chunk", None)
     if chunk is not None:
         return int(min(chunk, P))
-    device, dtype, m = run.x0.device, run.x0.dtype, _history(config)
+    device, m = run.x0.device, _history(config)
     act = (_cuda_activation_bytes(run.objective, run.x0.reshape((P,) + run.shape))
            if device.type == "cuda" else None)
-    chunk = problems_per_chunk(n, m, dtype, device, budget=getattr(config, "batch_memory", None),
-                               activation_bytes=act, n_problems=P)
+    chunk = problems_per_chunk(n, m, history_dtype, device, activation_bytes=act, n_problems=P,
+                               budget=getattr(config, "batch_memory", None))
     if device.type == "cpu":
         # the histories of a batch stay in the last-level cache: each iteration reads them
         # twice, and from memory that costs more than an MLP's pass
-        history = 2 * m * n * run.x0.element_size()
+        history = 2 * m * n * torch.empty((), dtype=history_dtype).element_size()
         chunk = min(chunk, max(1, cpu_cache_bytes() // history))
-        chunk, run.known = probe_cpu_chunk(run.objective, run.x0, run.shape, chunk)
+        heads = torch.as_tensor(np.asarray(run.ready), device=device)
+        chunk, known = probe_cpu_chunk(run.objective, run.x0, run.shape, chunk, problems=heads)
+        if known is not None:
+            run.known = {int(p): (known[0][i], known[1][i])
+                         for i, p in enumerate(heads[:known[0].shape[0]].tolist())}
     return int(chunk)
 
 
 class _Run:
     """One ``solve`` call: the queue of problems, their results, and the steps of a tick
-    (``directions``, ``evaluate``, ``advance``, ``retire``)."""
+    (``directions``, ``evaluate``, ``advance``, ``retire``).
 
-    def __init__(self, objective: ObjectiveFn, d0: Tensor, lower: Tensor, upper: Tensor, config):
+    The queue holds the problems ready to start: at first those with a cold start (all of them
+    without ``after``); a warm-started problem joins it when the problem it starts from ends,
+    with that problem's final iterate as its x0, and takes the slot it leaves."""
+
+    def __init__(self, objective: ObjectiveFn, d0: Tensor, lower: Tensor, upper: Tensor, config,
+                 after: Optional[np.ndarray] = None):
         P = d0.shape[0]
         self.n_problems = P
         self.shape = tuple(d0.shape[1:])
@@ -933,8 +951,10 @@ class _Run:
         self.lo = lower.detach().to(**kw).reshape(P, n)
         self.hi = upper.detach().to(**kw).reshape(P, n)
         self.x0 = torch.minimum(torch.maximum(d0.detach().reshape(P, n), self.lo), self.hi)
-        self.queue = 0
-        self.known: Optional[tuple[Tensor, Tensor]] = None   # (f, g) at x0 of the first problems
+        after = np.full(P, COLD) if after is None else np.asarray(after)
+        self.ready: deque[int] = deque(np.flatnonzero(after == COLD).tolist())
+        self.successor = {int(a): p for p, a in enumerate(after.tolist()) if a != COLD}
+        self.known: dict[int, tuple[Tensor, Tensor]] = {}   # (f, g) at x0 from the CPU probe
         self.out = torch.empty_like(d0)
         self.res_f = np.full(P, np.nan)
         self.res_it = np.zeros(P, dtype=np.int64)
@@ -951,11 +971,11 @@ class _Run:
     # --- filling and emptying slots
     def admit(self, s: _Slots, free: np.ndarray) -> None:
         """Give the next problems of the queue to the slots ``free``."""
-        take = min(free.size, self.n_problems - self.queue)
+        take = min(free.size, len(self.ready))
         if take <= 0:
             return
-        slots, probs = free[:take], np.arange(self.queue, self.queue + take)
-        self.queue += take
+        slots = free[:take]
+        probs = np.array([self.ready.popleft() for _ in range(take)], dtype=np.int64)
         ts, tp = s.rows(slots), s.rows(probs)
         s.pid[slots], s.stop[slots], s.state[slots] = probs, -1, _START
         s.lo[ts], s.hi[ts] = self.lo[tp], self.hi[tp]
@@ -967,12 +987,11 @@ class _Run:
         s.g[ts], s.d[ts], s.z[ts] = 0.0, 0.0, 0.0
         s.f[slots], s.gdold[slots], s.dtd[slots], s.ifun[slots] = 0.0, 0.0, 0.0, 0
         s.clear_memory(slots)
-        if self.known is not None:   # the CPU probe evaluated the first problems at x0
-            have = probs < self.known[0].shape[0]
-            if have.any():
-                tk = s.rows(probs[have])
-                s.nfev[slots[have]] = 1
-                self._start(s, slots[have], self.known[0][tk], self.known[1][tk])
+        have = np.array([p in self.known for p in probs.tolist()], dtype=bool)
+        if have.any():   # the CPU probe evaluated these problems at x0
+            f, g = zip(*(self.known.pop(int(p)) for p in probs[have]))
+            s.nfev[slots[have]] = 1
+            self._start(s, slots[have], torch.stack(f), torch.stack(g))
 
     def retire(self, s: _Slots) -> None:
         """Write out the slots whose problem stopped and refill them from the queue."""
@@ -985,11 +1004,15 @@ class _Run:
         self.res_it[pids] = s.iters[done]
         self.res_nfev[pids] = s.nfev[done]
         self.res_secs[pids] = s.seconds[done]
-        for p, code in zip(pids, s.stop[done]):
+        for slot, p, code in zip(done, pids, s.stop[done]):
             self.res_msgs[p] = _MESSAGES[int(code)]
             self.res_conv[p] = int(code) in _CONVERGED
+            nxt = self.successor.get(int(p))
+            if nxt is not None:   # its warm start: this end point, first in the queue
+                self.x0[nxt] = torch.minimum(torch.maximum(s.x[int(slot)], self.lo[nxt]), self.hi[nxt])
+                self.ready.appendleft(nxt)
         s.pid[done] = -1
-        self.admit(s, done)
+        self.admit(s, np.flatnonzero(s.pid < 0))
 
     # --- a tick: directions, one evaluation of every running slot, each slot's step
     def evaluate(self, s: _Slots) -> tuple[np.ndarray, Optional[Tensor], Optional[Tensor]]:
@@ -1089,7 +1112,7 @@ class _Run:
         step = torch.as_tensor(stp, dtype=s.x.dtype, device=s.x.device)[:, None]
         sk = step * s.d[ts]                    # exactly d where stp = 1
         q = torch.argmin(s.stamp[ts], dim=1)
-        s.W[ts, q] = torch.stack([sk, y], dim=1)
+        s.W[ts, q] = torch.stack([sk, y], dim=1).to(s.W.dtype)
         s.stamp[ts, q] = torch.as_tensor(s.updates[slots], device=s.x.device)
         s.updates[slots] += 1
         dr64 = torch.as_tensor(dr, dtype=torch.float64, device=s.x.device)
@@ -1199,7 +1222,7 @@ def _history_pass(s: _Slots, moving: Tensor, rows: Tensor) -> Tensor:
     Wr = s.W.reshape(C, 2 * m, n)
     mv = moving[rows]
     snew, ynew = s.W[rows, q, 0], s.W[rows, q, 1]
-    V = torch.stack([snew, snew * mv, ynew * mv, -s.g[rows] * mv], dim=1)      # [k, 4, n]
+    V = torch.stack([snew, snew * mv, ynew * mv, -s.g[rows] * mv], dim=1).to(Wr.dtype)  # [k, 4, n]
     out = torch.zeros(C, 4, 2 * m, dtype=torch.float64, device=s.x.device)
     if s.x.device.type != "cpu":
         full = torch.zeros(C, 4, n, dtype=V.dtype, device=V.device)

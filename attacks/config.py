@@ -43,6 +43,10 @@ class AttackConfig:
     batch_history: Optional[int] = None    # batched solver: L-BFGS memory (pairs kept); None =
                                            #   ``memory`` (a smaller one halves the history passes)
     init_scale: float = 1e-3               # d0 ~ U(-init_scale, init_scale), clipped to the box
+    warm_start: tuple[str, ...] = ()       # modes whose λ paths are warm-started: each λ from
+                                           #   its pair's solution at the λ above it
+                                           #   (attacks.warm); the paper starts every λ at d0
+    warm_chain: int = 9                    # λ per warm-start chain (1: every start is cold)
     output_mc_samples: int = 1             # reparameterisation samples in the output attack
     output_report_samples: int = 16        # fresh samples its reported Δ is averaged over
     seed: int = 0                          # pairs, d0 and every fixed noise derive from it
@@ -121,6 +125,12 @@ class AttackConfig:
             raise bad("batch_chunk", "must be an integer >= 1, or null to size batches by memory")
         if self.batch_history is not None and (not is_int(self.batch_history) or self.batch_history < 1):
             raise bad("batch_history", "must be an integer >= 1, or null to use 'memory'")
+        if (not isinstance(self.warm_start, (tuple, list)) or any(m not in MODES for m in self.warm_start)
+                or len(set(self.warm_start)) != len(self.warm_start)):
+            raise bad("warm_start", f"must be a list of distinct values from {list(MODES)} (the "
+                                    "modes whose λ paths are warm-started; [] for none)")
+        if not is_int(self.warm_chain) or self.warm_chain < 1:
+            raise bad("warm_chain", "must be an integer >= 1 (λ per chain; 1 = every start cold)")
         if not is_num(self.init_scale) or self.init_scale < 0:
             raise bad("init_scale", "must be a finite number >= 0")
         if not is_int(self.output_mc_samples) or self.output_mc_samples < 1:

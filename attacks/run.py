@@ -24,6 +24,7 @@ from attacks.config import OUTPUT_SIMILARITIES, AttackConfig
 from attacks.metrics import auddc_with_reason, select_lambda
 from attacks.objectives import LATENT_SIMILARITIES, build_objective, sample_encoder_noise
 from attacks.solvers import SolveResult, get_solver
+from attacks.warm import warm_start_predecessors
 
 __all__ = ["run_attacks", "attack_problems", "problem_generators", "attack_metrics", "to_uint8_image",
            "distortion_image", "ATTACK_COLUMNS", "GALLERY_PANELS"]
@@ -104,6 +105,9 @@ def attack_problems(model, x: Tensor, x_target: Tensor, lams: Tensor, mode: str,
                     seed: int) -> tuple[SolveResult, Tensor, Tensor]:
     """Solve P independent problems (row p: source x[p], target x_target[p], λ lams[p]).
 
+    In the modes of ``config.warm_start`` a problem starts from the solution of its pair's next
+    larger λ (``attacks.warm``), else every problem from its random d0.
+
     Returns the solver's result and Δ and its distance part re-evaluated at the final d: with
     the objective it minimised for the (deterministic) latent attack, and on fresh noise for
     the output attack.
@@ -118,7 +122,9 @@ def attack_problems(model, x: Tensor, x_target: Tensor, lams: Tensor, mode: str,
         (torch.rand(x.shape[1:], generator=g, dtype=torch.float64) * 2 - 1) * config.init_scale
         for g in gen_d0]).to(x.device)
     d0 = torch.minimum(torch.maximum(d0, lower), upper).to(x.dtype)
-    result = get_solver(config.solver).solve(objective, d0, lower, upper, config)
+    after = (warm_start_predecessors(source_indices, target_indices, lams.tolist(), config.warm_chain)
+             if mode in config.warm_start else None)
+    result = get_solver(config.solver).solve(objective, d0, lower, upper, config, after=after)
     report = objective
     if mode == "output":
         gen_report = problem_generators(seed, source_indices, target_indices, _STREAM_REPORT)

@@ -10,7 +10,7 @@ torch, every running problem in one model pass, on CPU or GPU).
 from __future__ import annotations
 
 import time
-from typing import Callable, Protocol
+from typing import Callable, Optional, Protocol
 
 import numpy as np
 import scipy.optimize
@@ -19,6 +19,7 @@ from torch import Tensor
 
 from attacks.batched import BatchedLBFGSB
 from attacks.result import NONFINITE_VALUE, ObjectiveFn, SolveResult
+from attacks.warm import COLD, solve_order
 from results.errors import ConfigError
 
 __all__ = ["SolveResult", "Solver", "ScipyLBFGSB", "SOLVERS", "get_solver", "ObjectiveFn"]
@@ -28,9 +29,10 @@ class Solver(Protocol):
     name: str
 
     def solve(self, objective: ObjectiveFn, d0: Tensor, lower: Tensor, upper: Tensor,
-              config) -> SolveResult:
+              config, after: Optional[np.ndarray] = None) -> SolveResult:
         """Minimise every problem; ``config`` is an ``AttackConfig`` (memory, factr, pgtol,
-        maxiter, maxfun)."""
+        maxiter, maxfun). ``after[p]`` (``attacks.warm``): the problem whose final d is
+        problem p's start instead of ``d0[p]`` (``COLD``: d0); None: every start is d0."""
         ...
 
 
@@ -45,7 +47,7 @@ class ScipyLBFGSB:
     name = "scipy"
 
     def solve(self, objective: ObjectiveFn, d0: Tensor, lower: Tensor, upper: Tensor,
-              config) -> SolveResult:
+              config, after: Optional[np.ndarray] = None) -> SolveResult:
         P = d0.shape[0]
         shape = tuple(d0.shape[1:])
         dtype, device = d0.dtype, d0.device
@@ -55,14 +57,17 @@ class ScipyLBFGSB:
         nfev = np.zeros(P, dtype=np.int64)
         secs = np.zeros(P)
         conv = np.zeros(P, dtype=bool)
-        msgs: list[str] = []
+        msgs = [""] * P
         options = dict(maxcor=int(config.memory), ftol=float(config.factr) * np.finfo(float).eps,
                        gtol=float(config.pgtol), maxiter=int(config.maxiter),
                        maxfun=int(config.maxfun))
-        for p in range(P):
+        finals: dict[int, np.ndarray] = {}   # float64 ends that warm starts begin from
+        for p in solve_order(after, P).tolist():
             lo = lower[p].detach().double().cpu().numpy().ravel()
             hi = upper[p].detach().double().cpu().numpy().ravel()
-            start = np.clip(d0[p].detach().double().cpu().numpy().ravel(), lo, hi)
+            prev = COLD if after is None else int(after[p])
+            begin = d0[p].detach().double().cpu().numpy().ravel() if prev == COLD else finals.pop(prev)
+            start = np.clip(begin, lo, hi)
 
             def fun(v: np.ndarray, p=p):
                 d = torch.as_tensor(v, dtype=dtype, device=device).reshape((1,) + shape)
@@ -81,13 +86,15 @@ class ScipyLBFGSB:
                                         bounds=scipy.optimize.Bounds(lo, hi), options=options)
             secs[p] = time.perf_counter() - t0
             x = np.clip(r.x, lo, hi)
+            if after is not None and (after == p).any():
+                finals[p] = x
             out[p] = torch.as_tensor(x, dtype=dtype, device=device).reshape(shape)
             res_f[p] = float(r.fun)
             iters[p] = int(r.nit)
             nfev[p] = int(r.nfev)
             msg = r.message if isinstance(r.message, str) else r.message.decode()
             conv[p] = bool(r.success)
-            msgs.append(msg)
+            msgs[p] = msg
         return SolveResult(d=out, objective=res_f, iterations=iters, evaluations=nfev,
                            seconds=secs, converged=conv, messages=msgs)
 

@@ -12,6 +12,12 @@ in ``--architectures`` without a checkpoint gets one small model trained here fo
 ``--train-steps`` Adam steps on the same dataset (so the benchmark runs on a fresh machine, and
 the conv architecture is always covered).
 
+The batched solver runs twice (``--starts``): with warm starts along each pair's λ path
+(``AttackConfig.warm_start``, ``attacks.warm``: fewer evaluations per attack) and with every λ
+started cold from d0 as the paper does and scipy here does. Both are scored against scipy's
+cold starts, and a lower Δ is a stronger attack, so a warm start that finds a lower minimum is
+within tolerance.
+
 It prints two tables per maxiter:
 
 * quality, per architecture and mode: the fraction of problems whose batched Δ is within
@@ -26,8 +32,11 @@ It prints two tables per maxiter:
 ``--scipy-every k`` lets scipy solve every k-th problem only (one at a time, its attacks/s does
 not depend on which), so the paper's 10 pairs x 51 λ fit in minutes; quality is compared on
 those problems (default 17: 30 of 510). ``--show-misses`` lists every problem outside the
-tolerance. It ends with one line per architecture and mode:
-``summary <arch> <mode>: speed <X>x, within tolerance <Y>%, median ratio <Z>``.
+tolerance. It ends with one line per architecture and mode for the configuration proposed as
+the default (warm starts in ``--warm-modes``, by default latent only; cold in the others):
+``summary <arch> <mode>: speed <X>x, within tolerance <Y>%, median ratio <Z>``,
+the same for the other start (``warm start <arch> <mode>: ...``, ``cold start ...``) and
+scipy's floor lines.
 
     python benchmarks/attack.py --checkpoints <out>/checkpoints      # healthy smoke models
     python benchmarks/attack.py                                      # trains its models
@@ -57,6 +66,7 @@ from sweep.health import classify  # noqa: E402
 from sweep.trainable import training_pixel_statistics  # noqa: E402
 
 MODES = (("latent", "kl"), ("output", "elbo"))
+STARTS = ("warm", "cold")   # the batched solver's runs (scipy, the reference, starts cold)
 
 
 def load_models(folder: str | None, architectures: list[str],
@@ -169,6 +179,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scipy-every", type=int, default=17,
                     help="scipy solves every k-th problem only (it solves one at a time, so its "
                          "attacks/s does not depend on k); for the paper's 10 pairs x 51 λ")
+    ap.add_argument("--warm-chain", type=int, default=AttackConfig.warm_chain,
+                    help="λ per warm-start chain of the batched solver's warm runs "
+                         "(AttackConfig.warm_chain)")
+    ap.add_argument("--starts", nargs="+", choices=STARTS, default=list(STARTS),
+                    help="the batched solver's runs: cold (every λ from d0, the paper's protocol) "
+                         "and/or warm (AttackConfig.warm_start)")
+    ap.add_argument("--warm-modes", nargs="*", default=["latent"],
+                    help="the modes whose 'summary' lines score the warm run (the configuration "
+                         "proposed as the default: warm_start = these modes); the others score "
+                         "the cold run")
     ap.add_argument("--no-floor", dest="floor", action="store_false",
                     help="skip scipy's second run with another seed (the 'floor' lines: how well "
                          "scipy agrees with itself under the same tolerance)")
@@ -220,87 +240,100 @@ def main(argv: list[str] | None = None) -> int:
                         again, _, _ = run(model, subset(problems, sample), mode, sim,
                                           AttackConfig(solver="scipy", maxiter=maxiter), seed=1)
                         acc[mode]["again"].append(again)
-                    new_all, t_new, r_new = run(model, problems, mode, sim,
-                                                AttackConfig(solver="batched", maxiter=maxiter,
-                                                             batch_history=args.batch_history))
-                    # quality on the problems both solved; speed per attack of each
-                    new = new_all[sample]
-                    a = acc[mode]
-                    if args.show_misses:
-                        lam = problems[2].double().numpy()[sample]
-                        miss = ~within(new, ref, args.rtol, args.atol)
-                        for j in np.flatnonzero(miss):
-                            p = sample[j]
-                            print(f"    miss: problem {p} λ={lam[j]:.3g} Δ_scipy={ref[j]:.6g} "
-                                  f"({r_ref.evaluations[j]} evals, {r_ref.messages[j][:24]}) "
-                                  f"Δ_batched={new[j]:.6g} ({r_new.evaluations[p]} evals, "
-                                  f"{r_new.messages[p][:24]})")
-                    a["ref"].append(ref)
-                    a["new"].append(new)
-                    a["t_ref"].append(t_ref / len(sample))     # seconds per attack
-                    a["t_new"].append(t_new / P)
-                    a["ev_ref"].append(r_ref.evaluations.mean())
-                    a["ev_new"].append(r_new.evaluations.mean())
-                    if gpu:
-                        _, t_gpu, _ = run(model, problems, mode, sim,
-                                          AttackConfig(solver="batched", maxiter=maxiter,
-                                                       batch_history=args.batch_history), "cuda")
-                        a["t_gpu"].append(t_gpu / P)
-                    ratio = (t_ref / len(sample)) / (t_new / P)
-                    print(f"  [{arch} {name} {mode} maxiter={maxiter}] scipy {t_ref:.2f}s for "
-                          f"{len(sample)}, batched {t_new:.2f}s for {P} ({ratio:.1f}x per attack)",
-                          flush=True)
-            for mode in list(acc) + ["all"]:
-                modes = list(acc) if mode == "all" else [mode]
-                ref = np.concatenate([np.concatenate(acc[m]["ref"]) for m in modes])
-                new = np.concatenate([np.concatenate(acc[m]["new"]) for m in modes])
-                ok = within(new, ref, args.rtol, args.atol)
-                ratio = new / ref
-                quality.append((arch, mode, len(ref), ok.mean(), np.median(ratio), ratio.max(),
-                                np.mean(new < ref)))
-                # mean seconds per attack over the (model, mode) runs, each weighted alike
-                t_ref = np.mean([v for m in modes for v in acc[m]["t_ref"]])
-                t_new = np.mean([v for m in modes for v in acc[m]["t_new"]])
-                t_gpu = np.mean([v for m in modes for v in acc[m]["t_gpu"]]) if gpu else None
-                ev_ref = np.mean([v for m in modes for v in acc[m]["ev_ref"]])
-                ev_new = np.mean([v for m in modes for v in acc[m]["ev_new"]])
-                n_new = P * sum(len(acc[m]["t_new"]) for m in modes)
-                speed.append((arch, mode, n_new, len(ref), 1 / t_ref, 1 / t_new, t_ref / t_new,
-                              ev_ref, ev_new, None if t_gpu is None else 1 / t_gpu))
-                if mode != "all":
-                    summaries.append(f"summary {arch} {mode}: speed {t_ref / t_new:.1f}x, within "
-                                     f"tolerance {100 * ok.mean():.1f}%, median ratio "
-                                     f"{np.median(ratio):.2f}")
-                    if args.floor:
-                        again = np.concatenate(acc[mode]["again"])
-                        floors.append(f"floor {arch} {mode}: scipy with another seed, within "
-                                      f"tolerance {100 * within(again, ref, args.rtol, args.atol).mean():.1f}%, "
-                                      f"median ratio {np.median(again / ref):.2f}")
+                    acc[mode]["ref"].append(ref)
+                    acc[mode]["t_ref"].append(t_ref / len(sample))     # seconds per attack
+                    acc[mode]["ev_ref"].append(r_ref.evaluations.mean())
+                    for start in args.starts:
+                        cfg = AttackConfig(solver="batched", maxiter=maxiter,
+                                           batch_history=args.batch_history,
+                                           warm_start=(mode,) if start == "warm" else (),
+                                           warm_chain=args.warm_chain)
+                        new_all, t_new, r_new = run(model, problems, mode, sim, cfg)
+                        # quality on the problems both solved; speed per attack of each
+                        new = new_all[sample]
+                        a = acc[mode, start]
+                        if args.show_misses:
+                            lam = problems[2].double().numpy()[sample]
+                            miss = ~within(new, ref, args.rtol, args.atol)
+                            for j in np.flatnonzero(miss):
+                                p = sample[j]
+                                print(f"    miss ({start}): problem {p} λ={lam[j]:.3g} "
+                                      f"Δ_scipy={ref[j]:.6g} ({r_ref.evaluations[j]} evals, "
+                                      f"{r_ref.messages[j][:24]}) Δ_batched={new[j]:.6g} "
+                                      f"({r_new.evaluations[p]} evals, {r_new.messages[p][:24]})")
+                        a["new"].append(new)
+                        a["t_new"].append(t_new / P)
+                        a["ev_new"].append(r_new.evaluations.mean())
+                        if gpu:
+                            _, t_gpu, _ = run(model, problems, mode, sim, cfg, "cuda")
+                            a["t_gpu"].append(t_gpu / P)
+                        ratio = (t_ref / len(sample)) / (t_new / P)
+                        print(f"  [{arch} {name} {mode} maxiter={maxiter}] scipy {t_ref:.2f}s for "
+                              f"{len(sample)}, batched {start} {t_new:.2f}s for {P} "
+                              f"({ratio:.1f}x per attack)", flush=True)
+            for start in args.starts:
+                modes_run = [m for m, _ in MODES if (m, start) in acc]
+                for mode in modes_run + ["all"]:
+                    modes = modes_run if mode == "all" else [mode]
+                    ref = np.concatenate([np.concatenate(acc[m]["ref"]) for m in modes])
+                    new = np.concatenate([np.concatenate(acc[m, start]["new"]) for m in modes])
+                    ok = within(new, ref, args.rtol, args.atol)
+                    ratio = new / ref
+                    quality.append((arch, mode, start, len(ref), ok.mean(), np.median(ratio),
+                                    ratio.max(), np.mean(new < ref)))
+                    # mean seconds per attack over the (model, mode) runs, each weighted alike
+                    t_ref = np.mean([v for m in modes for v in acc[m]["t_ref"]])
+                    t_new = np.mean([v for m in modes for v in acc[m, start]["t_new"]])
+                    t_gpu = (np.mean([v for m in modes for v in acc[m, start]["t_gpu"]])
+                             if gpu else None)
+                    ev_ref = np.mean([v for m in modes for v in acc[m]["ev_ref"]])
+                    ev_new = np.mean([v for m in modes for v in acc[m, start]["ev_new"]])
+                    n_new = P * sum(len(acc[m, start]["t_new"]) for m in modes)
+                    speed.append((arch, mode, start, n_new, len(ref), 1 / t_ref, 1 / t_new,
+                                  t_ref / t_new, ev_ref, ev_new,
+                                  None if t_gpu is None else 1 / t_gpu))
+                    if mode != "all":
+                        # the proposed default: warm in --warm-modes, else cold
+                        proposed = "warm" if mode in args.warm_modes else "cold"
+                        if proposed not in args.starts:
+                            proposed = args.starts[0]
+                        label = "summary" if start == proposed else f"{start} start"
+                        summaries.append(f"{label} {arch} {mode}: speed {t_ref / t_new:.1f}x, "
+                                         f"within tolerance {100 * ok.mean():.1f}%, median ratio "
+                                         f"{np.median(ratio):.2f}")
+            if args.floor:
+                for mode, _ in MODES:
+                    ref = np.concatenate(acc[mode]["ref"])
+                    again = np.concatenate(acc[mode]["again"])
+                    floors.append(f"floor {arch} {mode}: scipy with another seed, within "
+                                  f"tolerance {100 * within(again, ref, args.rtol, args.atol).mean():.1f}%, "
+                                  f"median ratio {np.median(again / ref):.2f}")
 
         print(f"\nQuality at maxiter={maxiter} (batched vs scipy Δ; within = Δ_b <= Δ_s + "
               f"{args.rtol:g}·|Δ_s| + {args.atol:g}; bar: within >= 95%, median ratio <= 1.00)\n")
-        print("| architecture | mode | problems | within tolerance | median Δ_b/Δ_s | worst Δ_b/Δ_s | batched lower |")
-        print("|---|---|---:|---:|---:|---:|---:|")
-        for arch, mode, n, w, med, worst, lower in quality:
-            print(f"| {arch} | {mode} | {n} | {100 * w:.1f}% | {med:.6f} | {worst:.3f} | {100 * lower:.0f}% |")
+        print("| architecture | mode | batched start | problems | within tolerance | median Δ_b/Δ_s | worst Δ_b/Δ_s | batched lower |")
+        print("|---|---|---|---:|---:|---:|---:|---:|")
+        for arch, mode, start, n, w, med, worst, lower in quality:
+            print(f"| {arch} | {mode} | {start} | {n} | {100 * w:.1f}% | {med:.6f} | {worst:.3f} | {100 * lower:.0f}% |")
         print(f"\nSpeed at maxiter={maxiter} (attacks/s over whole attack_problems calls, "
               f"{args.threads} thread(s); bar: ratio >= 5x mlp, >= 3x conv)\n")
         gpu_col = " batched GPU attacks/s |" if gpu else ""
-        print(f"| architecture | mode | attacks batched | attacks scipy | scipy attacks/s | "
+        print(f"| architecture | mode | batched start | attacks batched | attacks scipy | scipy attacks/s | "
               f"batched attacks/s | ratio | scipy evals/attack | batched evals/attack | "
               f"scipy ms/eval | batched ms/eval |{gpu_col}")
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if gpu else ""))
-        for arch, mode, n_new, n_ref, a_ref, a_new, ratio, ev_ref, ev_new, a_gpu in speed:
+        print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if gpu else ""))
+        for arch, mode, start, n_new, n_ref, a_ref, a_new, ratio, ev_ref, ev_new, a_gpu in speed:
             g = f" {a_gpu:.1f} |" if a_gpu is not None else ""
             # time per evaluation of one problem, solver work included: the ratio of these
             # is the speed-up the batched solver would reach at equal evaluation counts
-            print(f"| {arch} | {mode} | {n_new} | {n_ref} | {a_ref:.1f} | {a_new:.1f} | "
+            print(f"| {arch} | {mode} | {start} | {n_new} | {n_ref} | {a_ref:.1f} | {a_new:.1f} | "
                   f"{ratio:.1f}x | {ev_ref:.1f} | {ev_new:.1f} | {1e3 / (a_ref * ev_ref):.2f} | "
                   f"{1e3 / (a_new * ev_new):.2f} |{g}")
     # the issue's bar, one line per architecture and mode (bar: speed >= 5x mlp and >= 3x
     # conv, within tolerance >= 95%, median ratio <= 1.00)
     print()
-    for line in summaries + floors:
+    # the proposed default's lines first, then the other starts', then scipy's floor
+    for line in sorted(summaries, key=lambda line: not line.startswith("summary")) + floors:
         print(line)
     return 0
 

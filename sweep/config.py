@@ -109,6 +109,9 @@ class SweepConfig:
         content.pop("resources")
         if not content["plugins"]:  # so folders written before plugins existed keep their hash
             content.pop("plugins")
+        if not content["attack"]["warm_start"]:  # likewise for folders from before warm starts
+            content["attack"].pop("warm_start")
+            content["attack"].pop("warm_chain")
         text = json.dumps(content, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -459,8 +459,8 @@ def test_run_attacks_rows_gallery_and_batch_independence(monkeypatch):
         solver = get_solver(name)
 
         class Spy:
-            def solve(self, *args):
-                solved.append(solver.solve(*args))
+            def solve(self, *args, **kwargs):
+                solved.append(solver.solve(*args, **kwargs))
                 return solved[-1]
         return Spy()
 

@@ -124,3 +124,14 @@ def test_cli_reports_a_bad_config_without_a_traceback(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "grid.layers" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_results_folders_keep_their_fingerprint_when_fields_are_added():
+    """The default config's fingerprint is the one results folders were written with before
+    ``plugins`` and the warm-start fields existed (re-running on such a folder resumes it); a
+    config that uses warm starts gets its own."""
+    assert SweepConfig().fingerprint() == "34927b51ccebad82"
+    warm = from_dict({"attack": {"warm_start": ["latent"]}})
+    assert warm.fingerprint() != SweepConfig().fingerprint()
+    assert from_dict({"attack": {"warm_start": ["latent"], "warm_chain": 3}}).fingerprint() != warm.fingerprint()
+    assert warm.attack.warm_start == ("latent",)

@@ -1,0 +1,69 @@
+"""Warm starts along a pair's λ path: which problem's solution starts which.
+
+In the modes of ``AttackConfig.warm_start`` a pair's λ values are taken from the largest
+down, in chains of ``warm_chain`` consecutive λ: the first problem of a chain starts from the
+random d0, every other one from the solution of the λ just above it. Neighbouring λ of the paper's grid are a
+factor 2^0.8 apart, so that solution is close to the next minimiser and L-BFGS-B needs fewer
+evaluations to reach it. Downwards, because a smaller penalty lets d grow from the previous
+solution; chains (rather than one path per pair) keep several problems of a pair in flight
+for the batched solver and stop one bad minimum from spreading down the whole path.
+
+A problem's start depends only on its pair, its λ and the grid, never on how problems were
+batched into tasks or slots (a task always holds every λ of its pairs).
+
+It is a per-mode choice because it is not always as good: in the latent attack a warm start
+finds about as low a Δ as a cold one, often a lower one, in far fewer evaluations; in the
+output attack (a sampled decoder likelihood) many warm starts stop within a few evaluations at
+a clearly higher Δ (the README's attack benchmark, ``benchmarks/attack.py``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Optional, Sequence
+
+import numpy as np
+
+__all__ = ["warm_start_predecessors", "solve_order", "COLD"]
+
+COLD = -1   # a problem that starts from its own random d0
+
+
+def warm_start_predecessors(source_indices: Sequence[int], target_indices: Sequence[int],
+                            lams: Sequence[float], chain: int) -> np.ndarray:
+    """``after[p]``: the problem whose solution is problem p's start, or ``COLD``.
+
+    Problems of the same (source, target) pair are ordered by λ, largest first, and cut into
+    runs of ``chain``; inside a run each problem follows the one before it. ``chain`` 1 gives
+    every problem a cold start.
+    """
+    if chain < 1:
+        raise ValueError(f"warm_chain must be >= 1, got {chain}")
+    by_pair: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for p, key in enumerate(zip(source_indices, target_indices)):
+        by_pair[(int(key[0]), int(key[1]))].append(p)
+    after = np.full(len(lams), COLD, dtype=np.int64)
+    for problems in by_pair.values():
+        # largest λ first; ties (a λ given twice) keep their problem order
+        path = sorted(problems, key=lambda p: (-float(lams[p]), p))
+        for k in range(len(path)):
+            if k % chain:
+                after[path[k]] = path[k - 1]
+    return after
+
+
+def solve_order(after: Optional[np.ndarray], n_problems: int) -> np.ndarray:
+    """The problems in an order where each comes after the one it starts from (problem order
+    otherwise): chains are walked head to end, heads in problem order."""
+    if after is None:
+        return np.arange(n_problems)
+    successor = {int(a): p for p, a in enumerate(after) if a != COLD}
+    order: list[int] = []
+    for head in np.flatnonzero(after == COLD):
+        p: Optional[int] = int(head)
+        while p is not None:
+            order.append(p)
+            p = successor.get(p)
+    if len(order) != n_problems:
+        raise ValueError("warm-start predecessors must form chains that start at a cold problem")
+    return np.asarray(order)
