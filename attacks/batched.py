@@ -66,7 +66,7 @@ import torch
 from torch import Tensor
 
 from attacks.result import NONFINITE_VALUE, ObjectiveFn, SolveResult
-from attacks.warm import COLD
+from attacks.warm import COLD, successors
 
 __all__ = ["BatchedLBFGSB", "cauchy_point", "subspace_step", "middle_matrix", "dcsrch",
            "LineSearch", "problems_per_chunk", "probe_cpu_chunk", "bytes_per_problem",
@@ -953,7 +953,7 @@ class _Run:
         self.x0 = torch.minimum(torch.maximum(d0.detach().reshape(P, n), self.lo), self.hi)
         after = np.full(P, COLD) if after is None else np.asarray(after)
         self.ready: deque[int] = deque(np.flatnonzero(after == COLD).tolist())
-        self.successor = {int(a): p for p, a in enumerate(after.tolist()) if a != COLD}
+        self.successor = successors(after)
         self.known: dict[int, tuple[Tensor, Tensor]] = {}   # (f, g) at x0 from the CPU probe
         self.out = torch.empty_like(d0)
         self.res_f = np.full(P, np.nan)

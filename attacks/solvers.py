@@ -19,7 +19,7 @@ from torch import Tensor
 
 from attacks.batched import BatchedLBFGSB
 from attacks.result import NONFINITE_VALUE, ObjectiveFn, SolveResult
-from attacks.warm import COLD, solve_order
+from attacks.warm import COLD, solve_order, successors
 from results.errors import ConfigError
 
 __all__ = ["SolveResult", "Solver", "ScipyLBFGSB", "SOLVERS", "get_solver", "ObjectiveFn"]
@@ -62,6 +62,7 @@ class ScipyLBFGSB:
                        gtol=float(config.pgtol), maxiter=int(config.maxiter),
                        maxfun=int(config.maxfun))
         finals: dict[int, np.ndarray] = {}   # float64 ends that warm starts begin from
+        started_from = successors(after)
         for p in solve_order(after, P).tolist():
             lo = lower[p].detach().double().cpu().numpy().ravel()
             hi = upper[p].detach().double().cpu().numpy().ravel()
@@ -86,7 +87,7 @@ class ScipyLBFGSB:
                                         bounds=scipy.optimize.Bounds(lo, hi), options=options)
             secs[p] = time.perf_counter() - t0
             x = np.clip(r.x, lo, hi)
-            if after is not None and (after == p).any():
+            if p in started_from:
                 finals[p] = x
             out[p] = torch.as_tensor(x, dtype=dtype, device=device).reshape(shape)
             res_f[p] = float(r.fun)

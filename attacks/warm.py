@@ -2,9 +2,9 @@
 
 In the modes of ``AttackConfig.warm_start`` a pair's λ values are taken from the largest
 down, in chains of ``warm_chain`` consecutive λ: the first problem of a chain starts from the
-random d0, every other one from the solution of the λ just above it. Neighbouring λ of the paper's grid are a
-factor 2^0.8 apart, so that solution is close to the next minimiser and L-BFGS-B needs fewer
-evaluations to reach it. Downwards, because a smaller penalty lets d grow from the previous
+random d0, every other one from the solution of the λ just above it. Neighbouring λ of the
+paper's grid are a factor 2^0.8 apart, so that solution is close to the next minimiser and
+L-BFGS-B needs fewer evaluations to reach it. Downwards, because a smaller penalty lets d grow from the previous
 solution; chains (rather than one path per pair) keep several problems of a pair in flight
 for the batched solver and stop one bad minimum from spreading down the whole path.
 
@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["warm_start_predecessors", "solve_order", "COLD"]
+__all__ = ["warm_start_predecessors", "successors", "solve_order", "COLD"]
 
 COLD = -1   # a problem that starts from its own random d0
 
@@ -52,12 +52,19 @@ def warm_start_predecessors(source_indices: Sequence[int], target_indices: Seque
     return after
 
 
+def successors(after: Optional[np.ndarray]) -> dict[int, int]:
+    """{problem: the problem that starts from its solution} (chains: at most one each)."""
+    if after is None:
+        return {}
+    return {int(a): p for p, a in enumerate(np.asarray(after).tolist()) if a != COLD}
+
+
 def solve_order(after: Optional[np.ndarray], n_problems: int) -> np.ndarray:
     """The problems in an order where each comes after the one it starts from (problem order
     otherwise): chains are walked head to end, heads in problem order."""
     if after is None:
         return np.arange(n_problems)
-    successor = {int(a): p for p, a in enumerate(after) if a != COLD}
+    successor = successors(after)
     order: list[int] = []
     for head in np.flatnonzero(after == COLD):
         p: Optional[int] = int(head)
