@@ -32,8 +32,18 @@ It prints two tables per maxiter:
 ``--scipy-every k`` lets scipy solve every k-th problem only (one at a time, its attacks/s does
 not depend on which), so the paper's 10 pairs x 51 λ fit in minutes; quality is compared on
 those problems (default 17: 30 of 510). ``--show-misses`` lists every problem outside the
-tolerance. It ends with one line per architecture and mode for the configuration proposed as
-the default (warm starts in ``--warm-modes``, by default latent only; cold in the others):
+tolerance.
+
+The floors (``--floors``) score scipy against itself with the same test: ``seed``, the same
+problems with another seed (another random start; in output mode also other noise draws), and
+``ulp``, the same problems and noise from the same start with every coordinate moved one float32
+ulp towards 0. The ``ulp`` floor is how much of scipy's minimum is fixed by the problem rather
+than by the last bit of its arithmetic: a solver whose float32 rounding differs from scipy's in
+any way (another summation order, a batched model pass) cannot be expected to agree with scipy
+more often than scipy agrees with itself one ulp away.
+
+It ends with one line per architecture and mode for the configuration proposed as the default
+(warm starts in ``--warm-modes``, by default latent only; cold in the others):
 ``summary <arch> <mode>: speed <X>x, within tolerance <Y>%, median ratio <Z>``,
 the same for the other start (``warm start <arch> <mode>: ...``, ``cold start ...``) and
 scipy's floor lines.
@@ -59,6 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from attacks.config import AttackConfig  # noqa: E402
 from attacks.metrics import lambda_grid, sample_pairs  # noqa: E402
 from attacks.run import attack_problems  # noqa: E402
+from attacks.solvers import SOLVERS, ScipyLBFGSB  # noqa: E402
 from models import ModelConfig, build_model, load_checkpoint  # noqa: E402
 from sweep.evaluate import (active_units, elbo_parts, logvar_at_bound,  # noqa: E402
                             mean_image_loglik, posteriors)
@@ -67,6 +78,24 @@ from sweep.trainable import training_pixel_statistics  # noqa: E402
 
 MODES = (("latent", "kl"), ("output", "elbo"))
 STARTS = ("warm", "cold")   # the batched solver's runs (scipy, the reference, starts cold)
+FLOORS = {"seed": "scipy with another seed", "ulp": "scipy from a start one ulp away"}
+
+
+class UlpNudgedScipy(ScipyLBFGSB):
+    """scipy started from d0 with every non-zero coordinate moved one ulp (of the model's
+    dtype) towards 0: the same problem, noise and algorithm, only the start's last bit differs
+    (the ``ulp`` floor). Towards 0 keeps the start in the box (it holds 0) and a coordinate on
+    the bound d = 0 on it, so the first active set is the same."""
+
+    name = "scipy-ulp"
+
+    def solve(self, objective, d0, lower, upper, config, after=None):
+        nudged = torch.nextafter(d0, torch.zeros_like(d0))
+        return super().solve(objective, nudged, lower, upper, config, after)
+
+
+# a solver name AttackConfig accepts, for the floor runs of this benchmark only
+SOLVERS[UlpNudgedScipy.name] = UlpNudgedScipy
 
 
 def load_models(folder: str | None, architectures: list[str],
@@ -189,9 +218,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="the modes whose 'summary' lines score the warm run (the configuration "
                          "proposed as the default: warm_start = these modes); the others score "
                          "the cold run")
-    ap.add_argument("--no-floor", dest="floor", action="store_false",
-                    help="skip scipy's second run with another seed (the 'floor' lines: how well "
-                         "scipy agrees with itself under the same tolerance)")
+    ap.add_argument("--floors", nargs="*", choices=list(FLOORS), default=list(FLOORS),
+                    help="scipy's extra runs scored against its first (the 'floor' lines: how "
+                         "well scipy agrees with itself under the same tolerance): 'seed' another "
+                         "seed, 'ulp' the start moved by one float32 ulp")
+    ap.add_argument("--no-floor", dest="floors", action="store_const", const=[],
+                    help="no floor runs (as --floors with no value)")
     ap.add_argument("--show-misses", action="store_true",
                     help="print every problem outside the quality tolerance")
     args = ap.parse_args(argv)
@@ -234,12 +266,12 @@ def main(argv: list[str] | None = None) -> int:
                 for mode, sim in MODES:
                     ref, t_ref, r_ref = run(model, subset(problems, sample), mode, sim,
                                             AttackConfig(solver="scipy", maxiter=maxiter))
-                    # scipy's own reproducibility: the same problems with another seed (another
-                    # random start; in output mode also other noise draws), scored the same way
-                    if args.floor:
+                    # scipy's own reproducibility, scored the same way (module docstring)
+                    for floor in args.floors:
+                        solver, seed = ("scipy", 1) if floor == "seed" else (UlpNudgedScipy.name, 0)
                         again, _, _ = run(model, subset(problems, sample), mode, sim,
-                                          AttackConfig(solver="scipy", maxiter=maxiter), seed=1)
-                        acc[mode]["again"].append(again)
+                                          AttackConfig(solver=solver, maxiter=maxiter), seed=seed)
+                        acc[mode][floor].append(again)
                     acc[mode]["ref"].append(ref)
                     acc[mode]["t_ref"].append(t_ref / len(sample))     # seconds per attack
                     acc[mode]["ev_ref"].append(r_ref.evaluations.mean())
@@ -301,11 +333,11 @@ def main(argv: list[str] | None = None) -> int:
                         summaries.append(f"{label} {arch} {mode}: speed {t_ref / t_new:.1f}x, "
                                          f"within tolerance {100 * ok.mean():.1f}%, median ratio "
                                          f"{np.median(ratio):.2f}")
-            if args.floor:
+            for floor in args.floors:
                 for mode, _ in MODES:
                     ref = np.concatenate(acc[mode]["ref"])
-                    again = np.concatenate(acc[mode]["again"])
-                    floors.append(f"floor {arch} {mode}: scipy with another seed, within "
+                    again = np.concatenate(acc[mode][floor])
+                    floors.append(f"floor {arch} {mode}: {FLOORS[floor]}, within "
                                   f"tolerance {100 * within(again, ref, args.rtol, args.atol).mean():.1f}%, "
                                   f"median ratio {np.median(again / ref):.2f}")
 
