@@ -1,20 +1,21 @@
 """Warm starts along a pair's λ path: which problem's solution starts which.
 
-In the modes of ``AttackConfig.warm_start`` a pair's λ values are taken from the largest
-down, in chains of ``warm_chain`` consecutive λ: the first problem of a chain starts from the
-random d0, every other one from the solution of the λ just above it. Neighbouring λ of the
-paper's grid are a factor 2^0.8 apart, so that solution is close to the next minimiser and
-L-BFGS-B needs fewer evaluations to reach it. Downwards, because a smaller penalty lets d grow from the previous
-solution; chains (rather than one path per pair) keep several problems of a pair in flight
-for the batched solver and stop one bad minimum from spreading down the whole path.
+In the modes of ``AttackConfig.warm_start`` a pair's λ values are taken from the largest down,
+in chains of ``warm_chain`` consecutive λ: the first problem of a chain starts from the random
+d0, every other one from the solution of the λ just above it. Neighbouring λ of the paper's grid
+are a factor 2^0.8 apart, so that solution is close to the next minimiser and L-BFGS-B needs
+fewer evaluations to reach it. Downwards, because a smaller penalty lets d grow from the
+previous solution; chains (rather than one path per pair) keep several problems of a pair in
+flight for the batched solver and stop one bad minimum from spreading down the whole path.
 
 A problem's start depends only on its pair, its λ and the grid, never on how problems were
 batched into tasks or slots (a task always holds every λ of its pairs).
 
-It is a per-mode choice because it is not always as good: in the latent attack a warm start
-finds about as low a Δ as a cold one, often a lower one, in far fewer evaluations; in the
-output attack (a sampled decoder likelihood) many warm starts stop within a few evaluations at
-a clearly higher Δ (the README's attack benchmark, ``benchmarks/attack.py``).
+It is a per-mode choice because it is not always as good. In the latent attack a warm start
+finds about as low a Δ as a cold one, often a lower one, in far fewer evaluations. In the
+output attack it reaches about as low a minimised objective (one noise draw per pair, shared by
+its λ), but its reported Δ, re-evaluated on fresh draws, is often clearly higher (the README's
+attack benchmark, ``benchmarks/attack.py``).
 """
 
 from __future__ import annotations
