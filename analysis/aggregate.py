@@ -11,7 +11,14 @@ pools over it. The unit of a CI is:
 * train metrics (ELBO, weight norms): one trial; pooled over |z|, seeds and L (Fig. 3);
 * attack metrics: one (trial, pair). **"all λ" (the paper's Δ)**: the pair's mean over the
   positive λ, the paper's 1/50 Σ Δ(λ(c_i)); **"selected λ"**: the attack at the λ the attack
-  step's rule picked for the pair (the ``selected`` column); AUDDC is one value per pair.
+  step's rule picked for the pair (the ``selected`` column); AUDDC and the latent budgets
+  (``budget_50``, ``budget_90``: the smallest ‖d‖ on the pair's λ path that removes half / 90%
+  of the clean distance) are one value per pair; ``clean_left`` (``with_clean_left``: distance /
+  delta_clean, the fraction of the no-attack distance an attack leaves) is per λ, like Δ.
+
+Δ measures how far apart the attack leaves the two codes, which starts from how far apart the
+clean source and target already are; the budgets and ``clean_left`` measure the model's
+resistance apart from that starting distance.
 
 The attack objective Δ spans orders of magnitude across models (the paper plots it on log
 axes), so it is aggregated on a log scale: geometric means, intervals of the mean log, ratios
@@ -42,6 +49,7 @@ __all__ = [
     "left_out",
     "default_similarity",
     "attack_rows",
+    "with_clean_left",
     "pair_units",
     "summarize_metric",
     "elbo_by_beta",
@@ -58,6 +66,7 @@ class Metric:
     unit: str
     per_pair: bool = False  # one value per (trial, pair) rather than per λ
     log_scale: bool = False  # aggregated as geometric means (positive, spans orders of magnitude)
+    axis: str = ""  # a figure axis's label, where "label (unit)" is too long for one
 
 
 METRICS = {
@@ -65,6 +74,13 @@ METRICS = {
     "adv_target_l2": Metric("adv_target_l2", "‖rec(x*) − xᵗ‖₂", "L2, pixels in [0, 1]"),
     "target_nll": Metric("target_nll", "−log p(xᵗ | z*)", "nats"),
     "auddc": Metric("auddc", "AUDDC", "unitless, higher = harder to attack", per_pair=True),
+    # latent robustness apart from the clean distance (attack files of issue 23 on; null before)
+    "budget_50": Metric("budget_50", "budget_50: ‖d‖ removing half the clean distance",
+                        "L2 of d, pixels in [0, 1]", per_pair=True, log_scale=True, axis="budget_50: ‖d‖ (L2)"),
+    "budget_90": Metric("budget_90", "budget_90: ‖d‖ removing 90% of the clean distance",
+                        "L2 of d, pixels in [0, 1]", per_pair=True, log_scale=True, axis="budget_90: ‖d‖ (L2)"),
+    "clean_left": Metric("clean_left", "fraction of the clean distance left", "distance / delta_clean",
+                         axis="distance / delta_clean"),
 }
 HEALTHY = "healthy"
 UNKNOWN_HEALTH = ("unknown", "no health recorded in train/ (results of an older version of the sweep: "
@@ -160,6 +176,19 @@ def default_similarity(attacks: pd.DataFrame, mode: str) -> str | None:
     if (sims == preferred).any():
         return preferred
     return str(sims.value_counts().index[0])
+
+
+def with_clean_left(attacks: pd.DataFrame) -> pd.DataFrame:
+    """``attacks`` with a ``clean_left`` column: ``distance / delta_clean`` per row, NaN where
+    either is missing (attack files written before ``delta_clean`` existed) or delta_clean ≤ 0."""
+    out = attacks.copy()
+    if attacks.empty or not {"distance", "delta_clean"} <= set(attacks.columns):
+        out["clean_left"] = np.nan
+        return out
+    distance = pd.to_numeric(attacks["distance"], errors="coerce").astype(float)
+    clean = pd.to_numeric(attacks["delta_clean"], errors="coerce").astype(float)
+    out["clean_left"] = (distance / clean.where(clean > 0)).astype(float)
+    return out
 
 
 def attack_rows(

@@ -5,6 +5,10 @@ of Figs. 5 and 6, the weight norms of Table 1, or the noise robustness of Fig. 7
 
 * Δ: the log of each (trial, input–target pair) value, the pair's mean Δ over the positive λ
   ("all λ", the paper's Δ) or its Δ at the selected λ; a ratio of geometric means;
+* budget_50 (latent claims, a second measure beside the paper's Δ): the log of each (trial,
+  pair) value of the smallest distortion that removes half the clean latent distance; a ratio
+  of geometric means. Δ also grows with how far apart the clean codes of source and target
+  start; budget_50 does not, so the two can disagree (``compare_measures``);
 * weight norms: the log of each trial's norm; a ratio of geometric means;
 * noise: each (trial, image) log p(x|z), z ~ q(z | x + ε) at σ = 1; a difference of means.
 
@@ -27,10 +31,14 @@ from analysis import aggregate as agg
 from analysis.stats import ContrastGroup, contrast_interval
 from results import kinds
 
-__all__ = ["CLAIMS", "Claim", "Term", "Selector", "NO_GROWTH_MARGIN", "claims_table", "verdict"]
+__all__ = ["CLAIMS", "Claim", "Term", "Selector", "NO_GROWTH_MARGIN", "MEASURES", "claims_table", "verdict",
+           "compare_measures", "measure_findings"]
 
 NO_GROWTH_MARGIN = 1.5   # "≈1": a few per cent more is no growth next to ×10³..10⁷
 NOISE_SIGMA = 1.0
+# the attack columns a Δ claim is tested on, and their name in the table's measure column; the
+# second is tested on the latent claims only (it is NaN for the output attack)
+MEASURES = {"objective": "Δ", "budget_50": "budget_50"}
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,10 @@ class Claim:
     @property
     def ratio(self) -> bool:
         return self.quantity != "noise"
+
+    @property
+    def latent_only(self) -> bool:
+        return self.quantity == "delta" and all(term.mode == "latent" for term in self.terms)
 
 
 def _t(model, beta="max", layers=None, coef=1.0, mode="latent", *alternatives) -> Term:
@@ -166,15 +178,18 @@ def claims_table(
     similarity: dict[str, str | None] | None = None,
     variants: Sequence[str] = ("all λ", "selected λ"),
     claims: Sequence[Claim] = CLAIMS,
+    measures: Sequence[str] = tuple(MEASURES),
 ) -> pd.DataFrame:
-    """Every claim on every dataset (Δ claims in each λ variant). ``attacks``, ``train`` and
-    ``noise`` hold every trial's rows; only healthy trials are measured (``train``'s health).
+    """Every claim on every dataset (Δ claims in each λ variant; latent Δ claims also on
+    budget_50, one "per pair" row after the Δ rows). ``attacks``, ``train`` and ``noise`` hold
+    every trial's rows; only healthy trials are measured (``train``'s health).
 
-    Columns: dataset, claim, variant, numerator, denominator, estimate (a ratio, or a difference
-    for noise), lo, hi (95%), trials (per side), units (pairs or images), paper, verdict,
-    left_out (unhealthy trials a side would have included)."""
-    cols = ["dataset", "claim", "variant", "numerator", "denominator", "estimate", "lo", "hi", "trials",
-            "units", "paper", "verdict", "left_out"]
+    Columns: dataset, claim, variant, measure ("Δ", "budget_50"; "—" for the other claims),
+    numerator, denominator, estimate (a ratio, or a difference for noise), lo, hi (95%), trials
+    (per side), units (pairs or images), paper, verdict, left_out (unhealthy trials a side would
+    have included)."""
+    cols = ["dataset", "claim", "variant", "measure", "numerator", "denominator", "estimate", "lo", "hi",
+            "trials", "units", "paper", "verdict", "left_out"]
     similarity = similarity or {}
     noise = noise if noise is not None else pd.DataFrame()
     datasets = sorted({*_datasets(attacks), *_datasets(train)})
@@ -192,10 +207,71 @@ def claims_table(
             sources["noise"] = sources["noise"].loc[np.isclose(sources["noise"]["sigma"].astype(float), NOISE_SIGMA)]
         for claim in claims:
             rows = sources[claim.quantity]
-            for variant in (variants if claim.quantity == "delta" else ("—",)):
+            for variant, column in _rows_of(claim, variants, measures):
                 out.append({"dataset": dataset, "claim": claim.claim, "variant": variant, "paper": claim.paper,
-                            **_measure(claim, rows, variant, similarity, healthy, health)})
+                            "measure": MEASURES.get(column, "—"),
+                            **_measure(claim, rows, variant, similarity, healthy, health, column)})
     return pd.DataFrame(out, columns=cols)
+
+
+def _rows_of(claim: Claim, variants: Sequence[str], measures: Sequence[str]) -> list[tuple[str, str]]:
+    """(variant, value column) of each row a claim gets in the table."""
+    if claim.quantity != "delta":
+        return [("—", _VALUE_COLUMN.get(claim.quantity, claim.quantity))]
+    rows = [(variant, "objective") for variant in variants] if "objective" in measures else []
+    if claim.latent_only:
+        rows += [("per pair", m) for m in measures if m != "objective"]
+    return rows
+
+
+_CLASSES = ("holds", "does not hold", "inconclusive")
+
+
+def compare_measures(table: pd.DataFrame, variant: str = "all λ") -> pd.DataFrame:
+    """Per (dataset, latent claim) tested on both measures: the paper's Δ (``variant``) and
+    budget_50, each verdict's class (holds, does not hold, inconclusive) and whether they
+    agree. A claim that either measure could not test ("not measured") is left out."""
+    cols = ["dataset", "claim", "delta", "budget_50", "delta_verdict", "budget_50_verdict", "agree"]
+    if table.empty or "measure" not in table.columns:
+        return pd.DataFrame(columns=cols)
+    delta = table.loc[(table["measure"] == "Δ") & (table["variant"] == variant)]
+    budget = table.loc[table["measure"] == "budget_50"]
+    both = delta.merge(budget, on=["dataset", "claim"], suffixes=("", "_b"))
+    out = []
+    for r in both.itertuples():
+        a, b = _verdict_class(r.verdict), _verdict_class(r.verdict_b)
+        if a is None or b is None:
+            continue
+        out.append({"dataset": r.dataset, "claim": r.claim, "delta": a, "budget_50": b, "delta_verdict": r.verdict,
+                    "budget_50_verdict": r.verdict_b, "agree": a == b})
+    return pd.DataFrame(out, columns=cols)
+
+
+def measure_findings(claims: pd.DataFrame) -> list[str]:
+    """Sentences that say, per latent claim, where the paper's Δ ("all λ") and budget_50 reach
+    different verdicts (one holds, the other does not or is inconclusive)."""
+    budget = claims.loc[claims["measure"] == "budget_50"] if "measure" in claims.columns else claims.iloc[0:0]
+    if budget.empty:
+        return []
+    if budget["verdict"].astype(str).str.contains("before the column existed").all():
+        return ["The latent claims are tested on the paper's Δ only: these attack files have no budget_50 (they "
+                "were written before the column existed; re-run the attack step to add it)."]
+    table = compare_measures(claims)
+    if table.empty:
+        return ["No latent claim could be tested on both the paper's Δ and budget_50."]
+    differ = table.loc[~table["agree"]]
+    if differ.empty:
+        which = "the one latent claim" if len(table) == 1 else f"all {len(table)} latent claims"
+        return [f"The paper's Δ and budget_50 reach the same verdict on {which} tested on both."]
+    head = (f"The paper's Δ and budget_50 disagree on {len(differ)} of the {len(table)} latent claims tested on "
+            "both (Δ also grows with how far apart the clean source and target codes start; budget_50 does not):")
+    return [head] + [f"{r.claim} ({r.dataset}): the paper's Δ says {r.delta_verdict}; budget_50 says "
+                     f"{r.budget_50_verdict}." for r in differ.itertuples()]
+
+
+def _verdict_class(words) -> str | None:
+    words = str(words)
+    return next((c for c in _CLASSES if words.startswith(c)), None)
 
 
 def _datasets(frame: pd.DataFrame) -> set[str]:
@@ -214,15 +290,16 @@ _VALUE_COLUMN = {"delta": "objective", "noise": "loglik"}
 
 
 def _measure(claim: Claim, rows: pd.DataFrame, variant: str, similarity: dict, healthy: set[str],
-             health: pd.DataFrame) -> dict:
+             health: pd.DataFrame, column: str) -> dict:
     selected = variant == "selected λ"
-    column = _VALUE_COLUMN.get(claim.quantity, claim.quantity)
     if rows.empty or column not in rows.columns or not rows[column].notna().any():
+        why = " (attack files written before the column existed)" if column in MEASURES and column != "objective" \
+            else ""
         return dict(numerator="", denominator="", estimate=np.nan, lo=np.nan, hi=np.nan, trials="", units=0,
-                    left_out="", verdict=f"not measured: no {_what(claim)} with {column} in the results")
+                    left_out="", verdict=f"not measured: no {_what(claim)} with {column} in the results{why}")
     sides, bad = [], []
     for term in claim.terms:
-        term_rows = _term_rows(claim, term, rows, similarity, selected)
+        term_rows = _term_rows(claim, term, rows, similarity, selected, column)
         picked, text = term.selectors[0].pick(term_rows)
         for alt in term.selectors[1:]:
             if not picked.empty:
@@ -245,7 +322,7 @@ def _measure(claim: Claim, rows: pd.DataFrame, variant: str, similarity: dict, h
                                      f"({_unhealthy_text(sorted(ids), health)})"}
     if len({frozenset(ids) for (_, _, _, ids) in sides}) == 1:
         return {**result, "verdict": "not measured: only one setting present"}
-    groups = _groups(claim, sides, selected)
+    groups = _groups(claim, sides, selected, column)
     if groups is None:
         return {**result, "verdict": "not measured: the sides share no pair or image"}
     iv = contrast_interval(groups)
@@ -262,22 +339,23 @@ def _what(claim: Claim) -> str:
     return {"delta": "attacks", "noise": "noise samples"}.get(claim.quantity, "finished trials")
 
 
-def _term_rows(claim: Claim, term: Term, rows: pd.DataFrame, similarity: dict, selected: bool) -> pd.DataFrame:
+def _term_rows(claim: Claim, term: Term, rows: pd.DataFrame, similarity: dict, selected: bool,
+               column: str = "objective") -> pd.DataFrame:
     if claim.quantity != "delta" or rows.empty:
         return rows
     sim = similarity.get(term.mode, agg.default_similarity(rows, term.mode))
-    return agg.attack_rows(rows, "objective", term.mode, sim, selected_only=selected)
+    return agg.attack_rows(rows, column, term.mode, sim, selected_only=selected)
 
 
-def _groups(claim: Claim, sides, selected: bool) -> list[ContrastGroup] | None:
+def _groups(claim: Claim, sides, selected: bool, column: str = "objective") -> list[ContrastGroup] | None:
     """The contrast's groups: each side's [trials × units] matrix, trials aligned within a
     setting, units (pairs or images) restricted to those every side has."""
     matrices = []
     for term, picked, text, _ in sides:
         if claim.quantity == "delta":
-            units = agg.pair_units(picked, "objective", selected)
-            units = units.loc[units["objective"] > 0]
-            m = units.pivot_table(index="trial_id", columns="pair", values="objective", aggfunc="mean")
+            units = agg.pair_units(picked, column, selected)
+            units = units.loc[units[column] > 0]
+            m = units.pivot_table(index="trial_id", columns="pair", values=column, aggfunc="mean")
             m = np.log(m)
         elif claim.quantity == "noise":
             m = picked.pivot_table(index="trial_id", columns="sample", values="loglik", aggfunc="mean")

@@ -31,6 +31,8 @@ __all__ = [
     "fig_elbo",
     "fig_attack_vs_beta",
     "fig_attack_heatmaps",
+    "fig_latent_robustness_vs_beta",
+    "fig_latent_robustness_heatmaps",
     "fig_noise",
     "fig_weight_norms",
     "fig_gallery",
@@ -152,6 +154,75 @@ def fig_elbo(train: pd.DataFrame, out: Path, file: str = "fig3_elbo_vs_beta.png"
     )
 
 
+NEW_COLUMNS_HINT = ("its attack files were written before the column existed: re-run the attack step "
+                    "(python -m sweep.attack) to add it")
+
+
+def _finite(rows: pd.DataFrame, column: str) -> bool:
+    """Whether ``rows`` has a finite value of ``column`` (old result folders load it as nulls)."""
+    if rows.empty or column not in rows.columns:
+        return False
+    return bool(np.isfinite(pd.to_numeric(rows[column], errors="coerce").astype(float)).any())
+
+
+def _modes_with(attacks: pd.DataFrame, metric: str) -> list[str]:
+    """The attack modes, latent first, whose rows carry a finite ``metric``."""
+    if attacks.empty or "mode" not in attacks.columns:
+        return []
+    return [m for m in ("latent", "output") if _finite(attacks.loc[attacks["mode"] == m], metric)]
+
+
+def _metric_axis_label(metric: str, mode: str, sim: str | None) -> str:
+    spec = agg.METRICS[metric]
+    if metric == "objective":
+        return f"Δ_{mode} ({agg.objective_unit(mode, sim)})" + (", log scale" if spec.log_scale else "")
+    return (spec.axis or f"{spec.label} ({spec.unit})") + (", log scale" if spec.log_scale else "")
+
+
+def _beta_panel(ax, rows: pd.DataFrame, metric: str, mode: str, sim: str | None,
+                variants: Sequence[tuple[str, bool, str]]) -> bool:
+    """One Fig. 5 panel: ``metric`` against β for β-TCVAE (a band per λ variant) with the VAE
+    (β = 1) as a reference point; False when there is nothing to draw."""
+    spec = agg.METRICS[metric]
+    vals = []
+    for vname, sel, ls in variants:
+        table = agg.attack_by_beta(rows, metric, mode, sim, selected_only=sel)
+        for model in ("tcvae", "vae"):
+            m = table.loc[table["model"] == model].sort_values("beta")
+            if m.empty:
+                continue
+            label = f"{agg.model_label(model)}{'' if spec.per_pair else ', ' + vname}"
+            if model == "vae":
+                # the reference point, drawn as a point with error bars at its β (= 1)
+                lo, hi, mean = m["lo"].to_numpy(), m["hi"].to_numpy(), m["mean"].to_numpy()
+                yerr = [mean - lo, hi - mean] if np.all(np.isfinite(lo)) else None
+                ax.errorbar(m["beta"], mean, yerr=yerr, fmt="s" if not sel else "D", color=_color("vae"),
+                            capsize=4, label=label, markersize=7, markerfacecolor="none" if sel else _color("vae"))
+            else:
+                _line_band(ax, m["beta"], m["mean"], m["lo"], m["hi"], label=label, color=_color(model),
+                           linestyle=ls)
+            vals.extend(m["mean"].tolist())
+            vals.extend(v for v in m["lo"].tolist() if np.isfinite(v))
+    ax.set_ylabel(_metric_axis_label(metric, mode, sim))
+    _beta_axis(ax, rows["beta"])
+    if not vals:
+        ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
+        return False
+    if spec.log_scale:
+        ax.set_yscale("log")
+    else:
+        _maybe_log_y(ax, vals)
+    ax.legend(fontsize=7)
+    return True
+
+
+def _tcvae_rows(attacks: pd.DataFrame) -> pd.DataFrame:
+    rows = attacks.loc[attacks["model"].isin(["tcvae", "vae"])]
+    if not (rows["model"] == "tcvae").any():
+        raise SkipFigure("no attack results of β-TCVAE (model 'tcvae') in attacks/")
+    return rows
+
+
 def fig_attack_vs_beta(
     attacks: pd.DataFrame,
     metric: str,
@@ -163,71 +234,87 @@ def fig_attack_vs_beta(
     (β = 1) as the reference point; one row per attack mode, one column per dataset."""
     spec = agg.METRICS[metric]
     file = file or f"fig5_{metric}_vs_beta_tcvae.png"
-    modes = [m for m in ("latent", "output") if not attacks.empty and (attacks["mode"] == m).any()]
-    if not modes:
+    if attacks.empty or "mode" not in attacks.columns:
         raise SkipFigure("no attack results in attacks/")
-    rows = attacks.loc[attacks["model"].isin(["tcvae", "vae"])]
-    if not (rows["model"] == "tcvae").any():
-        raise SkipFigure("no attack results of β-TCVAE (model 'tcvae') in attacks/")
+    modes = _modes_with(attacks, metric)
+    if not modes:
+        raise SkipFigure(f"no {metric} in attacks/ ({NEW_COLUMNS_HINT})")
+    rows = _tcvae_rows(attacks)
     variants = [("all λ", False, "-")] if spec.per_pair else [("all λ", False, "-"), ("selected λ", True, "--")]
     datasets = _datasets(rows)
     fig, axes = _new_figure(len(modes), len(datasets))
     for i, mode in enumerate(modes):
         sim = similarity.get(mode)
         for j, dataset in enumerate(datasets):
-            ax = axes[i][j]
-            drows = rows.loc[rows["dataset"] == dataset]
-            vals = []
-            for vname, sel, ls in variants:
-                table = agg.attack_by_beta(drows, metric, mode, sim, selected_only=sel)
-                for model in ("tcvae", "vae"):
-                    m = table.loc[table["model"] == model].sort_values("beta")
-                    if m.empty:
-                        continue
-                    label = f"{agg.model_label(model)}{'' if spec.per_pair else ', ' + vname}"
-                    if model == "vae":
-                        # the reference point, drawn as a point with error bars at its β (= 1)
-                        lo, hi = m["lo"].to_numpy(), m["hi"].to_numpy()
-                        mean = m["mean"].to_numpy()
-                        yerr = None
-                        if np.all(np.isfinite(lo)):
-                            yerr = [mean - lo, hi - mean]
-                        ax.errorbar(m["beta"], mean, yerr=yerr, fmt="s" if not sel else "D",
-                                    color=_color("vae"), capsize=4, label=label, markersize=7,
-                                    markerfacecolor="none" if sel else _color("vae"))
-                    else:
-                        _line_band(ax, m["beta"], m["mean"], m["lo"], m["hi"], label=label,
-                                   color=_color(model), linestyle=ls)
-                    vals.extend(m["mean"].tolist())
-                    vals.extend(v for v in m["lo"].tolist() if np.isfinite(v))
-            unit = agg.objective_unit(mode, sim) if metric == "objective" else spec.unit
-            name = f"Δ_{mode}" if metric == "objective" else spec.label
-            ax.set_ylabel(f"{name} ({unit})" + (", log scale" if spec.log_scale else ""))
-            _beta_axis(ax, rows["beta"])
-            if not vals:
-                ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
-            else:
-                if spec.log_scale:
-                    ax.set_yscale("log")
-                else:
-                    _maybe_log_y(ax, vals)
-                ax.legend(fontsize=7)
-            ax.set_title(f"{dataset}: {mode} attack ({sim})", fontsize=10)
+            _beta_panel(axes[i][j], rows.loc[rows["dataset"] == dataset], metric, mode, sim, variants)
+            axes[i][j].set_title(f"{dataset}: {mode} attack ({sim})", fontsize=10)
     method = LOG_METHOD if spec.log_scale else T_METHOD
     what = ("geometric mean" if spec.log_scale else "mean") + " over (trial, pair)"
     _suptitle(fig, f"{spec.label} against β for β-TCVAE (Fig. 5); {what}; band: {method}", fontsize=10)
     _save(fig, out / file)
     if spec.per_pair:
         cap = (f"{spec.label} ({spec.unit}) against β for β-TCVAE; square: VAE (β = 1) reference. "
-               f"One value per input–target pair (AUDDC as written by the attack step); band: {method} "
-               "over the (trial, pair) units (pairs, |z|, seeds). Pairs whose AUDDC is not defined (see the "
+               f"One value per input–target pair (as written by the attack step); band: {method} "
+               "over the (trial, pair) units (pairs, |z|, seeds). Pairs without a value (see the "
                "report's notes) are left out.")
     else:
         cap = (f"{spec.label} against β for β-TCVAE, healthy trials only; squares: VAE (β = 1) reference. "
-               "Solid: the paper's Δ, each pair's mean over the positive λ; dashed / open markers: the λ "
+               "Solid: each pair's mean over the positive λ (for Δ, the paper's Δ); dashed / open markers: the λ "
                f"the attack step selected for each pair. {what.capitalize()} units (pairs, |z|, seeds); "
                f"band / error bars: {method}.")
     return FigureResult(file, f"{spec.label} against β, β-TCVAE (Fig. 5)", cap)
+
+
+ROBUSTNESS_METRICS = ("objective", "budget_50", "clean_left")   # the latent robustness measures, side by side
+
+
+def _robustness_metrics(attacks: pd.DataFrame, figure: str) -> list[str]:
+    """The latent robustness measures present: the paper's Δ and those of the newer columns
+    (budget_50; clean_left from delta_clean) that the latent attacks carry; SkipFigure if none
+    of the newer ones is there, as the paper's Δ has its own figure."""
+    latent = attacks.loc[attacks["mode"] == "latent"] if not attacks.empty and "mode" in attacks.columns else attacks
+    if not _finite(latent, "objective"):
+        raise SkipFigure("no latent attack results in attacks/")
+    metrics = [m for m in ROBUSTNESS_METRICS if _finite(latent, m)]
+    if metrics == ["objective"]:
+        raise SkipFigure(f"no budget_50 or delta_clean in the latent attacks ({NEW_COLUMNS_HINT}); {figure} "
+                         "shows the paper's Δ alone")
+    return metrics
+
+
+_ROBUSTNESS_CAPTION = (
+    "The paper's Δ mixes how far apart the clean source and target already are with how hard the model is "
+    "to move: here it stands beside budget_50, the smallest distortion ‖d‖ on the pair's λ path that removes "
+    "half of the clean latent distance (capped at ‖x − xᵗ‖; one value per pair, geometric mean), and the "
+    "fraction of the clean distance left, distance / delta_clean, each pair's mean over the positive λ. Higher "
+    "is harder to attack on all three.")
+
+
+def fig_latent_robustness_vs_beta(
+    attacks: pd.DataFrame,
+    out: Path,
+    similarity: dict[str, str | None],
+    file: str = "fig5_latent_robustness_vs_beta_tcvae.png",
+) -> FigureResult:
+    """Fig. 5, latent attack: the paper's Δ, budget_50 and the fraction of the clean distance
+    left, side by side, against β for β-TCVAE (VAE as the reference); one row per dataset."""
+    metrics = _robustness_metrics(attacks, "Fig. 5")
+    rows = _tcvae_rows(attacks)
+    sim = similarity.get("latent")
+    datasets = _datasets(rows)
+    fig, axes = _new_figure(len(datasets), len(metrics))
+    for i, dataset in enumerate(datasets):
+        for j, metric in enumerate(metrics):
+            _beta_panel(axes[i][j], rows.loc[rows["dataset"] == dataset], metric, "latent", sim,
+                        [("all λ", False, "-")])
+            axes[i][j].set_title(f"{dataset}: {agg.METRICS[metric].label}", fontsize=8)
+    _suptitle(fig, f"Latent robustness against β for β-TCVAE, three measures (Fig. 5, {sim}); band: 95% interval "
+                   "over (trial, pair)", fontsize=10)
+    _save(fig, out / file)
+    return FigureResult(
+        file, "Latent robustness against β, three measures, β-TCVAE (Fig. 5)",
+        f"{_ROBUSTNESS_CAPTION} Healthy trials only; squares: VAE (β = 1) reference. Bands: {LOG_METHOD} for Δ "
+        f"and budget_50, {T_METHOD} for the fraction left, over the (trial, pair) units (pairs, |z|, seeds).")
 
 
 def _fmt(v: float) -> str:
@@ -237,6 +324,62 @@ def _fmt(v: float) -> str:
     if a != 0 and (a >= 1e4 or a < 1e-2):
         return f"{v:.1e}"
     return f"{v:.3g}"
+
+
+def _heatmap_norm(tables: Sequence[pd.DataFrame], log_scale: bool) -> Normalize | None:
+    """One colour scale for the cells of ``tables`` (so the panels that share it compare):
+    logarithmic for a log-scale metric or values spanning orders of magnitude."""
+    vals = np.concatenate([t["mean"].to_numpy(dtype=float) for t in tables]) if tables else np.array([])
+    vals = vals[np.isfinite(vals)]
+    if not vals.size:
+        return None
+    lo, hi = float(vals.min()), float(vals.max())
+    hi = hi if hi > lo else lo + (abs(lo) * 1e-6 or 1e-6)
+    return LogNorm(vmin=lo, vmax=hi) if (log_scale and lo > 0) or _spans_orders(vals) else Normalize(lo, hi)
+
+
+def _heatmap_panel(fig: Figure, ax, sub: pd.DataFrame, norm: Normalize | None, label: str) -> None:
+    """One Fig. 6 panel: the (L, β) cells of ``sub`` (mean, lo, hi per cell), each printed with
+    its interval, and a colour bar labelled ``label``."""
+    if sub.empty:
+        ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return
+    betas = sorted(sub["beta"].unique())
+    layers = sorted(sub["layers"].unique())
+    grid = np.full((len(layers), len(betas)), np.nan)
+    text = {}
+    for _, r in sub.iterrows():
+        yi, xi = layers.index(r["layers"]), betas.index(r["beta"])
+        grid[yi, xi] = r["mean"]
+        text[(yi, xi)] = f"{_fmt(r['mean'])}\n[{_fmt(r['lo'])}, {_fmt(r['hi'])}]"
+    im = ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap="viridis", norm=norm)
+    for (yi, xi), t in text.items():
+        # dark text on the bright end of viridis, white on the dark end
+        shade = norm(grid[yi, xi]) if norm is not None else 0.0
+        ax.text(xi, yi, t, ha="center", va="center", fontsize=7,
+                color="black" if np.ma.filled(shade, 0.0) > 0.6 else "white")
+    ax.set_xticks(range(len(betas)), [f"{b:g}" for b in betas])
+    ax.set_yticks(range(len(layers)), [str(int(L)) for L in layers])
+    ax.set_xlabel("β (dimensionless)")
+    ax.set_ylabel("L (stochastic layers)")
+    cb = fig.colorbar(im, ax=ax)
+    cb.set_label(label + (", log scale" if isinstance(norm, LogNorm) else ""), fontsize=8)
+
+
+def _heatmap_models(attacks: pd.DataFrame) -> list[str]:
+    if attacks.empty:
+        raise SkipFigure("no attack results in attacks/")
+    models = [m for m in ("tcdlgm", "seatbelt") if (attacks["model"] == m).any()]
+    if not models:
+        raise SkipFigure("no attack results of β-TCDLGM or Seatbelt-VAE (model 'tcdlgm' / 'seatbelt')")
+    return models
+
+
+def _heatmap(attacks, metric, mode, model, similarity, selected_only=False) -> pd.DataFrame:
+    return agg.attack_heatmap(attacks, metric, mode, model, similarity.get(mode), selected_only,
+                              l1_model="tcvae" if model == "seatbelt" else None)
 
 
 def fig_attack_heatmaps(
@@ -252,68 +395,27 @@ def fig_attack_heatmaps(
     spec = agg.METRICS[metric]
     suffix = "_selected" if selected_only and not spec.per_pair else ""
     file = file or f"fig6_{metric}{suffix}_heatmap.png"
-    if attacks.empty:
-        raise SkipFigure("no attack results in attacks/")
-    models = [m for m in ("tcdlgm", "seatbelt") if (attacks["model"] == m).any()]
-    if not models:
-        raise SkipFigure("no attack results of β-TCDLGM or Seatbelt-VAE (model 'tcdlgm' / 'seatbelt')")
-    modes = [m for m in ("latent", "output") if (attacks["mode"] == m).any()]
+    models = _heatmap_models(attacks)
+    modes = _modes_with(attacks, metric)
     if not modes:
-        raise SkipFigure("no latent or output attacks in attacks/")
+        raise SkipFigure(f"no latent or output attacks with {metric} in attacks/"
+                         + ("" if metric == "objective" else f" ({NEW_COLUMNS_HINT})"))
     datasets = _datasets(attacks)
     panels = [(model, mode) for model in models for mode in modes]
     fig, axes = _new_figure(len(panels), len(datasets), w=5.2, h=3.9)
-    tables = {
-        (model, mode): agg.attack_heatmap(attacks, metric, mode, model, similarity.get(mode), selected_only,
-                                          l1_model="tcvae" if model == "seatbelt" else None)
-        for model, mode in panels
-    }
-    norms = {}  # one colour scale per (mode, dataset), shared by the models so they compare
-    for mode in modes:
-        for dataset in datasets:
-            vals = np.concatenate([t.loc[t["dataset"] == dataset, "mean"].to_numpy(dtype=float)
-                                   for (_, md), t in tables.items() if md == mode])
-            vals = vals[np.isfinite(vals)]
-            if vals.size:
-                lo, hi = float(vals.min()), float(vals.max())
-                hi = hi if hi > lo else lo + (abs(lo) * 1e-6 or 1e-6)
-                log = (spec.log_scale and lo > 0) or _spans_orders(vals)
-                norms[(mode, dataset)] = LogNorm(vmin=lo, vmax=hi) if log else Normalize(lo, hi)
+    tables = {(model, mode): _heatmap(attacks, metric, mode, model, similarity, selected_only)
+              for model, mode in panels}
+    norms = {(mode, dataset): _heatmap_norm([t.loc[t["dataset"] == dataset] for (_, md), t in tables.items()
+                                             if md == mode], spec.log_scale)
+             for mode in modes for dataset in datasets}  # shared by the models so they compare
     for i, (model, mode) in enumerate(panels):
         sim = similarity.get(mode)
-        table = tables[(model, mode)]
         for j, dataset in enumerate(datasets):
             ax = axes[i][j]
-            sub = table.loc[table["dataset"] == dataset]
             ax.set_title(f"{dataset}: {agg.model_label(model)}, {mode} ({sim})", fontsize=9)
-            if sub.empty:
-                ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                continue
-            betas = sorted(sub["beta"].unique())
-            layers = sorted(sub["layers"].unique())
-            grid = np.full((len(layers), len(betas)), np.nan)
-            text = {}
-            for _, r in sub.iterrows():
-                yi, xi = layers.index(r["layers"]), betas.index(r["beta"])
-                grid[yi, xi] = r["mean"]
-                text[(yi, xi)] = f"{_fmt(r['mean'])}\n[{_fmt(r['lo'])}, {_fmt(r['hi'])}]"
-            norm = norms.get((mode, dataset))
-            im = ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap="viridis", norm=norm)
-            for (yi, xi), t in text.items():
-                # dark text on the bright end of viridis, white on the dark end
-                shade = norm(grid[yi, xi]) if norm is not None else 0.0
-                ax.text(xi, yi, t, ha="center", va="center", fontsize=7,
-                        color="black" if np.ma.filled(shade, 0.0) > 0.6 else "white")
-            ax.set_xticks(range(len(betas)), [f"{b:g}" for b in betas])
-            ax.set_yticks(range(len(layers)), [str(int(L)) for L in layers])
-            ax.set_xlabel("β (dimensionless)")
-            ax.set_ylabel("L (stochastic layers)")
-            unit = agg.objective_unit(mode, sim) if metric == "objective" else spec.unit
-            name = f"Δ_{mode}" if metric == "objective" else spec.label
-            cb = fig.colorbar(im, ax=ax)
-            cb.set_label(f"{name} ({unit})" + (", log scale" if isinstance(norm, LogNorm) else ""), fontsize=8)
+            table = tables[(model, mode)]
+            _heatmap_panel(fig, ax, table.loc[table["dataset"] == dataset], norms[(mode, dataset)],
+                           _metric_axis_label(metric, mode, sim).removesuffix(", log scale"))
     mean = "geometric mean" if spec.log_scale else "mean"
     what = (f"{mean} over pairs" if spec.per_pair else
             f"{mean} over pairs at the selected λ" if selected_only else
@@ -330,6 +432,41 @@ def fig_attack_heatmaps(
         "(Seatbelt-VAE with L = 1 is a β-TCVAE). Colour scale is logarithmic for Δ and where the values "
         "span orders of magnitude.",
     )
+
+
+def fig_latent_robustness_heatmaps(
+    attacks: pd.DataFrame,
+    out: Path,
+    similarity: dict[str, str | None],
+    file: str = "fig6_latent_robustness_heatmap.png",
+) -> FigureResult:
+    """Fig. 6, latent attack: the paper's Δ, budget_50 and the fraction of the clean distance
+    left, side by side, over (β, L) for β-TCDLGM and Seatbelt-VAE; rows: model × dataset."""
+    models = _heatmap_models(attacks)
+    metrics = _robustness_metrics(attacks, "Fig. 6")
+    sim = similarity.get("latent")
+    datasets = _datasets(attacks)
+    panels = [(model, dataset) for model in models for dataset in datasets]
+    fig, axes = _new_figure(len(panels), len(metrics), w=5.2, h=3.9)
+    tables = {(model, metric): _heatmap(attacks, metric, "latent", model, similarity)
+              for model in models for metric in metrics}
+    norms = {(metric, dataset): _heatmap_norm([tables[(m, metric)].loc[tables[(m, metric)]["dataset"] == dataset]
+                                               for m in models], agg.METRICS[metric].log_scale)
+             for metric in metrics for dataset in datasets}
+    for i, (model, dataset) in enumerate(panels):
+        for j, metric in enumerate(metrics):
+            table = tables[(model, metric)]
+            axes[i][j].set_title(f"{dataset}: {agg.model_label(model)}, {agg.METRICS[metric].label}", fontsize=8)
+            _heatmap_panel(fig, axes[i][j], table.loc[table["dataset"] == dataset], norms[(metric, dataset)],
+                           _metric_axis_label(metric, "latent", sim).removesuffix(", log scale"))
+    _suptitle(fig, f"Latent robustness over β and L, three measures (Fig. 6, {sim}); cells: mean [95% interval]",
+              fontsize=10)
+    _save(fig, out / file)
+    return FigureResult(
+        file, "Latent robustness over β and L, three measures, β-TCDLGM and Seatbelt-VAE (Fig. 6)",
+        f"{_ROBUSTNESS_CAPTION} Healthy trials only; each cell prints the (geometric) mean over pairs and its interval "
+        f"({LOG_METHOD} for Δ and budget_50, {T_METHOD} for the fraction left); one colour scale per measure and "
+        "dataset, shared by the models. The L = 1 row of the Seatbelt-VAE panels is the β-TCVAE data, as in Fig. 6.")
 
 
 def fig_noise(noise: pd.DataFrame, out: Path, file: str = "fig7_noise_loglik.png") -> FigureResult:
@@ -453,17 +590,15 @@ def _show_image(ax, img) -> None:
         ax.imshow(img[:, :, :3], interpolation="nearest")
 
 
-def fig_gallery(
-    gallery: pd.DataFrame,
-    out: Path,
-    similarity: str | None = None,
-    pairs_per_model: int = 2,
-    file: str = "fig1_gallery.png",
-) -> FigureResult:
-    """Fig. 1: input, reconstruction, adversarial input, distortion, adversarial reconstruction
-    and target at the selected λ, for a few pairs of the most robust setting of each model."""
-    if gallery.empty:
-        raise SkipFigure("no attack images in gallery/")
+def _unmoved(row) -> bool:
+    """Whether the paper's rule picked, for this gallery row's pair, an attack that left the input
+    unmoved (``paper_lam_unmoved``; null in galleries written before the column existed)."""
+    value = row.get("paper_lam_unmoved") if hasattr(row, "get") else None
+    return False if value is None or pd.isna(value) else bool(value)
+
+
+def _gallery_rows(gallery: pd.DataFrame, similarity: str | None, pairs_per_model: int) -> list:
+    """The rows Fig. 1 shows: a few pairs of each (dataset, model)'s most regularised trial."""
     rows = gallery.loc[gallery["mode"] == "latent"] if (gallery["mode"] == "latent").any() else gallery
     if similarity is not None and (rows["similarity"] == similarity).any():
         rows = rows.loc[rows["similarity"] == similarity]
@@ -474,6 +609,30 @@ def fig_gallery(
         trial = best.iloc[0]["trial_id"]
         picks = best.loc[best["trial_id"] == trial].sort_values("pair").head(pairs_per_model)
         chosen.extend(r for _, r in picks.iterrows())
+    return chosen
+
+
+def _unmoved_note(r) -> str:
+    return (f"{r['dataset']} {agg.model_label(r['model'])} β={float(r['beta']):g}"
+            f"{_layers_text(r['model'], r['layers'])} pair {int(r['pair'])}: the paper's rule picked "
+            f"λ = {float(r['paper_lam']):.3g} with no distortion (the d = 0 plateau); the picture shows the rule's "
+            f"choice among the λ that moved the input, λ = {float(r['lam']):.3g}.")
+
+
+def fig_gallery(
+    gallery: pd.DataFrame,
+    out: Path,
+    similarity: str | None = None,
+    pairs_per_model: int = 2,
+    file: str = "fig1_gallery.png",
+) -> FigureResult:
+    """Fig. 1: input, reconstruction, adversarial input, distortion, adversarial reconstruction
+    and target at the selected λ, for a few pairs of the most robust setting of each model. A
+    row whose pair's paper-rule λ left the input unmoved (``paper_lam_unmoved``) shows the
+    rule's pick among the λ that moved it, marked * and named in its label and the caption."""
+    if gallery.empty:
+        raise SkipFigure("no attack images in gallery/")
+    chosen = _gallery_rows(gallery, similarity, pairs_per_model)
     if not chosen:
         raise SkipFigure("no gallery rows")
     names = ["input", "reconstruction", "adversarial", "distortion (normalised)",
@@ -485,11 +644,14 @@ def fig_gallery(
             _show_image(ax, img)
             if i == 0:
                 ax.set_title(names[j], fontsize=7)
-            if j == 0:
-                Ltxt = _layers_text(r["model"], r["layers"])
-                ax.set_ylabel(f"{r['dataset']}\n{agg.model_label(r['model'])}\nβ={float(r['beta']):g}{Ltxt}\n"
-                              f"pair {int(r['pair'])}, λ={float(r['lam']):.2g}", fontsize=6)
-    _suptitle(fig, f"{chosen[0]['mode']} attacks at the selected λ (Fig. 1)", fontsize=9)
+        Ltxt = _layers_text(r["model"], r["layers"])
+        lam = f"λ={float(r['lam']):.2g}" + (f"*\n(rule: λ={float(r['paper_lam']):.2g}, d=0)" if _unmoved(r) else "")
+        axes[i][0].set_ylabel(f"{r['dataset']}\n{agg.model_label(r['model'])}\nβ={float(r['beta']):g}{Ltxt}\n"
+                              f"pair {int(r['pair'])}, {lam}", fontsize=6)
+    unmoved = [_unmoved_note(r) for r in chosen if _unmoved(r)]
+    _suptitle(fig, f"{chosen[0]['mode']} attacks at the selected λ (Fig. 1)"
+                   + ("; *: the paper's rule left the input unmoved, shown: its pick among the λ that moved it"
+                      if unmoved else ""), fontsize=9)
     _save(fig, out / file)
     assert len(GALLERY_IMAGE_COLUMNS) == 6
     return FigureResult(
@@ -497,8 +659,37 @@ def fig_gallery(
         "For a few input–target pairs of each model's most regularised trial (largest β, then L): the input, "
         "its reconstruction, the adversarial input, the distortion (normalised to [0, 255]), the adversarial "
         "input's reconstruction and the target, at the λ the attack step selected for the pair. Pixels in [0, 1] "
-        "shown as 0–255.",
+        "shown as 0–255." + (" Rows marked *: " + " ".join(unmoved) if unmoved else ""),
     )
+
+
+_SETTING = ["dataset", "model", "beta", "layers", "z_dim"]   # a row of Fig. 0; its seeds sit side by side
+
+
+def _number_key(value) -> tuple[bool, float]:
+    """Sorts numbers ascending, missing ones last."""
+    v = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
+    return (bool(pd.isna(v)), 0.0 if pd.isna(v) else float(v))
+
+
+def _setting_label(r, vary: set[str]) -> str:
+    text = f"{agg.model_label(r['model'])}\nβ={float(r['beta']):g}{_layers_text(r['model'], r['layers'])}"
+    if "z_dim" in vary:
+        text += f" |z|={int(r['z_dim'])}"
+    return f"{r['dataset']}\n{text}" if "dataset" in vary else text
+
+
+def _recon_block(axes_row, start: int, rows: pd.DataFrame, pairs: list, first: bool, seed) -> None:
+    """One seed's block of a Fig. 0 row: input and reconstruction of each of ``pairs``."""
+    for k, pair in enumerate(pairs):
+        match = rows.loc[rows["pair"] == pair]
+        images = dict(iter_gallery_images(match.iloc[0])) if not match.empty else {}
+        for j, panel in enumerate(("input", "reconstruction")):
+            ax = axes_row[start + 2 * k + j]
+            _show_image(ax, images.get(panel) if images else None)
+            if first:
+                ax.set_title(f"seed {seed}\npair {int(pair)}: {panel}" if k == j == 0 else f"pair {int(pair)}: {panel}",
+                             fontsize=7)
 
 
 def fig_reconstructions(
@@ -506,41 +697,46 @@ def fig_reconstructions(
     health: pd.DataFrame,
     out: Path,
     file: str = "fig0_reconstructions.png",
+    max_seeds: int = 6,
 ) -> FigureResult:
     """Every trial's reconstructions of the first input–target pairs' inputs, healthy or not,
     labelled with its training health: the check, by eye, that each model learned (a model on
-    the mean-image plateau reconstructs every input as the same blur)."""
+    the mean-image plateau reconstructs every input as the same blur). One row per setting
+    (dataset, kind, β, L, |z|), its seeds side by side (two pairs each up to three seeds, then
+    one), so a 48-trial grid is 16 rows."""
     if gallery.empty:
         raise SkipFigure("no attack images in gallery/")
     verdicts = health.set_index("trial_id")["health"].astype(str).to_dict() if not health.empty else {}
-    trials = sorted(gallery["trial_id"].astype(str).unique(),
-                    key=lambda t: (verdicts.get(t) == agg.HEALTHY, t))
-    pairs = sorted(gallery["pair"].unique())[:2]
-    fig, axes = _new_figure(len(trials), 2 * len(pairs), w=1.3, h=1.45)
-    for i, trial in enumerate(trials):
-        rows = gallery.loc[gallery["trial_id"].astype(str) == trial].drop_duplicates(subset=["pair"])
-        for k, pair in enumerate(pairs):
-            match = rows.loc[rows["pair"] == pair]
-            images = dict(iter_gallery_images(match.iloc[0])) if not match.empty else {}
-            for j, panel in enumerate(("input", "reconstruction")):
-                ax = axes[i][2 * k + j]
-                _show_image(ax, images.get(panel))
-                if i == 0:
-                    ax.set_title(f"pair {int(pair)}: {panel}", fontsize=7)
-        r = rows.iloc[0]
-        verdict = verdicts.get(trial, "unknown")
-        Ltxt = _layers_text(r["model"], r["layers"])
-        axes[i][0].set_ylabel(f"{agg.model_label(r['model'])}\nβ={float(r['beta']):g}{Ltxt} s{int(r['seed'])}\n{verdict}",
-                              fontsize=6, color="#126b12" if verdict == agg.HEALTHY else "#a11")
-    shown, total = len(trials), gallery.attrs.get("trials_total", len(trials))
-    _suptitle(fig, "Reconstructions of every trial, with its training health", fontsize=9)
+    gallery = gallery.drop_duplicates(subset=["trial_id", "pair"])
+    seeds = sorted(gallery["seed"].dropna().unique())[:max_seeds]
+    pairs = sorted(gallery["pair"].unique())[:2 if len(seeds) <= 3 else 1]
+    settings = sorted(gallery.groupby(_SETTING, dropna=False), key=lambda kv: (
+        str(kv[0][0]), agg.model_sort_key(kv[0][1]), *(_number_key(v) for v in kv[0][2:])))
+    vary = {c for c in ("dataset", "z_dim") if gallery[c].nunique() > 1}
+    block = 2 * len(pairs)
+    fig, axes = _new_figure(len(settings), block * len(seeds), w=1.3, h=1.45)
+    for i, (_, rows) in enumerate(settings):
+        for s, seed in enumerate(seeds):
+            mine = rows.loc[rows["seed"] == seed]
+            _recon_block(axes[i], s * block, mine, pairs, i == 0, int(seed))
+            if mine.empty:
+                axes[i][s * block].set_xlabel("no trial", fontsize=6)
+                continue
+            verdict = verdicts.get(str(mine.iloc[0]["trial_id"]), "unknown")
+            axes[i][s * block].set_xlabel(f"s{int(seed)}: {verdict}", fontsize=6,
+                                          color="#126b12" if verdict == agg.HEALTHY else "#a11")
+        axes[i][0].set_ylabel(_setting_label(rows.iloc[0], vary), fontsize=6)
+    shown, total = gallery["trial_id"].nunique(), gallery.attrs.get("trials_total", gallery["trial_id"].nunique())
+    _suptitle(fig, "Reconstructions of every trial, one row per setting, seeds side by side, with training health",
+              fontsize=9)
     _save(fig, out / file)
     return FigureResult(
         file, "Reconstructions and training health",
         f"Held-out inputs (the first input–target pairs' inputs) and their reconstructions (decoder mean at the "
-        f"deterministic encoding), for {shown} of {total} attacked trials, unhealthy ones first; the label gives "
-        "each trial's health (sweep.health). A model on the mean-image plateau draws the same blur for every "
-        "input. Unhealthy trials appear only here and in the Training health table.",
+        f"deterministic encoding), for {shown} of {total} attacked trials in {len(settings)} settings: one row per "
+        "setting (model kind, β, L), its seeds side by side; the label under each seed gives that trial's health "
+        "(sweep.health; red: not healthy). A model on the mean-image plateau draws the same blur for every input. "
+        "Unhealthy trials appear only here and in the Training health table.",
     )
 
 

@@ -34,7 +34,7 @@ import pandas as pd
 from analysis import aggregate as agg
 from analysis import claims as cl
 from analysis import figures as figs
-from analysis import thesis
+from analysis import sanity, thesis
 from analysis.errors import AnalysisError, AnalysisWarning
 from analysis.load import (
     GALLERY_COLUMNS,
@@ -57,6 +57,8 @@ __all__ = ["build_report", "log_report_to_mlflow", "main"]
 REPORT_ATTACK_COLUMNS = [
     *TRIAL_FIELDS, "mode", "similarity", "pair",
     "lam", "objective", "distortion_l2", "adv_target_l2", "target_nll", "selected", "auddc", "auddc_reason",
+    # issue 23's columns (null in older attack files: what reads them says so and skips)
+    "distance", "objective_se", "delta_minimised", "delta_clean", "worse_than_clean", "budget_50", "budget_90",
 ]
 NOISE_READ_COLUMNS = [*TRIAL_FIELDS, "sigma", "sample", "loglik"]
 
@@ -197,11 +199,26 @@ def _skipped(df: pd.DataFrame, folder: str, notes: list[str]) -> None:
                      "step that writes it.")
 
 
-def _render(out: Store, dest: Path) -> None:
-    c = _Content()
-    config = _safe_json(out, read_sweep_config, "sweep.json (the resolved config)", c.notes)
-    tracking = _safe_json(out, read_tracking, "tracking.json (MLflow run ids)", c.notes)
+@dataclass
+class _Frames:
+    """What the report reads: every trial's rows, and the healthy trials' (``*_h``) that every
+    figure and claim uses (the claims also get the others, to say why they are missing)."""
 
+    train: pd.DataFrame
+    attacks: pd.DataFrame
+    noise: pd.DataFrame
+    gallery_meta: pd.DataFrame
+    excluded: pd.DataFrame
+    train_h: pd.DataFrame
+    attacks_h: pd.DataFrame
+    noise_h: pd.DataFrame
+    gallery_h: pd.DataFrame
+    similarity: dict[str, str | None]
+
+
+def _read(out: Store, c: _Content, config) -> tuple[_Frames, str]:
+    """Load every folder (noting skipped files), the status section, the health section, and the
+    healthy trials' frames; returns the frames and the status text."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AnalysisWarning)  # the notes below list the skipped files
         train = load_train(out)
@@ -211,21 +228,28 @@ def _render(out: Store, dest: Path) -> None:
     for df, folder in ((train, "train"), (attacks, "attacks"), (noise, "noise"), (gallery_meta, "gallery")):
         _skipped(df, folder, c.notes)
     train = _normalise_train(train, c.notes)
-
+    attacks = agg.with_clean_left(attacks)
     status = _status_section(config, train, attacks, noise, gallery_meta, c)
     excluded = agg.left_out(train, attacks, noise, gallery_meta)
     _health_section(train, excluded, c)
-    all_attacks, all_noise = attacks, noise
-    # no conclusion from a model that did not learn: every figure and claim below reads the
-    # healthy trials only (the claims also get the others, to say why they are missing)
-    train_h = agg.keep_healthy(train, train)
-    attacks = agg.keep_healthy(attacks, train)
-    noise = agg.keep_healthy(noise, train)
-    gallery_h = agg.keep_healthy(gallery_meta, train)
-    if "selected" in attacks.columns and len(attacks) and not attacks["selected"].fillna(False).astype(bool).any():
+    # no conclusion from a model that did not learn
+    attacks_h = agg.keep_healthy(attacks, train)
+    frames = _Frames(train, attacks, noise, gallery_meta, excluded, agg.keep_healthy(train, train), attacks_h,
+                     agg.keep_healthy(noise, train), agg.keep_healthy(gallery_meta, train),
+                     {m: agg.default_similarity(attacks_h, m) for m in ("latent", "output")})
+    if "selected" in attacks_h.columns and len(attacks_h) and \
+            not attacks_h["selected"].fillna(False).astype(bool).any():
         c.notes.append("No attack row is marked selected: the selected-λ variants are empty.")
-    _auddc_notes(attacks, c.notes)
-    similarity = {m: agg.default_similarity(attacks, m) for m in ("latent", "output")}
+    _auddc_notes(attacks_h, c.notes)
+    return frames, status
+
+
+def _render(out: Store, dest: Path) -> None:
+    c = _Content()
+    config = _safe_json(out, read_sweep_config, "sweep.json (the resolved config)", c.notes)
+    tracking = _safe_json(out, read_tracking, "tracking.json (MLflow run ids)", c.notes)
+    f, status = _read(out, c, config)
+    similarity = f.similarity
 
     def draw(fn, *args, **kwargs):
         try:
@@ -234,50 +258,98 @@ def _render(out: Store, dest: Path) -> None:
             c.notes.append(f"Figure skipped ({fn.__name__.removeprefix('fig_')}"
                            f"{' ' + args[1] if fn.__name__.startswith('fig_attack') else ''}): {exc}.")
 
-    # Fig. 1: gallery (images loaded only for the rows shown)
-    if not gallery_h.empty:
-        gallery = _load_gallery_for_figure(out, gallery_h, similarity.get("latent"))
-        draw(figs.fig_gallery, gallery, dest, similarity.get("latent"))
-    else:
-        c.notes.append("Figure skipped (gallery, Fig. 1): no attack images of a healthy trial in gallery/ yet.")
-    if not gallery_meta.empty:
-        draw(figs.fig_reconstructions, _load_reconstructions(out, gallery_meta, excluded), agg.trial_health(train), dest)
-    draw(figs.fig_elbo, train_h, dest)
-    for metric in ("objective", "adv_target_l2", "target_nll", "auddc"):
-        draw(figs.fig_attack_vs_beta, attacks, metric, dest, similarity)
-    for metric, sel in (("objective", False), ("objective", True), ("adv_target_l2", False),
-                        ("target_nll", False), ("auddc", False)):
-        draw(figs.fig_attack_heatmaps, attacks, metric, dest, similarity, sel)
-    draw(figs.fig_noise, noise, dest)
-    draw(figs.fig_weight_norms, train_h, dest)
-
-    claims = cl.claims_table(all_attacks, train, all_noise, similarity)
-    if not claims.empty:
-        claims.to_csv(dest / "claims.csv", index=False)
-        c.files.append("claims.csv")
-        c.tables.insert(0, ("The paper's claims on this sweep's data", _claims_caption(similarity),
-                            _claims_html(claims)))
-    else:
-        c.notes.append("Claims table skipped: no finished trial yet.")
-    _thesis_section(attacks, train_h, similarity.get("latent"), dest, c, draw)
-    norms = agg.weight_norm_table(train_h)
+    _draw_figures(out, dest, f, c, draw)
+    _claims_section(f, dest, c)
+    _sanity_section(f.attacks, c)
+    _thesis_section(f.attacks_h, f.train_h, similarity.get("latent"), dest, c, draw)
+    norms = agg.weight_norm_table(f.train_h)
     if not norms.empty:
         norms.to_csv(dest / "weight_norms.csv", index=False)
         c.files.append("weight_norms.csv")
         c.tables.append(("Weight norms (Table 1)", _norm_caption(), _norm_html(norms)))
     else:
         c.notes.append("Weight-norm table skipped: it needs healthy trials at two or more β values of a model.")
-    elbo = agg.elbo_by_beta(train_h)
+    elbo = agg.elbo_by_beta(f.train_h)
     if not elbo.empty:
         elbo.to_csv(dest / "elbo_by_beta.csv", index=False)
         c.files.append("elbo_by_beta.csv")
-    if not attacks.empty:
-        summ = _attack_summary(attacks, similarity)
+    if not f.attacks_h.empty:
+        summ = _attack_summary(f.attacks_h, similarity)
         summ.to_csv(dest / "attack_summary.csv", index=False)
         c.files.append("attack_summary.csv")
 
     page = _page(out, config, tracking, status, c)
     (dest / "index.html").write_text(page, encoding="utf-8")
+
+
+def _draw_figures(out: Store, dest: Path, f: _Frames, c: _Content, draw) -> None:
+    similarity, attacks = f.similarity, f.attacks_h
+    # Fig. 1: gallery (images loaded only for the rows shown)
+    if not f.gallery_h.empty:
+        gallery = _load_gallery_for_figure(out, f.gallery_h, similarity.get("latent"))
+        draw(figs.fig_gallery, gallery, dest, similarity.get("latent"))
+    else:
+        c.notes.append("Figure skipped (gallery, Fig. 1): no attack images of a healthy trial in gallery/ yet.")
+    if not f.gallery_meta.empty:
+        draw(figs.fig_reconstructions, _load_reconstructions(out, f.gallery_meta, f.excluded),
+             agg.trial_health(f.train), dest)
+    draw(figs.fig_elbo, f.train_h, dest)
+    for metric in ("objective", "adv_target_l2", "target_nll", "auddc"):
+        draw(figs.fig_attack_vs_beta, attacks, metric, dest, similarity)
+    draw(figs.fig_latent_robustness_vs_beta, attacks, dest, similarity)
+    for metric, sel in (("objective", False), ("objective", True), ("adv_target_l2", False),
+                        ("target_nll", False), ("auddc", False)):
+        draw(figs.fig_attack_heatmaps, attacks, metric, dest, similarity, sel)
+    draw(figs.fig_latent_robustness_heatmaps, attacks, dest, similarity)
+    draw(figs.fig_noise, f.noise_h, dest)
+    draw(figs.fig_weight_norms, f.train_h, dest)
+
+
+def _claims_section(f: _Frames, dest: Path, c: _Content) -> None:
+    """The claims table (first on the page), its CSV, and in words where the paper's Δ and
+    budget_50 disagree on a latent claim."""
+    claims = cl.claims_table(f.attacks, f.train, f.noise, f.similarity)
+    if claims.empty:
+        c.notes.append("Claims table skipped: no finished trial yet.")
+        return
+    claims.to_csv(dest / "claims.csv", index=False)
+    c.files.append("claims.csv")
+    words = "".join(f"<p>{html.escape(s)}</p>" for s in cl.measure_findings(claims))
+    c.tables.insert(0, ("The paper's claims on this sweep's data", _claims_caption(f.similarity),
+                        words + _claims_html(claims)))
+
+
+def _sanity_section(attacks: pd.DataFrame, c: _Content) -> None:
+    """The attack-path sanity table (``analysis.sanity``), right after the claims, on every
+    attacked trial: a solver that stopped short shows on any model, healthy or not."""
+    table = sanity.attack_sanity(attacks)
+    if table.empty:
+        return
+    words = sanity.findings(table)
+    for r in table.loc[table["below_bar"].astype(bool)].itertuples():
+        c.notes.append(f"Attack sanity: the {r.mode} attack passes the path check at only {100 * r.passing_share:.1f}% "
+                       f"of its λ-points, below the {100 * sanity.PASS_BAR:g}% bar (see the Attack sanity table).")
+    rows = "".join(
+        f"<tr><td>{html.escape(str(r.mode))}</td><td>{r.pairs}</td><td>{r.lam_points}</td><td>{r.passing}</td>"
+        f"<td class='{'bad' if r.below_bar else 'ok'}'>{100 * r.passing_share:.1f}%</td>"
+        f"<td>{'–' if not np.isfinite(r.worse_than_clean) else int(r.worse_than_clean)}</td>"
+        f"<td>{_num(r.objective_over_minimised)}</td><td>{r.clean_fallback}</td></tr>" for r in table.itertuples())
+    body = ("".join(f"<p>{html.escape(s)}</p>" for s in words)
+            + "<table><tr><th>mode</th><th>pairs</th><th>λ-points</th><th>passing</th><th>share</th>"
+            "<th>flagged worse than clean</th><th>median reported Δ / solver's Δ</th>"
+            f"<th>checked against Δ at the largest λ</th></tr>{rows}</table>")
+    c.tables.insert(1 if c.tables and c.tables[0][0].startswith("The paper") else 0,
+                    ("Attack sanity", _sanity_caption(), body))
+
+
+def _sanity_caption() -> str:
+    return ("Every attacked trial, healthy or not. For each (trial, mode, similarity, pair), Δ*(λ) = min_d f(d) + "
+            "λ‖d‖ can never exceed the no-attack value f(0) (delta_clean) and never falls as λ grows. A λ-point "
+            f"passes when its Δ is at most {1 + sanity.SLACK:g} × delta_clean and at least {1 - sanity.SLACK:g} × "
+            "the largest Δ of the pair at a smaller λ. 'Flagged worse than clean': rows the attack step marked "
+            "worse_than_clean (Δ above delta_clean + 3 Monte-Carlo standard errors). Median reported Δ / solver's "
+            "Δ (output attack): the Δ on fresh noise draws over the Δ on the draws the solver minimised; above 1, "
+            "the distortion is tuned to the solver's own draws.")
 
 
 def _normalise_train(train: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
@@ -370,18 +442,23 @@ def _auddc_notes(attacks: pd.DataFrame, notes: list[str]) -> None:
                  + "; ".join(f"{k} ({v})" for k, v in kinds.items()) + ".")
 
 
-def _load_reconstructions(out: Store, meta: pd.DataFrame, excluded: pd.DataFrame, limit: int = 40) -> pd.DataFrame:
+def _load_reconstructions(out: Store, meta: pd.DataFrame, excluded: pd.DataFrame, limit: int = 24) -> pd.DataFrame:
     """Gallery rows for the reconstructions figure: the first two pairs of one attack task per
-    trial, every unhealthy trial first, then healthy ones up to ``limit`` trials."""
+    trial, every trial of up to ``limit`` settings (dataset, kind, β, L, |z|: the figure's rows),
+    the settings with an unhealthy trial first."""
     mode = "latent" if (meta["mode"] == "latent").any() else str(meta["mode"].iloc[0])
     rows = meta.loc[meta["mode"] == mode]
     sim = agg.default_similarity(rows.assign(mode=mode), mode) or str(rows["similarity"].iloc[0])
     rows = rows.loc[rows["similarity"] == sim]
     bad = set(excluded["trial_id"].astype(str)) if not excluded.empty else set()
-    trials = sorted(rows["trial_id"].astype(str).unique(), key=lambda t: (t not in bad, t))[:limit]
+    setting = ["dataset", "model", "beta", "layers", "z_dim"]
+    trials = rows.drop_duplicates(subset=["trial_id"]).assign(_bad=lambda f: f["trial_id"].astype(str).isin(bad))
+    ranked = trials.groupby(setting, dropna=False)["_bad"].any().reset_index().sort_values(
+        "_bad", ascending=False, kind="stable").head(limit)
+    keep = trials.merge(ranked[setting], on=setting)["trial_id"].astype(str).tolist()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AnalysisWarning)
-        gallery = load_gallery(out, filters={"trial_id": trials, "mode": mode, "similarity": sim,
+        gallery = load_gallery(out, filters={"trial_id": keep, "mode": mode, "similarity": sim,
                                              "pair": list(sorted(rows["pair"].unique()))[:2]})
     gallery.attrs["trials_total"] = int(meta["trial_id"].nunique())
     return gallery
@@ -408,7 +485,9 @@ def _load_gallery_for_figure(out: Store, meta: pd.DataFrame, similarity: str | N
 def _attack_summary(attacks: pd.DataFrame, similarity: dict[str, str | None]) -> pd.DataFrame:
     parts = []
     for mode in ("latent", "output"):
-        for metric in ("objective", "adv_target_l2", "target_nll", "auddc"):
+        for metric in ("objective", "adv_target_l2", "target_nll", "auddc", "budget_50", "budget_90", "clean_left"):
+            if metric not in attacks.columns:
+                continue
             for sel in ((False,) if agg.METRICS[metric].per_pair else (False, True)):
                 rows = agg.attack_rows(attacks, metric, mode, similarity.get(mode), sel)
                 t = agg.summarize_metric(agg.pair_units(rows, metric, sel), ["dataset", "model", "layers", "beta"],
@@ -518,12 +597,16 @@ def _claims_caption(similarity: dict[str, str | None]) -> str:
         "per setting. A verdict says 'holds' or 'does not hold' only when the whole interval lies on one side of "
         f"the claim's boundary (1 for ratios, 0 for differences, ×{cl.NO_GROWTH_MARGIN:g} for 'Δ does not grow'), "
         "else 'inconclusive'; with one trial per setting the interval holds pair-to-pair variation only and the "
-        "verdict says so. 'Not measured' names what is missing, unhealthy trials included (they never enter a claim)."
+        "verdict says so. 'Not measured' names what is missing, unhealthy trials included (they never enter a claim). "
+        "Measure: each latent claim is tested on the paper's Δ and again on budget_50 (the smallest distortion ‖d‖ "
+        "on the pair's λ path that removes half the clean latent distance; one value per pair, ratio of geometric "
+        "means, higher = harder to attack), which does not grow with how far apart the clean source and target "
+        "codes start, as Δ does; the sentences above the table say where the two disagree."
     )
 
 
 def _claims_html(df: pd.DataFrame) -> str:
-    head = ("<tr><th>dataset</th><th>claim</th><th>λ</th><th>numerator</th><th>denominator</th>"
+    head = ("<tr><th>dataset</th><th>claim</th><th>measure</th><th>λ</th><th>numerator</th><th>denominator</th>"
             "<th>estimate [95% CI]</th><th>trials</th><th>units</th><th>paper</th><th>here</th>"
             "<th>left out (not healthy)</th></tr>")
     body = []
@@ -531,7 +614,8 @@ def _claims_html(df: pd.DataFrame) -> str:
         verdict = str(r.verdict)
         cls = "ok" if verdict.startswith("holds") else ("bad" if verdict.startswith("does not") else "na")
         body.append(
-            f"<tr><td>{html.escape(str(r.dataset))}</td><td>{html.escape(r.claim)}</td><td>{html.escape(r.variant)}</td>"
+            f"<tr><td>{html.escape(str(r.dataset))}</td><td>{html.escape(r.claim)}</td>"
+            f"<td>{html.escape(str(getattr(r, 'measure', 'Δ')))}</td><td>{html.escape(r.variant)}</td>"
             f"<td>{html.escape(str(r.numerator))}</td><td>{html.escape(str(r.denominator))}</td>"
             f"<td>{_num(r.estimate)} [{_num(r.lo)}, {_num(r.hi)}]</td><td>{html.escape(str(r.trials or ''))}</td>"
             f"<td>{int(r.units)}</td><td>{html.escape(r.paper)}</td><td class='{cls}'>{html.escape(verdict)}</td>"

@@ -6,7 +6,10 @@ For tests, benchmarks and trying the report without running a sweep. The numbers
 paper's headline results in direction (β-TCVAE and Seatbelt-VAE grow harder to attack with β
 and L, β-TCDLGM does not; ELBO of β-TCVAE falls faster with β than Seatbelt's; encoder norm
 grows and decoder norm shrinks with β), with noise. The λ-selection rule of the attack step is
-applied here only to fill the ``selected`` column realistically.
+applied here only to fill the ``selected`` column (and the gallery's ``paper_lam``) realistically.
+Each pair's attack path is an exact minimum of f(d) + λ‖d‖ for a distance f that falls with
+‖d‖ (``_attack_path``), so the path-dependent columns (``delta_clean``, the budgets,
+``worse_than_clean``, the gallery's unmoved flag) agree with their definitions.
 
     python -c "from analysis.synthetic import write_synthetic_results as w; w('sweeps/demo')"
 """
@@ -173,6 +176,73 @@ def _write_noise(out: Store, tid: str, g: dict, n: int, rng: np.random.Generator
     out.write_table(layout.noise_file(tid), table)
 
 
+SOURCE_TARGET_L2 = 9.0   # ‖x − xᵗ‖ of every synthetic pair: the largest distortion an attack needs
+UNMOVED = 0.01           # ‖d‖ ≤ 1% of ‖x − xᵗ‖: the attack left the input where it was (d = 0)
+
+
+def _budgets(dist_l2: np.ndarray, distance: np.ndarray, clean: float, cap: float) -> tuple[float, float]:
+    """(budget_50, budget_90) of one pair's λ path: the smallest ‖d‖ among its attacks whose
+    distance is at most 0.5 (0.1) × the clean distance; ``cap`` (‖x − xᵗ‖) when none is."""
+    out = []
+    for left in (0.5, 0.1):
+        hit = distance <= left * clean
+        out.append(float(min(dist_l2[hit].min(), cap)) if hit.any() else cap)
+    return out[0], out[1]
+
+
+def _attack_path(mode: str, scale: float, hardness: float, lam: np.ndarray, pairs: int,
+                 rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Every column of one task's attacks that follows from the attack itself. Each pair's
+    distance falls with the distortion t = ‖d‖ as f(t) = C·(φ + (1 − φ)·exp(−t/s)) (φ = 0 in
+    latent space; the output attack's −ELBO keeps a floor φC), so its Δ at λ is the exact min
+    over 0 ≤ t ≤ ‖x − xᵗ‖ of f(t) + λt: never above f(0) = C (``delta_clean``) and never falling
+    as λ grows, with t = 0 (the input unmoved) once λ ≥ (1 − φ)C/s. A harder model has a larger
+    C and needs a larger distortion s per e-fold (on a grid of 20 λ or more, budget_50 comes out
+    near s·ln 2; a coarser grid gives coarser budgets). The output attack's Δ carries
+    Monte-Carlo noise (its standard error ``objective_se``), the solver's own draws
+    (``delta_minimised``) come out a little lower, and one pair in about two output tasks ends
+    above the clean value."""
+    nl, cap, floor = lam.size, SOURCE_TARGET_L2, (0.0 if mode == "latent" else 0.6)
+    clean = scale * (1 + 0.1 * np.arange(pairs)) * rng.lognormal(0, 0.1, size=pairs)
+    s = (0.6 + 2.4 * hardness if mode == "latent" else 2.0) * rng.lognormal(0, 0.15, size=pairs)
+    C, S, lams = np.repeat(clean, nl), np.repeat(s, nl), np.tile(lam, pairs)
+    with np.errstate(divide="ignore"):
+        t = np.clip(S * np.log((1 - floor) * C / (lams * S)), 0.0, cap)   # λ = 0: log(inf) -> the cap
+    distance = C * (floor + (1 - floor) * np.exp(-t / S))
+    objective = distance + lams * t
+    se = np.zeros(C.size)
+    delta_clean, minimised = C.copy(), objective.copy()
+    if mode == "output":
+        se = 0.004 * C
+        delta_clean = np.repeat(clean + rng.normal(0, 0.004 * clean), nl)
+        objective = np.where(t > 0, objective + rng.normal(0, se), delta_clean)
+        minimised = np.where(t > 0, minimised * (1 - 0.03 * rng.random(C.size)), C)
+        moved = np.flatnonzero((t > 0) & (lams > 0))
+        if moved.size and rng.random() < 0.5:   # a fresh draw that the solver's d made worse
+            k = moved[np.argmax(lams[moved])]
+            objective[k] = delta_clean[k] + 4 * se[k]
+        distance = objective - lams * t
+    budgets = np.full((C.size, 2), np.nan)
+    if mode == "latent":
+        for p in range(pairs):
+            sl = slice(p * nl, (p + 1) * nl)
+            budgets[sl] = _budgets(t[sl], distance[sl], clean[p], cap)
+    return {"lam": lams, "objective": objective, "objective_se": se, "distance": distance,
+            "delta_minimised": minimised, "delta_clean": delta_clean,
+            "worse_than_clean": objective > delta_clean + 3 * se + 1e-9 * np.abs(delta_clean),
+            "distortion_l2": t, "budget_50": budgets[:, 0], "budget_90": budgets[:, 1]}
+
+
+def _pick_lams(lam: np.ndarray, objective: np.ndarray, dist_l2: np.ndarray) -> tuple[int, int]:
+    """(the paper's pick, the λ shown in Fig. 1) of one pair: the rule's pick, or where that
+    attack left the input unmoved, the rule's pick among the λ that moved it."""
+    paper = _select(lam, objective)
+    moved = np.flatnonzero(dist_l2 > UNMOVED * SOURCE_TARGET_L2)
+    if dist_l2[paper] > UNMOVED * SOURCE_TARGET_L2 or moved.size == 0:
+        return paper, paper
+    return paper, int(moved[_select(lam[moved], objective[moved])])
+
+
 def _write_attacks(out, tid, g, pairs, lam, sims, sweep, rng, gallery, size, channels, rgs,
                    robust: float = 1.0) -> None:
     model, beta, L = g["model"], g["beta"], g["layers"]
@@ -180,30 +250,28 @@ def _write_attacks(out, tid, g, pairs, lam, sims, sweep, rng, gallery, size, cha
     nl = lam.size
     for mode, sim in tasks:
         scale = robust * (_latent_scale(model, beta, L) if mode == "latent" else _output_scale(model, beta, L))
+        hardness = np.log1p(scale) / (1 + np.log1p(scale))
+        path = _attack_path(mode, scale, hardness, lam, pairs, rng)
         pair = np.repeat(np.arange(pairs), nl)
-        lams = np.tile(lam, pairs)
-        pair_scale = scale * (1 + 0.1 * pair) * rng.lognormal(0, 0.1, size=pair.size)
-        dist_l2 = 5.0 / (1.0 + lams) * (1 + 0.05 * pair)
-        frac = lams / (1.0 + lams)
-        distance = pair_scale * (0.1 + 0.9 * frac)
-        objective = distance + lams * dist_l2
+        frac = path["lam"] / (1.0 + path["lam"])
         selected = np.zeros(pair.size, dtype=bool)
         auddc = np.empty(pair.size)
-        robust = np.log1p(scale) / (1 + np.log1p(scale))
+        picks = []
         for p in range(pairs):
             sl = slice(p * nl, (p + 1) * nl)
-            selected[p * nl + _select(lams[sl], objective[sl])] = True
-            auddc[sl] = float(np.clip(robust + rng.normal(0, 0.03), 0, 1))
+            paper, shown = _pick_lams(lam, path["objective"][sl], path["distortion_l2"][sl])
+            selected[p * nl + paper] = True
+            picks.append((lam[paper], path["distortion_l2"][sl][paper] <= UNMOVED * SOURCE_TARGET_L2, lam[shown]))
+            auddc[sl] = float(np.clip(hardness + rng.normal(0, 0.03), 0, 1))
         n = pair.size
         table = schema.conform({
             "sweep": [sweep] * n, "trial_id": [tid] * n, "dataset": [g["dataset"]] * n, "model": [model] * n,
             "beta": np.full(n, beta), "layers": np.full(n, L), "z_dim": np.full(n, g["z_dim"]),
             "seed": np.full(n, g["seed"]), "mode": [mode] * n, "similarity": [sim] * n,
-            "pair": pair, "source_index": pair * 2, "target_index": pair * 2 + 1, "lam": lams,
-            "objective": objective, "distance": distance, "distortion_l2": dist_l2,
-            "adv_target_l2": 3.0 + 4.0 * frac * robust + rng.normal(0, 0.05, n),
-            "target_nll": 50.0 + 100.0 * frac * robust + rng.normal(0, 1.0, n),
-            "source_target_l2": np.full(n, 9.0), "rec_source_target_l2": np.full(n, 8.5),
+            "pair": pair, "source_index": pair * 2, "target_index": pair * 2 + 1, **path,
+            "adv_target_l2": 3.0 + 4.0 * frac * hardness + rng.normal(0, 0.05, n),
+            "target_nll": 50.0 + 100.0 * frac * hardness + rng.normal(0, 1.0, n),
+            "source_target_l2": np.full(n, SOURCE_TARGET_L2), "rec_source_target_l2": np.full(n, 8.5),
             "rec_target_target_l2": np.full(n, 2.0), "selected": selected, "auddc": auddc,
             "auddc_reason": [""] * n,
             "solver": ["lbfgsb"] * n, "iterations": np.full(n, 100), "seconds": np.full(n, 0.5),
@@ -211,14 +279,14 @@ def _write_attacks(out, tid, g, pairs, lam, sims, sweep, rng, gallery, size, cha
         relpath = layout.attack_file(tid, mode, sim, 0, pairs - 1)
         out.write_table(relpath, table, row_group_size=rgs)
         if gallery:
-            _write_gallery(out, layout.gallery_file(relpath), tid, g, mode, sim, lams[selected], pairs, size,
-                           channels, rng)
+            _write_gallery(out, layout.gallery_file(relpath), tid, g, mode, sim, picks, size, channels, rng)
 
 
-def _write_gallery(out, relpath, tid, g, mode, sim, sel_lams, pairs, size, channels, rng) -> None:
+def _write_gallery(out, relpath, tid, g, mode, sim, picks, size, channels, rng) -> None:
+    """One row per pair; ``picks``: (paper_lam, paper_lam_unmoved, the λ shown) of each pair."""
     rows = []
     yy, xx = np.mgrid[0:size, 0:size]
-    for p in range(pairs):
+    for p, (paper_lam, unmoved, shown) in enumerate(picks):
         src = ((xx + p) % 4 < 2).astype(np.uint8) * 255
         tgt = ((yy + p) % 4 < 2).astype(np.uint8) * 255
         dist = rng.integers(0, 256, size=(size, size), dtype=np.uint8)
@@ -228,7 +296,8 @@ def _write_gallery(out, relpath, tid, g, mode, sim, sel_lams, pairs, size, chann
             "distortion": dist, "adversarial_reconstruction": ((src // 2) + (tgt // 2)).astype(np.uint8),
             "target": tgt,
         }
-        row = {"trial_id": tid, **g, "mode": mode, "similarity": sim, "pair": p, "lam": float(sel_lams[p]),
+        row = {"trial_id": tid, **g, "mode": mode, "similarity": sim, "pair": p, "lam": float(shown),
+               "paper_lam": float(paper_lam), "paper_lam_unmoved": bool(unmoved),
                "channels": channels, "height": size, "width": size}
         for k, v in imgs.items():
             row[k] = np.repeat(v[:, :, None], channels, axis=2).tobytes()

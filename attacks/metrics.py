@@ -22,6 +22,9 @@ __all__ = [
     "auddc_from_points",
     "auddc_with_reason",
     "AUDDC_MIN_DENOMINATOR",
+    "MOVED_FRACTION",
+    "select_shown_lambda",
+    "distortion_budget",
 ]
 
 # AUDDC's y-axis divides by ‖rec(x) − x^t‖ − ‖rec(x^t) − x^t‖, how much further from the target
@@ -112,6 +115,53 @@ def select_lambda(lams: Sequence[float], deltas: Sequence[float]) -> int:
         target = delta[finite].max()
         candidates = np.flatnonzero(finite & (delta == target))
     return int(candidates[np.argmax(lam[candidates])])
+
+
+# An attack "moved the input" when ‖d‖ exceeds this fraction of ‖x − x^t‖. Below it the picture
+# of x + d is the clean input (binary dSprites: d = 0 exactly, every pixel sits on a bound).
+MOVED_FRACTION = 0.01
+
+
+def select_shown_lambda(lams: Sequence[float], deltas: Sequence[float],
+                        distortion_l2: Sequence[float], source_target_l2: float,
+                        moved_fraction: float = MOVED_FRACTION) -> tuple[int, int, bool]:
+    """(shown, paper, unmoved) for one pair's Fig. 1 picture.
+
+    ``paper`` is ``select_lambda``'s pick. For large λ the optimum is d = 0 and Δ the clean
+    distance, so the rule can land on that plateau and pick an attack that did nothing
+    (``unmoved``: its ‖d‖ is at most ``moved_fraction`` × ‖x − x^t‖). ``shown`` is then the
+    rule applied to the λ whose attacks moved the input, else ``paper`` (also when none moved).
+    """
+    paper = select_lambda(lams, deltas)
+    dist = np.asarray(distortion_l2, dtype=np.float64)
+    moved = dist > moved_fraction * float(source_target_l2)
+    if moved[paper] or not moved.any():
+        return paper, paper, not bool(moved[paper])
+    kept = np.flatnonzero(moved & np.isfinite(np.asarray(deltas, dtype=np.float64)))
+    if kept.size == 0:
+        return paper, paper, True
+    pick = select_lambda(np.asarray(lams, dtype=np.float64)[kept], np.asarray(deltas, dtype=np.float64)[kept])
+    return int(kept[pick]), paper, True
+
+
+def distortion_budget(distortion_l2: Sequence[float], distance: Sequence[float], clean: float,
+                      cap: float, removed: float) -> float:
+    """The smallest ‖d‖ on one pair's λ path that removes ``removed`` (e.g. 0.5) of the clean
+    distance: min ‖d‖ over the attacks with distance ≤ (1 − removed) · clean, at most ``cap``.
+
+    For the latent attack ``cap`` = ‖x − x^t‖: d = x^t − x encodes the target itself (distance
+    0), so no budget exceeds it, and a pair whose path never gets there is read as needing it.
+    A distortion–budget curve, as RobustBench reports accuracy against ε. NaN without a finite
+    clean distance.
+    """
+    d = np.asarray(distortion_l2, dtype=np.float64)
+    r = np.asarray(distance, dtype=np.float64)
+    if d.shape != r.shape:
+        raise ValueError(f"distortion_budget needs one distortion per distance, got {d.shape} and {r.shape}")
+    if not np.isfinite(clean) or not np.isfinite(cap):
+        return float("nan")
+    reached = np.isfinite(d) & np.isfinite(r) & (r <= (1.0 - removed) * clean)
+    return float(min(cap, d[reached].min())) if reached.any() else float(cap)
 
 
 def ddc_points(

@@ -2,18 +2,21 @@
 
 ``run_attacks`` is what the sweep's Ray tasks call. It returns plain rows (dicts of Python
 scalars) for the ``attacks/`` table and, per pair, the six pictures of the paper's Fig. 1 for
-the λ the paper's rule selects (``gallery/`` table). No files, no Ray: a notebook can call it.
+the λ the paper's rule selects, or, where that attack left the input unmoved, the rule's pick
+among the λ that moved it (``gallery/`` table). No files, no Ray: a notebook can call it.
 
 Randomness: every random draw of an attack (the start d0, the fixed noise of its objective, the
 sample z* behind ``target_nll``) comes from a generator seeded by (seed, source_index,
 target_index, stream), so a result does not depend on how the problems were batched into tasks,
 and the attacks of one pair share their noise across λ (common random numbers). The output
-attack's Δ is reported on fresh noise (``output_report_samples`` draws), not on the draw it was
-optimised against, which it overfits.
+attack minimises the mean over ``output_mc_samples`` fixed draws (Expectation over
+Transformation) and its Δ is reported, with its standard error, on ``output_report_samples``
+fresh draws; a row also keeps the Δ the solver minimised and the no-attack value Δ(d = 0).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -21,26 +24,24 @@ import torch
 from torch import Tensor
 
 from attacks.config import OUTPUT_SIMILARITIES, AttackConfig
-from attacks.metrics import auddc_with_reason, select_lambda
+from attacks.envelope import best_on_path
+from attacks.metrics import auddc_with_reason, distortion_budget, select_shown_lambda
 from attacks.objectives import LATENT_SIMILARITIES, build_objective, sample_encoder_noise
 from attacks.solvers import SolveResult, get_solver
 from attacks.warm import warm_start_predecessors
+from results import schema
 
 __all__ = ["run_attacks", "attack_problems", "problem_generators", "attack_metrics", "to_uint8_image",
-           "distortion_image", "ATTACK_COLUMNS", "GALLERY_PANELS"]
+           "distortion_image", "ATTACK_COLUMNS", "GALLERY_PANELS", "AttackOutcome"]
 
-# the columns of a row from run_attacks (the sweep adds sweep, trial_id, dataset, model, ...)
-ATTACK_COLUMNS = (
-    "mode", "similarity", "pair", "source_index", "target_index", "lam", "objective", "distance",
-    "distortion_l2", "adv_target_l2", "target_nll", "source_target_l2", "rec_source_target_l2",
-    "rec_target_target_l2", "selected", "auddc", "auddc_reason", "solver", "iterations",
-    "evaluations", "seconds",
-)
-GALLERY_PANELS = ("input", "reconstruction", "adversarial", "distortion",
-                  "adversarial_reconstruction", "target")
+# the columns of a row from run_attacks: the attacks table's less the identity the sweep adds
+ATTACK_COLUMNS = tuple(name for name in schema.ATTACKS.names if name not in schema.IDENTITY_FIELDS)
+GALLERY_PANELS = schema.GALLERY_PANELS
 
 _STREAM_D0, _STREAM_OBJECTIVE, _STREAM_METRICS, _STREAM_REPORT = 0, 1, 2, 3
 _CHUNK = 64  # problems per no-grad evaluation batch
+# float32 rounding allowance of the worse-than-clean flag, relative to Δ(d = 0)
+WORSE_THAN_CLEAN_RTOL = 1e-4
 
 
 def problem_generators(seed: int, source_indices: Sequence[int], target_indices: Sequence[int],
@@ -100,17 +101,49 @@ def attack_metrics(model, x: Tensor, x_target: Tensor, d: Tensor,
     return {k: torch.cat(v) for k, v in out.items()}
 
 
+@dataclass
+class AttackOutcome:
+    """What ``attack_problems`` returns: the solver's result, the attack's distortion and, per
+    problem, Δ as reported (the mean over the reporting draws and its Monte-Carlo standard
+    error), its distance part, the objective the solver minimised at that distortion, and the
+    no-attack value Δ(d = 0) on the reporting draws. ``Δ*(λ) = min_d f(d) + λ‖d‖`` can never exceed ``delta_clean``."""
+
+    result: SolveResult
+    d: Tensor                # [P, C, H, W] the attack's distortion (attacks.envelope)
+    from_path: Tensor        # [P] bool: d is another λ's solution or 0, not the solver's own
+    objective: Tensor        # [P] reported Δ
+    objective_se: Tensor     # [P] its Monte-Carlo standard error (0: deterministic)
+    distance: Tensor         # [P] reported Δ without λ‖d‖
+    delta_minimised: Tensor  # [P] the objective the solver minimised (its own draws), at d
+    delta_clean: Tensor      # [P] reported objective at d = 0
+
+    def worse_than_clean(self) -> Tensor:
+        """[P] bool: the reported Δ is above the no-attack value by more than three standard
+        errors (and float32 rounding, which is all a deterministic objective has)."""
+        rounding = WORSE_THAN_CLEAN_RTOL * self.delta_clean.abs()
+        return self.objective > self.delta_clean + 3.0 * self.objective_se + rounding
+
+
+@torch.no_grad()
+def _evaluate_chunked(objective, d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(Δ, its Monte-Carlo standard error, distance) of every problem at ``d``, in chunks."""
+    values = [objective.evaluate_with_error(d[a:a + _CHUNK], list(range(a, min(a + _CHUNK, d.shape[0]))))
+              for a in range(0, d.shape[0], _CHUNK)]
+    return (torch.cat([v.total for v in values]), torch.cat([v.se for v in values]),
+            torch.cat([v.distance for v in values]))
+
+
 def attack_problems(model, x: Tensor, x_target: Tensor, lams: Tensor, mode: str, similarity: str,
                     config: AttackConfig, source_indices: Sequence[int], target_indices: Sequence[int],
-                    seed: int) -> tuple[SolveResult, Tensor, Tensor]:
+                    seed: int) -> AttackOutcome:
     """Solve P independent problems (row p: source x[p], target x_target[p], λ lams[p]).
 
     In the modes of ``config.warm_start`` a problem starts from the solution of its pair's next
-    larger λ (``attacks.warm``), else every problem from its random d0.
-
-    Returns the solver's result and Δ and its distance part re-evaluated at the final d: with
-    the objective it minimised for the (deterministic) latent attack, and on fresh noise for
-    the output attack.
+    larger λ (``attacks.warm``), else every problem from its random d0. Each λ then takes the
+    best of its pair's solutions and d = 0 (``attacks.envelope``). The output attack
+    minimises the mean over ``output_mc_samples`` fixed draws and is reported on
+    ``output_report_samples`` fresh ones; the latent attack is deterministic and reported on the
+    objective it minimised.
     """
     gen_d0 = problem_generators(seed, source_indices, target_indices, _STREAM_D0)
     gen_obj = problem_generators(seed, source_indices, target_indices, _STREAM_OBJECTIVE)
@@ -125,19 +158,16 @@ def attack_problems(model, x: Tensor, x_target: Tensor, lams: Tensor, mode: str,
     after = (warm_start_predecessors(source_indices, target_indices, lams.tolist(), config.warm_chain)
              if mode in config.warm_start else None)
     result = get_solver(config.solver).solve(objective, d0, lower, upper, config, after=after)
+    d, from_path = best_on_path(objective, result.d, source_indices, target_indices)
     report = objective
     if mode == "output":
         gen_report = problem_generators(seed, source_indices, target_indices, _STREAM_REPORT)
         report = build_objective(model, mode, similarity, x, x_target, lams, gen_report,
                                  mc_samples=config.output_report_samples)
-    totals, dists = [], []
-    with torch.no_grad():
-        for a in range(0, x.shape[0], _CHUNK):
-            idx = list(range(a, min(a + _CHUNK, x.shape[0])))
-            v = report.evaluate(result.d[a:a + _CHUNK], idx)
-            totals.append(v.total)
-            dists.append(v.distance)
-    return result, torch.cat(totals), torch.cat(dists)
+    minimised = _evaluate_chunked(objective, d)
+    total, se, dist = minimised if report is objective else _evaluate_chunked(report, d)
+    clean, _, _ = _evaluate_chunked(report, torch.zeros_like(d))
+    return AttackOutcome(result, d, from_path, total, se, dist, minimised[0], clean)
 
 
 def run_attacks(
@@ -196,50 +226,75 @@ def run_attacks(
     was_training = model.training
     model.eval()
     try:
-        result, total, dist = attack_problems(model, x, xt, lam_t, mode, similarity, config,
-                                              src_p, tgt_p, seed)
-        metrics = attack_metrics(model, x, xt, result.d,
+        outcome = attack_problems(model, x, xt, lam_t, mode, similarity, config, src_p, tgt_p, seed)
+        metrics = attack_metrics(model, x, xt, outcome.d,
                                  problem_generators(seed, src_p, tgt_p, _STREAM_METRICS))
     finally:
         model.train(was_training)
 
     scal = {k: v.detach().double().cpu().numpy() for k, v in metrics.items()
             if k not in ("rec_adv", "rec_source")}
-    total_np = total.detach().double().cpu().numpy()
-    dist_np = dist.detach().double().cpu().numpy()
+    per_problem = {k: getattr(outcome, k).detach().double().cpu().numpy() for k in (
+        "objective", "objective_se", "distance", "delta_minimised", "delta_clean")}
+    per_problem["worse_than_clean"] = outcome.worse_than_clean().cpu().numpy()
+    per_problem["from_path"] = outcome.from_path.cpu().numpy()
     rows: list[dict] = []
     gallery: list[dict] = []
     for i in range(n):
         ps = slice(i * m, (i + 1) * m)
-        sel = select_lambda(lam_list, total_np[ps])
-        area, area_reason = auddc_with_reason(
-            scal["distortion_l2"][ps], scal["adv_target_l2"][ps], scal["source_target_l2"][i * m],
-            scal["rec_source_target_l2"][i * m], scal["rec_target_target_l2"][i * m])
+        pair = _pair_measures(mode, lam_list, {k: v[ps] for k, v in per_problem.items()},
+                              {k: v[ps] for k, v in scal.items()})
         for j in range(m):
             p = i * m + j
-            rows.append({
+            row = {
                 "mode": mode, "similarity": similarity, "pair": pair_ids[i],
                 "source_index": source_indices[i], "target_index": target_indices[i],
-                "lam": lam_list[j], "objective": float(total_np[p]), "distance": float(dist_np[p]),
+                "lam": lam_list[j],
+                **{k: (bool(v[p]) if v.dtype == bool else float(v[p])) for k, v in per_problem.items()},
                 **{k: float(scal[k][p]) for k in (
                     "distortion_l2", "adv_target_l2", "target_nll", "source_target_l2",
                     "rec_source_target_l2", "rec_target_target_l2")},
-                "selected": j == sel, "auddc": float(area), "auddc_reason": area_reason,
+                "selected": j == pair["paper"], "auddc": pair["auddc"],
+                "auddc_reason": pair["auddc_reason"],
+                "budget_50": pair["budget_50"], "budget_90": pair["budget_90"],
                 "solver": config.solver,
-                "iterations": int(result.iterations[p]),
-                "evaluations": int(result.evaluations[p]), "seconds": float(result.seconds[p]),
-            })
-        p = i * m + sel
+                "iterations": int(outcome.result.iterations[p]),
+                "evaluations": int(outcome.result.evaluations[p]),
+                "seconds": float(outcome.result.seconds[p]),
+            }
+            rows.append({name: row[name] for name in ATTACK_COLUMNS})
+        p = i * m + pair["shown"]
         C, H, W = sources.shape[1:]
-        x_adv = (x[p] + result.d[p]).clamp(0, 1)
+        x_adv = (x[p] + outcome.d[p]).clamp(0, 1)
         gallery.append({
-            "mode": mode, "similarity": similarity, "pair": pair_ids[i], "lam": lam_list[sel],
+            "mode": mode, "similarity": similarity, "pair": pair_ids[i], "lam": lam_list[pair["shown"]],
+            "paper_lam": lam_list[pair["paper"]], "paper_lam_unmoved": pair["unmoved"],
             "channels": int(C), "height": int(H), "width": int(W),
             "input": to_uint8_image(x[p]),
             "reconstruction": to_uint8_image(metrics["rec_source"][p]),
             "adversarial": to_uint8_image(x_adv),
-            "distortion": distortion_image(result.d[p]),
+            "distortion": distortion_image(outcome.d[p]),
             "adversarial_reconstruction": to_uint8_image(metrics["rec_adv"][p]),
             "target": to_uint8_image(xt[p]),
         })
     return rows, gallery
+
+
+def _pair_measures(mode: str, lams: list[float], attack: dict[str, np.ndarray],
+                   scal: dict[str, np.ndarray]) -> dict:
+    """One pair's per-pair numbers from its λ path: the paper's λ and the one Fig. 1 shows,
+    AUDDC, and (latent attack) the distortion budgets that remove 50% / 90% of the clean
+    distance. ``attack`` and ``scal`` hold the pair's values, one per λ."""
+    shown, paper, unmoved = select_shown_lambda(lams, attack["objective"], scal["distortion_l2"],
+                                                scal["source_target_l2"][0])
+    area, area_reason = auddc_with_reason(
+        scal["distortion_l2"], scal["adv_target_l2"], scal["source_target_l2"][0],
+        scal["rec_source_target_l2"][0], scal["rec_target_target_l2"][0])
+    budgets = {f"budget_{q}": float("nan") for q in (50, 90)}
+    if mode == "latent":
+        for q in (50, 90):
+            budgets[f"budget_{q}"] = distortion_budget(
+                scal["distortion_l2"], attack["distance"], float(attack["delta_clean"][0]),
+                float(scal["source_target_l2"][0]), removed=q / 100)
+    return {"shown": shown, "paper": paper, "unmoved": unmoved, "auddc": float(area),
+            "auddc_reason": area_reason, **budgets}

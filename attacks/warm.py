@@ -13,9 +13,10 @@ batched into tasks or slots (a task always holds every λ of its pairs).
 
 It is a per-mode choice because it is not always as good. In the latent attack a warm start
 finds about as low a Δ as a cold one, often a lower one, in far fewer evaluations. In the
-output attack it reaches about as low a minimised objective (one noise draw per pair, shared by
-its λ), but its reported Δ, re-evaluated on fresh draws, is often clearly higher (the README's
-attack benchmark, ``benchmarks/attack.py``).
+output attack, measured when it minimised one noise draw per pair, it reached about as low a
+minimised objective, but its reported Δ, re-evaluated on fresh draws, was often clearly higher
+(the README's attack benchmark, ``benchmarks/attack.py``); on the K-draw objective
+(Expectation over Transformation) that is still to be measured.
 """
 
 from __future__ import annotations

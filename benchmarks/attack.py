@@ -75,8 +75,8 @@ from attacks.run import attack_problems  # noqa: E402
 from attacks.solvers import SOLVERS, ScipyLBFGSB  # noqa: E402
 from models import ModelConfig, build_model, load_checkpoint  # noqa: E402
 from sweep.evaluate import (active_units, elbo_parts, logvar_at_bound,  # noqa: E402
-                            mean_image_loglik, posteriors)
-from sweep.health import classify  # noqa: E402
+                            mean_image_loglik, posteriors, recon_r2)
+from sweep.health import verdict  # noqa: E402
 from sweep.trainable import training_pixel_statistics  # noqa: E402
 
 MODES = (("latent", "kl"), ("output", "elbo"))
@@ -148,9 +148,10 @@ def health(model, dataset) -> str:
     mean_image, scale = training_pixel_statistics(dataset)
     row = dict(elbo=elbo, active_units=active_units(post), logvar_at_bound=logvar_at_bound(post),
                elbo_mean_image=float(mean_image_loglik(mean_image, images, model.cfg.likelihood,
-                                                       scale).mean()))
-    verdict, reason = classify(row, model.attack_layers)
-    return f"{verdict}: {reason}"
+                                                       scale).mean()),
+               recon_r2=recon_r2(model, images, mean_image, 256))
+    state, reason = verdict(row, model)
+    return f"{state}: {reason}"
 
 
 def smoke_problems(dataset, n_pairs: int, n_lambdas: int):
@@ -183,8 +184,9 @@ def run(model, problems, mode, sim, cfg, device="cpu", seed=0):
     x, xt, lam, si, ti = problems
     model = model.to(device)
     t0 = time.perf_counter()
-    res, total, _ = attack_problems(model, x.to(device), xt.to(device), lam.to(device), mode, sim,
-                                    cfg, si, ti, seed=seed)
+    outcome = attack_problems(model, x.to(device), xt.to(device), lam.to(device), mode, sim,
+                              cfg, si, ti, seed=seed)
+    res, total = outcome.result, outcome.objective
     if device != "cpu":
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0

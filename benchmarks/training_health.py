@@ -4,7 +4,9 @@
 
 Trains the smoke sweep's models (its data, widths, batch, learning rate and steps; one thread
 each, ``--workers`` at a time) under four variants and prints, per variant, how many models
-are healthy (``sweep.health``) and their held-out ELBO against the mean-image model:
+are healthy (``sweep.health.verdict``, the sweep's rules), their held-out ELBO against the
+mean-image model and the share of the held-out pixel variance their reconstructions explain
+(``recon_r2``):
 
   recipe          this code: the decoder starts at the mean image, anchored conditional priors
   no-offset       the decoder's output offset left at zero (the mean image must be learned)
@@ -12,13 +14,15 @@ are healthy (``sweep.health``) and their held-out ELBO against the mean-image mo
   neither         both pieces off
 
 The ablations swap one piece of ``models`` for the run (``set_mean_image`` not called; the
-conditional prior's parameterisation replaced); nothing else differs.
+conditional prior's parameterisation replaced); nothing else differs. ``benchmarks/recon_r2.py``
+trains the same runs and evaluates them along the way (``recon_r2`` after 0, 100, 300, ... steps).
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import statistics
 import time
 
 VARIANTS = ("recipe", "no-offset", "free-prior", "neither")
@@ -33,7 +37,7 @@ def run_one(job: tuple[str, str, float, int, int, int]) -> dict:
     import models.hierarchical as hierarchical
     from models import ModelConfig, build_model
     from sweep.evaluate import evaluate
-    from sweep.health import classify
+    from sweep.health import verdict
     from sweep.presets import smoke
     from sweep.trainable import cached_dataset, training_pixel_statistics
 
@@ -60,9 +64,10 @@ def run_one(job: tuple[str, str, float, int, int, int]) -> dict:
     seconds = time.perf_counter() - started
     images = data.batch(data.evaluation_indices(cfg.train.eval_size, cfg.data.split_seed))
     row, _ = evaluate(model, images, mean, scale, noise_sigmas=[], noise_samples=1, batch_size=256, seed=seed)
-    health, reason = classify(row, model.attack_layers)
+    health, reason = verdict(row, model)
     return dict(variant=variant, kind=kind, beta=beta, layers=layers, seed=seed, health=health,
-                elbo=row["elbo"], mean_image=row["elbo_mean_image"], units=row["active_units"],
+                elbo=row["elbo"], mean_image=row["elbo_mean_image"], recon_r2=row["recon_r2"],
+                units=row["active_units"], reason=reason,
                 at_bound=max(row["logvar_at_bound"]), seconds=seconds)
 
 
@@ -82,19 +87,25 @@ def main() -> None:
     with mp.get_context("spawn").Pool(args.workers) as pool:
         results = pool.map(run_one, jobs, chunksize=1)
     print(f"\n{'variant':11s} {'model':9s} {'beta':>4s} {'L':>2s} {'seed':>4s} {'health':9s} "
-          f"{'ELBO':>8s} {'mean img':>8s} {'gain':>6s} {'units':>8s} {'at bound':>8s}")
+          f"{'ELBO':>8s} {'mean img':>8s} {'gain':>6s} {'R2':>6s} {'units':>8s} {'at bound':>8s}")
     for r in results:
         gain = (r["elbo"] - r["mean_image"]) / abs(r["mean_image"])
         print(f"{r['variant']:11s} {r['kind']:9s} {r['beta']:4g} {r['layers']:2d} {r['seed']:4d} {r['health']:9s} "
-              f"{r['elbo']:8.1f} {r['mean_image']:8.1f} {gain:+6.0%} {'/'.join(map(str, r['units'])):>8s} "
-              f"{r['at_bound']:8.0%}")
+              f"{r['elbo']:8.1f} {r['mean_image']:8.1f} {gain:+6.0%} {r['recon_r2']:+6.3f} "
+              f"{'/'.join(map(str, r['units'])):>8s} {r['at_bound']:8.0%}")
     print()
     for variant in args.variants:
         mine = [r for r in results if r["variant"] == variant]
         healthy = sum(r["health"] == "healthy" for r in mine)
         gains = sorted((r["elbo"] - r["mean_image"]) / abs(r["mean_image"]) for r in mine)
+        r2 = sorted(r["recon_r2"] for r in mine)
         print(f"summary {variant}: {healthy}/{len(mine)} healthy, ELBO gain over the mean image "
-              f"min {gains[0]:+.0%}, median {gains[len(gains) // 2]:+.0%}")
+              f"min {gains[0]:+.0%}, median {gains[len(gains) // 2]:+.0%}; recon_r2 min / median / max "
+              f"{r2[0]:+.2f} / {statistics.median(r2):+.2f} / {r2[-1]:+.2f}")
+        for r in mine:
+            if r["health"] != "healthy":
+                print(f"  {r['kind']} b={r['beta']:g} L={r['layers']} seed={r['seed']}: "
+                      f"{r['health']}: {r['reason']}")
 
 
 if __name__ == "__main__":

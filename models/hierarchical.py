@@ -98,6 +98,7 @@ class HierarchicalVAE(nn.Module):
         # all of them, which for the decoder's first (linear) layer is the same as a linear
         # projection of the concatenation.
         self._decoded = tuple(self.kind.decoded_layers(L))
+        self._penalises_top_tc = self.kind.regulariser is kinds.tc_penalty
         decoder_in = zd * len(self._decoded)
         arch = build_architecture(cfg, decoder_in)
         chain_in = zd + (arch.feature_dim if cfg.condition_on_x else 0)
@@ -117,6 +118,12 @@ class HierarchicalVAE(nn.Module):
     def decoded_layers(self) -> list[int]:
         """0-based layers the decoder reads, in the order it concatenates them."""
         return list(self._decoded)
+
+    @property
+    def beta_layer(self) -> int | None:
+        """0-based layer whose total correlation beta weighs (the top layer, for the kinds whose
+        regulariser is the TC penalty), or None for a kind that penalises something else."""
+        return self.cfg.layers - 1 if self._penalises_top_tc else None
 
     @property
     def attack_layers(self) -> list[int]:
@@ -219,12 +226,16 @@ class HierarchicalVAE(nn.Module):
 
         Eq. 8's top-layer terms MI + beta TC + dimKL are written KL_L + (beta - 1) TC: the same
         objective (MI + TC + dimKL is the top layer's KL), but with the KL apart from the TC
-        estimate. That matters for free bits (Kingma et al. 2016), max(free_bits_i, mean KL_i)
-        per layer: applied to MWS's MI + dimKL, which is biased down by about (D-1) log N nats,
-        the floor was always active and switched the top layer's KL gradient off. Here every
-        layer's floor applies to an unbiased KL: the closed form for the top layer (exact per
-        sample), the one-sample MC log q - log p for the lower ones. Free bits never switch off
-        the disentangling (TC) pressure, and with beta = 1 and no free bits the loss is -ELBO.
+        estimate. Free bits (Kingma et al. 2016) put a floor of free_bits_i nats under each
+        layer's mean KL, gated on an unbiased KL: the closed form for the top layer, the
+        one-sample MC log q - log p for the lower ones (a floor on MWS's MI + dimKL = KL_L - TC,
+        biased down by about (D-1) log N nats, was always active). Below its floor a lower
+        layer's term is constant. The top layer's is ``nats + TC - TC.detach()`` where beta
+        weighs its TC (``_top_free_bits``): the same value, with gradient grad TC. The floor frees
+        the bits z^L carries, not its total correlation, so TC keeps its weight beta below the
+        floor (gradient beta grad TC; above it grad KL_L + (beta - 1) grad TC, eq. 8), where a
+        constant floor left beta - 1, none at beta = 1. With beta = 1 and no free bits the loss
+        is -ELBO.
         """
         cfg = self.cfg
         enc = self.encode(x, eps=eps)
@@ -233,9 +244,11 @@ class HierarchicalVAE(nn.Module):
         kls = self.lower_kls(enc) + [enc.posteriors[-1].kl_to_standard()]
 
         penalty = self.kind.regulariser(KLTerms(kls, top), cfg.beta)
-        for kl, nats in zip(kls, cfg.free_bits_per_layer):
+        floors = cfg.free_bits_per_layer
+        for kl, nats in zip(kls[:-1], floors[:-1]):
             penalty = penalty + _free_bits(kl.mean(), nats)
-        loss = penalty - recon.mean()
+        kept = top.tc.mean() if self._penalises_top_tc else None
+        loss = penalty + _top_free_bits(kls[-1].mean(), floors[-1], kept) - recon.mean()
 
         parts = {"recon_loglik": recon.mean()}
         for i, kl in enumerate(kls):
@@ -260,6 +273,15 @@ class HierarchicalVAE(nn.Module):
 def _free_bits(kl_mean: Tensor, nats: float) -> Tensor:
     # Below the floor the term is constant, so its gradient stops pushing the layer to collapse.
     return torch.clamp(kl_mean, min=nats) if nats > 0 else kl_mean
+
+
+def _top_free_bits(kl_mean: Tensor, nats: float, tc_mean: Tensor | None) -> Tensor:
+    """The top layer's floored KL: ``_free_bits``, except that below the floor the TC piece of
+    the KL keeps its gradient (value ``nats``, gradient grad TC), see ``objective``."""
+    if nats <= 0 or tc_mean is None:
+        return _free_bits(kl_mean, nats)
+    below = nats + (tc_mean - tc_mean.detach())
+    return torch.where(kl_mean >= nats, kl_mean, below)
 
 
 def _l2(module: nn.Module) -> float:

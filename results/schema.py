@@ -42,6 +42,7 @@ TRAIN = pa.schema(IDENTITY + [
     ("elbo", pa.float64()),
     ("elbo_mean_image", pa.float64()),
     ("recon_loglik", pa.float64()),
+    ("recon_r2", pa.float64()),  # pixel variance the reconstructions explain over the mean image
     ("kl_layers", pa.list_(pa.float64())),
     ("active_units", pa.list_(pa.int64())),
     ("logvar_at_bound", pa.list_(pa.float64())),
@@ -70,8 +71,15 @@ ATTACKS = pa.schema(IDENTITY + [
     ("source_index", pa.int64()),
     ("target_index", pa.int64()),
     ("lam", pa.float64()),
-    ("objective", pa.float64()),
+    ("objective", pa.float64()),       # reported Δ (output mode: mean over fresh draws)
+    ("objective_se", pa.float64()),    # its Monte-Carlo standard error (0 when deterministic)
     ("distance", pa.float64()),
+    ("delta_minimised", pa.float64()), # Δ the solver ended on (its own fixed draws)
+    ("delta_clean", pa.float64()),     # Δ at d = 0 on the reporting draws (latent: the clean
+                                       #   distance r(q(z|x), q(z|x^t)))
+    ("worse_than_clean", pa.bool_()),  # objective > delta_clean + 3 objective_se (+ rounding)
+    ("from_path", pa.bool_()),         # d is another λ's solution of the pair, or d = 0, which
+                                       #   beat the solver's own (attacks.envelope)
     ("distortion_l2", pa.float64()),
     ("adv_target_l2", pa.float64()),
     ("target_nll", pa.float64()),
@@ -80,6 +88,8 @@ ATTACKS = pa.schema(IDENTITY + [
     ("rec_target_target_l2", pa.float64()),
     ("selected", pa.bool_()),
     ("auddc", pa.float64()),
+    ("budget_50", pa.float64()),       # latent: smallest ‖d‖ on the pair's λ path that removes
+    ("budget_90", pa.float64()),       #   half / 90% of delta_clean (per pair; NaN for output)
     ("auddc_reason", pa.string()),  # why auddc is NaN; empty when it is defined
     ("solver", pa.string()),
     ("iterations", pa.int64()),
@@ -96,7 +106,10 @@ GALLERY = pa.schema(IDENTITY[1:] + [
     ("mode", pa.string()),
     ("similarity", pa.string()),
     ("pair", pa.int64()),
-    ("lam", pa.float64()),
+    ("lam", pa.float64()),             # the λ shown (Fig. 1)
+    ("paper_lam", pa.float64()),       # the λ the paper's rule picks (the row marked selected)
+    ("paper_lam_unmoved", pa.bool_()), # its attack left the input unmoved (the d = 0 plateau):
+                                       #   lam is then the rule's pick among the λ that moved it
     ("channels", pa.int64()),
     ("height", pa.int64()),
     ("width", pa.int64()),

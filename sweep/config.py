@@ -238,6 +238,7 @@ def _validate(cfg: SweepConfig) -> None:
 
     cfg.attack.validate()
     _number("health.min_elbo_gain", cfg.health.min_elbo_gain, minimum=0.0, kind=float)
+    _number("health.min_recon_r2", cfg.health.min_recon_r2, minimum=0.0, kind=float)
     _number("health.max_logvar_at_bound", cfg.health.max_logvar_at_bound, minimum=0.0, kind=float)
     res = cfg.resources
     for name in ("cpus_per_trial", "cpus_per_attack_task"):

@@ -1,7 +1,8 @@
 """What the sweep measures on every trained model, on held-out data.
 
-ELBO and its named parts against the mean-image model, active units and log-variances at their
-bound per layer (the inputs of ``sweep.health``), the noise robustness of the paper's Fig. 7,
+ELBO and its named parts against the mean-image model, the share of pixel variance the
+reconstructions explain, active units and log-variances at their bound per layer (the inputs of
+``sweep.health``), the noise robustness of the paper's Fig. 7,
 the weight norms of its Table 1, and the MIG disentanglement score where the dataset has
 ground-truth factors.
 """
@@ -127,6 +128,23 @@ def mean_image_loglik(mean_image: torch.Tensor, images: torch.Tensor, likelihood
     return values.cpu().numpy()
 
 
+@torch.no_grad()
+def recon_r2(model: torch.nn.Module, images: torch.Tensor, mean_image: torch.Tensor,
+             batch_size: int) -> float:
+    """Share of the images' variance around the mean image that the reconstructions explain,
+    1 - sum ||rec(x) - x||^2 / sum ||mean_image - x||^2 (rec: ``model.reconstruct``). Unlike a
+    log-likelihood it has no unit, so one threshold serves any likelihood: a Gaussian's
+    log-density, hence the mean-image model's, moves with the pixel scale and can sit near 0.
+    1 for perfect reconstructions, 0 for the mean image, negative when worse than it."""
+    mean = mean_image.to(images).double()
+    residual = spread = 0.0
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size]
+        residual += float(((model.reconstruct(x).double() - x.double()) ** 2).sum())
+        spread += float(((x.double() - mean) ** 2).sum())
+    return 1.0 - residual / spread if spread > 0 else float("nan")
+
+
 def mig(
     means: torch.Tensor,
     logvars: torch.Tensor,
@@ -219,6 +237,7 @@ def evaluate(
         "elbo_mean_image": float(mean_image_loglik(mean_image, images, model.cfg.likelihood,
                                                    mean_image_scale).mean()),
         "recon_loglik": parts["recon_loglik"],
+        "recon_r2": recon_r2(model, images, mean_image, batch_size),
         "kl_layers": [parts[f"kl_{i}"] for i in range(1, layers + 1)],
         "active_units": active_units(post),
         "logvar_at_bound": logvar_at_bound(post),

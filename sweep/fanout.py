@@ -307,10 +307,13 @@ def read_attack_rows(store: Store, columns: list[str] | None = None):
 
 def log_attack_summaries(store: Store, tracker: Tracker, rows: dict[str, dict[str, Any]]) -> None:
     """Per trial and (mode, similarity) into the trial's MLflow run: the mean over pairs of the
-    minimum objective, the mean objective over pairs and lambdas, the mean AUDDC, and the mean
-    adversarial-target distance at the selected lambda."""
+    minimum objective, the mean objective over pairs and lambdas, the mean AUDDC, the mean
+    adversarial-target distance at the selected lambda, the attacks flagged worse than not
+    attacking, and (latent attack) the mean distortion budget that removes half the clean
+    distance."""
     frame = read_attack_rows(store, ["trial_id", "mode", "similarity", "pair", "objective",
-                                     "auddc", "selected", "adv_target_l2"])
+                                     "auddc", "selected", "adv_target_l2", "worse_than_clean",
+                                     "budget_50"])
     if frame is None:
         return
     frame["attack"] = np.where(frame["mode"] == "latent", "latent_" + frame["similarity"], "output")
@@ -323,5 +326,8 @@ def log_attack_summaries(store: Store, tracker: Tracker, rows: dict[str, dict[st
             f"{attack_name}_objective_mean": group["objective"].mean(),
             f"{attack_name}_auddc_mean": per_pair["auddc"].first().mean(),
             f"{attack_name}_selected_adv_target_l2_mean": group.loc[group["selected"], "adv_target_l2"].mean(),
+            f"{attack_name}_worse_than_clean": int(group["worse_than_clean"].fillna(False).astype(bool).sum()),
         }
+        if attack_name != "output":
+            metrics[f"{attack_name}_budget_50_mean"] = per_pair["budget_50"].first().mean()
         tracker.log_metrics(rows[trial_id], metrics, step=int(rows[trial_id].get("steps") or 0))

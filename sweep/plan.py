@@ -119,8 +119,8 @@ def measure_evaluation(cfg: SweepConfig, shape: Shape, kind: str, z_dim: int, de
     for _ in range(2):  # the first run warms up
         _sync(device)
         started = time.perf_counter()
-        result, _, _ = attack_problems(model, x, target, lams, mode, similarity, attack_cfg,
-                                       list(range(P)), list(range(P, 2 * P)), seed=0)
+        result = attack_problems(model, x, target, lams, mode, similarity, attack_cfg,
+                                 list(range(P)), list(range(P, 2 * P)), seed=0).result
         _sync(device)
         best = min(best, (time.perf_counter() - started) / max(1, int(result.evaluations.sum())))
     return best
@@ -229,8 +229,8 @@ def calibrate_evaluations(cfg: SweepConfig, architectures: list[str], device, st
             optimizer.step()
         model.eval()
         for mode, sim in cfg.attack.tasks():
-            result, _, _ = attack_problems(model, x, xt, lam, mode, sim, cfg.attack, src, tgt,
-                                           seed=0)
+            result = attack_problems(model, x, xt, lam, mode, sim, cfg.attack, src, tgt,
+                                     seed=0).result
             per_task[(arch, f"{mode}/{sim}")] = float(result.evaluations.mean())
     because = f" ({why})" if why else ""
     return EvaluationCounts(

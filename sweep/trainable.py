@@ -33,7 +33,7 @@ from results.store import Store, local_tmp_dir
 from sweep.config import DataConfig, SweepConfig, TrainConfig
 from sweep.data import load_dataset
 from sweep.evaluate import evaluate
-from sweep.health import HealthConfig, classify
+from sweep.health import HealthConfig, verdict
 from sweep.plugins import import_plugins
 from sweep.trials import TrialSpec
 
@@ -189,7 +189,7 @@ def train_trial(config: dict[str, Any]) -> None:
     if not all(math.isfinite(v) for v in (row["elbo"], row["recon_loglik"])):
         _finish_diverged(setup, step, seconds, row["elbo"], what="held-out ELBO")
         return
-    row["health"], row["health_reason"] = classify(row, model.decoded_layers, setup.health)
+    row["health"], row["health_reason"] = verdict(row, model, setup.health)
     row.update(setup.identity, status="ok", reason="", steps=step, seconds=seconds,
                images_per_s=images_per_s, node_id=ray.get_runtime_context().get_node_id())
 

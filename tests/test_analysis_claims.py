@@ -117,7 +117,8 @@ def test_an_unhealthy_trial_never_enters_a_claim(hand_folder):  # noqa: F811
     seatbelt = "d-seatbelt-b4-L2-z10-s0"
     train = _train_rows(attacks, {seatbelt: "plateau"})
     table = cl.claims_table(attacks, train, variants=("all λ",))
-    rows = table.loc[table["claim"].str.startswith("latent Δ: Seatbelt-VAE (largest β, L)")]
+    rows = table.loc[table["claim"].str.startswith("latent Δ: Seatbelt-VAE (largest β, L)")
+                     & (table["measure"] == "Δ")]
     assert len(rows) == 2
     for _, row in rows.iterrows():
         assert row["verdict"].startswith("not measured: no healthy trial of Seatbelt-VAE L=2 β=4"), row["verdict"]
@@ -148,3 +149,99 @@ def test_an_unhealthy_trial_never_enters_a_claim(hand_folder):  # noqa: F811
 ])
 def test_verdict_words_agree_with_the_interval(lo, hi, expect, words):
     assert cl.verdict(lo, hi, expect) == words
+
+
+# ---------------------------------------------------------------------------------------------
+# the latent claims tested on budget_50 as a second measure
+
+# budget_50 per (model, β, mode) and pair, chosen for hand computation
+BUDGETS = {("vae", 1.0): (2.0, 2.0), ("tcvae", 1.0): (3.0, 3.0), ("tcvae", 4.0): (4.0, 16.0),
+           ("seatbelt", 4.0): (8.0, 8.0)}
+
+
+@pytest.fixture()
+def budget_folder(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.test_analysis_stats import _attack_rows
+
+    rows = _attack_rows()
+    for r in rows:
+        r["budget_50"] = BUDGETS[(r["model"], r["beta"])][r["pair"]] if r["mode"] == "latent" else float("nan")
+    out = tmp_path / "res"
+    (out / "attacks" / "all").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), out / "attacks" / "all" / "task.parquet")
+    return out
+
+
+def test_latent_claims_on_budget_50_by_hand(budget_folder):
+    attacks = load_attacks(budget_folder)
+    table = cl.claims_table(attacks, _train_rows(attacks, {}), variants=("all λ",))
+    first = table.loc[table["claim"] == "latent Δ: β-TCVAE (largest β) over VAE"]
+    assert list(first["measure"]) == ["Δ", "budget_50"] and list(first["variant"]) == ["all λ", "per pair"]
+    row = first.iloc[1]
+    # pairs: (4, 16) over (2, 2): log ratios ln 2 and ln 8, ratio of geometric means exp(ln 4) = 4;
+    # one trial per side: a t-interval with 1 df on the two log ratios
+    d = np.log([2.0, 8.0])
+    half = stats.t.ppf(0.975, 1) * d.std(ddof=1) / math.sqrt(2)
+    assert row["estimate"] == pytest.approx(4.0) and row["units"] == 2
+    assert (row["lo"], row["hi"]) == pytest.approx((math.exp(d.mean() - half), math.exp(d.mean() + half)))
+    grows = table.loc[(table["claim"] == "latent Δ: β-TCVAE grows with β (largest over smallest β)")
+                      & (table["measure"] == "budget_50")].iloc[0]
+    assert grows["estimate"] == pytest.approx(8.0 / 3.0)    # sqrt(4 · 16) / 3
+    sb = table.loc[(table["claim"] == "latent Δ: Seatbelt-VAE (largest β, L) over β-TCVAE (largest β)")
+                   & (table["measure"] == "budget_50")].iloc[0]
+    assert sb["estimate"] == pytest.approx(1.0)             # (8, 8) over (4, 16)
+
+
+def test_only_latent_claims_get_a_budget_row(budget_folder):
+    attacks = load_attacks(budget_folder)
+    table = cl.claims_table(attacks, _train_rows(attacks, {}))
+    with_budget = set(table.loc[table["measure"] == "budget_50", "claim"])
+    assert with_budget == {c.claim for c in cl.CLAIMS if c.claim.startswith("latent Δ:")}
+    assert len(with_budget) == 8
+    # every Δ claim keeps both λ variants, listed before its budget row
+    delta = table.loc[table["measure"] == "Δ"]
+    assert len(delta) == 2 * sum(c.quantity == "delta" for c in cl.CLAIMS)
+    assert set(table.loc[~table["claim"].str.contains("Δ"), "measure"]) == {"—"}
+
+
+def test_old_results_are_tested_on_the_papers_delta_only(hand_folder):  # noqa: F811
+    attacks = load_attacks(hand_folder)   # written without budget_50
+    table = cl.claims_table(attacks, _train_rows(attacks, {}), variants=("all λ",))
+    budget = table.loc[table["measure"] == "budget_50"]
+    assert len(budget) == 8 and budget["estimate"].isna().all()
+    assert (budget["verdict"] == "not measured: no attacks with budget_50 in the results (attack files "
+                                 "written before the column existed)").all()
+    assert np.isfinite(table.loc[table["measure"] == "Δ", "estimate"]).any()
+    assert cl.measure_findings(table) == [
+        "The latent claims are tested on the paper's Δ only: these attack files have no budget_50 (they were "
+        "written before the column existed; re-run the attack step to add it)."]
+
+
+def _claim_rows(claim, delta, budget, dataset="d"):
+    return [dict(dataset=dataset, claim=claim, variant="all λ", measure="Δ", verdict=delta),
+            dict(dataset=dataset, claim=claim, variant="selected λ", measure="Δ", verdict="holds (CI above 1)"),
+            dict(dataset=dataset, claim=claim, variant="per pair", measure="budget_50", verdict=budget)]
+
+
+def test_where_the_two_measures_disagree():
+    table = pd.DataFrame(
+        _claim_rows("A", "holds (CI above 1)", "holds (CI above 1)")
+        + _claim_rows("B", "holds (CI above 1)", "inconclusive (CI includes 1)")
+        + _claim_rows("C", "inconclusive (CI includes ×1.5)", "does not hold (grows: CI above ×1.5)")
+        + _claim_rows("D", "holds (CI above 1)", "not measured: no healthy trial of VAE β=1"))
+    cmp = cl.compare_measures(table).set_index("claim")
+    assert list(cmp.index) == ["A", "B", "C"]        # D: budget_50 could not test it
+    assert list(cmp["agree"]) == [True, False, False]
+    assert (cmp.loc["C", "delta"], cmp.loc["C", "budget_50"]) == ("inconclusive", "does not hold")
+    words = cl.measure_findings(table)
+    assert words[0].startswith("The paper's Δ and budget_50 disagree on 2 of the 3 latent claims tested on both")
+    assert words[1:] == [
+        "B (d): the paper's Δ says holds (CI above 1); budget_50 says inconclusive (CI includes 1).",
+        "C (d): the paper's Δ says inconclusive (CI includes ×1.5); budget_50 says does not hold (grows: CI above "
+        "×1.5)."]
+    agree = pd.DataFrame(_claim_rows("A", "holds (CI above 1)", "holds (CI above 1)"))
+    assert cl.measure_findings(agree) == [
+        "The paper's Δ and budget_50 reach the same verdict on the one latent claim tested on both."]

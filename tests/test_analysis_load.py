@@ -145,7 +145,8 @@ def test_analysis_imports_no_torch_ray_or_sibling_packages():
     code = (
         "import sys, json\n"
         "import analysis, analysis.errors, analysis.load, analysis.stats, analysis.aggregate, "
-        "analysis.figures, analysis.report, analysis.query, analysis.synthetic\n"
+        "analysis.figures, analysis.report, analysis.query, analysis.synthetic, analysis.claims, "
+        "analysis.sanity, analysis.thesis\n"
         "analysis.query.parse_where(\"model='seatbelt' and beta>=4\")\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'ray', 'models', 'attacks', 'sweep')]\n"
         "print(json.dumps(bad))\n"

@@ -280,8 +280,9 @@ def _solve(model, x, xt, lams, similarity="kl", mode="latent", **cfg):
     from attacks.run import attack_problems
 
     P = x.shape[0]
-    return attack_problems(model, x, xt, torch.as_tensor(lams, dtype=torch.float32), mode, similarity,
-                           _config(**cfg), list(range(P)), list(range(100, 100 + P)), seed=0)
+    o = attack_problems(model, x, xt, torch.as_tensor(lams, dtype=torch.float32), mode, similarity,
+                        _config(**cfg), list(range(P)), list(range(100, 100 + P)), seed=0)
+    return o.result, o.objective, o.distance
 
 
 @pytest.mark.parametrize("similarity", ["kl", "l2_mean", "w2"])
@@ -521,28 +522,3 @@ def test_run_attacks_output_mode_lowers_target_nll():
     assert free["distance"] < clamped["distance"]
     assert free["target_nll"] < clamped["target_nll"] + 1.0  # one sample each; loose
     assert clamped["distortion_l2"] < 1e-4
-
-
-def test_output_attack_reports_its_delta_on_fresh_noise():
-    """The solver minimises Δ_output on one fixed noise draw; the reported Δ averages
-    ``output_report_samples`` other draws at the same final d (closed form, per sample)."""
-    from attacks.run import _STREAM_OBJECTIVE, _STREAM_REPORT, attack_problems, problem_generators
-    from attacks.objectives import sample_encoder_noise
-
-    model = LinearGaussianVAE(V_scale=0.3)
-    x, xt = images(2, 40), images(2, 41, binary=True)
-    lams = torch.tensor([0.0, 1.0])
-    cfg = _config(output_report_samples=3)
-    result, total, dist = attack_problems(model, x, xt, lams, "output", "elbo", cfg, [1, 2], [3, 4], seed=0)
-    p = np_params(model)
-
-    def closed_form(stream, samples):
-        noise = sample_encoder_noise(model, x, problem_generators(0, [1, 2], [3, 4], stream), samples)[0]
-        return [np.mean([closed_form_output(p, x[i].flatten().double().numpy(), xt[i].flatten().double().numpy(),
-                                            result.d[i].flatten().double().numpy(), float(lams[i]),
-                                            noise[s, i].double().numpy())[0] for s in range(samples)])
-                for i in range(2)]
-
-    reported, optimised = closed_form(_STREAM_REPORT, 3), closed_form(_STREAM_OBJECTIVE, 1)
-    np.testing.assert_allclose(total.double().numpy(), reported, rtol=1e-4, atol=1e-5)
-    assert not np.allclose(reported, optimised, rtol=1e-3)

@@ -216,13 +216,15 @@ def test_batch_history_sets_the_memory():
 
 @pytest.mark.parametrize("mode", ["latent", "output"])
 def test_quality_against_scipy(model, mode):
-    """Batched Δ <= scipy Δ·(1 + 1%) + 1e-4 in >= 95% of problems, median ratio <= 1."""
+    """Batched Δ <= scipy Δ·(1 + 1%) + 1e-4 in >= 95% of problems, median ratio <= 1, on the
+    objective the solvers minimised (in output mode the reported Δ is re-evaluated on fresh
+    draws, which scores the attack, not the solver)."""
     x, xt, lam, si, ti = problems()
     sim = "kl" if mode == "latent" else "elbo"
     out = {}
     for solver in ("scipy", "batched"):
         cfg = AttackConfig(solver=solver, maxiter=MAXITER)
-        _, total, _ = attack_problems(model, x, xt, lam, mode, sim, cfg, si, ti, seed=0)
+        total = attack_problems(model, x, xt, lam, mode, sim, cfg, si, ti, seed=0).delta_minimised
         out[solver] = total.double().numpy()
     ref, new = out["scipy"], out["batched"]
     assert np.all(np.isfinite(new))

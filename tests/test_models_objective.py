@@ -177,7 +177,8 @@ def test_free_bits_keep_the_top_layer_kl_gradient(estimator, layers):
 
 @pytest.mark.parametrize("estimator", ["mws", "mss"])
 def test_free_bits_never_switch_off_the_tc_pressure(estimator):
-    """Free bits far above the KL silence the KL's gradient; (beta - 1) TC still pulls."""
+    """Free bits far above the KL silence the KL's gradient, not the TC's: it keeps its weight
+    beta (before issue 23 it kept beta - 1, the floored KL having taken TC's share with it)."""
     model = _model(kind="tcvae", beta=6.0, free_bits=1e4, tc_estimator=estimator)
     x, eps = _data()
     out = model.objective(x, eps=eps)
@@ -186,4 +187,53 @@ def test_free_bits_never_switch_off_the_tc_pressure(estimator):
     top = enc.posteriors[-1]
     from models.tc import decompose_top_kl
     tc = decompose_top_kl(enc.z[-1], top, N, estimator).tc.mean()
-    torch.testing.assert_close(_top_head_gradient(model, penalty), _top_head_gradient(model, 5.0 * tc))
+    torch.testing.assert_close(_top_head_gradient(model, penalty), _top_head_gradient(model, 6.0 * tc))
+
+
+@pytest.mark.parametrize("beta", [1.0, 6.0])
+@pytest.mark.parametrize("theta, side", [(1.0, "above"), (0.2, "below")])
+def test_top_free_bits_gradient_against_its_closed_form(beta, theta, side):
+    """KL_L = e^theta and TC = 0.3 theta^2, floor 2 nats; the top layer's terms of the loss are
+    FB(KL_L, TC) + (beta - 1) TC. Above the floor (theta = 1, KL 2.72) their derivative is
+    e^theta + (beta - 1) 0.6 theta, the unfloored eq. 8; below it (theta = 0.2, KL 1.22) it is
+    beta 0.6 theta: the floor frees the KL's bits, TC keeps its weight beta. The value is
+    max(2, KL_L) + (beta - 1) TC either way."""
+    from models.hierarchical import _top_free_bits
+
+    t = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
+    kl, tc = torch.exp(t), 0.3 * t ** 2
+    assert (kl.item() > 2.0) == (side == "above")
+    value = _top_free_bits(kl, 2.0, tc) + (beta - 1.0) * tc
+    (grad,) = torch.autograd.grad(value, t)
+    want = math.exp(theta) + (beta - 1.0) * 0.6 * theta if side == "above" else beta * 0.6 * theta
+    assert float(grad) == pytest.approx(want, rel=1e-12)
+    assert value.item() == pytest.approx(max(2.0, math.exp(theta)) + (beta - 1.0) * 0.3 * theta ** 2, rel=1e-12)
+    # a kind whose regulariser is not the TC penalty gets the plain floor: no gradient below it
+    (plain,) = torch.autograd.grad(_top_free_bits(torch.exp(t), 2.0, None), t)
+    assert float(plain) == pytest.approx(math.exp(theta) if side == "above" else 0.0)
+
+
+@pytest.mark.parametrize("beta", [1.0, 6.0])
+@pytest.mark.parametrize("side", ["above", "below"])
+@pytest.mark.parametrize("kind, layers", [("tcvae", 1), ("seatbelt", 3)])
+def test_top_layer_gradient_with_free_bits_in_the_model(beta, side, kind, layers):
+    """The model's loss, on the parameters that output q(z^L|.): above the top floor the gradient
+    of KL_L + (beta - 1) TC (+ the lower layers' KLs, which read z^L through their prior),
+    below it that of beta TC (+ the same), TC from the estimator the model trains with."""
+    from models.tc import decompose_top_kl
+
+    floor = 0.01 if side == "above" else 1e4   # the untrained top layer's KL: a few hundredths
+    model = _model(kind=kind, layers=layers, beta=beta, free_bits=[0.0] * (layers - 1) + [floor],
+                   dataset_size=737_280)
+    x, eps = _data(layers=layers)
+    out = model.objective(x, eps=eps)
+    enc = model.encode(x, eps=eps)
+    penalty = out.loss + model.log_likelihood(x, enc.z).mean()
+    top = enc.posteriors[-1]
+    kl = _analytic_kl(top.mean, top.logvar.mul(0.5).exp()).mean()
+    tc = decompose_top_kl(enc.z[-1], top, 737_280, "mws").tc.mean()
+    assert (kl.item() > floor) == (side == "above")
+    lower = sum((kl_i.mean() for kl_i in model.lower_kls(enc)), torch.zeros(()))
+    expected = lower + (kl + (beta - 1.0) * tc if side == "above" else beta * tc)
+    torch.testing.assert_close(_top_head_gradient(model, penalty), _top_head_gradient(model, expected))
+    assert model.beta_layer == layers - 1

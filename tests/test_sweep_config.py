@@ -54,6 +54,8 @@ def test_presets_validate_and_smoke_is_small():
     ({"train": {"learning_rate": 0.1}}, "learning_rate"),
     ({"attack": {"n_pairs": 0}}, "n_pairs"),
     ({"resources": {"gpus_per_trial": -0.5}}, "resources.gpus_per_trial"),
+    ({"health": {"min_recon_r2": -0.1}}, "health.min_recon_r2"),
+    ({"health": {"min_recon_r2": "0.2"}}, "health.min_recon_r2"),
     ({"grid": {"datasets": ["chairs"]}}, "data.data_dirs"),
     ({"colour": "red"}, "colour"),
 ])
@@ -127,10 +129,13 @@ def test_cli_reports_a_bad_config_without_a_traceback(tmp_path):
 
 
 def test_results_folders_keep_their_fingerprint_when_fields_are_added():
-    """The default config's fingerprint is the one results folders were written with before
-    ``plugins`` and the warm-start fields existed (re-running on such a folder resumes it); a
-    config that uses warm starts gets its own."""
-    assert SweepConfig().fingerprint() == "34927b51ccebad82"
+    """The default config's fingerprint is pinned: fields added at a default that changes no
+    result (``plugins``, the warm-start fields) keep it, so re-running on an older folder
+    resumes it; a config that uses warm starts gets its own. A default that changes results
+    changes it on purpose: it moved from 34927b51ccebad82 when the output attack became an
+    Expectation over K = 4 draws reported on 32 (issue 23) and health gained ``min_recon_r2``,
+    so a folder attacked the old way is refused rather than mixed with new rows."""
+    assert SweepConfig().fingerprint() == "df37f63fc7bf1d43"
     warm = from_dict({"attack": {"warm_start": ["latent"]}})
     assert warm.fingerprint() != SweepConfig().fingerprint()
     assert from_dict({"attack": {"warm_start": ["latent"], "warm_chain": 3}}).fingerprint() != warm.fingerprint()

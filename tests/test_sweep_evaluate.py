@@ -94,3 +94,26 @@ def test_mig_of_a_code_independent_of_the_factors_is_near_zero(n):
     logvars = (2 * stds.log()).expand_as(means)
     score = mig(means, logvars, factors, sizes, ["scale", "orientation", "posX", "posY"])
     assert score < 0.05, score
+
+
+class _Reconstructs:
+    """A stand-in model whose reconstruction of x is a fixed function of it."""
+
+    def __init__(self, fn):
+        self.reconstruct = fn
+
+
+def test_recon_r2_against_closed_forms():
+    """1 - sum ||rec(x) - x||^2 / sum ||m - x||^2, over batches: 1 for perfect reconstructions,
+    0 for the mean image m, 1 - a^2 for rec = x + a (m - x), the same whatever the batch size."""
+    from sweep.evaluate import recon_r2
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(10, 1, 4, 4, generator=g)
+    m = torch.rand(1, 4, 4, generator=g)
+    assert recon_r2(_Reconstructs(lambda b: b), x, m, batch_size=3) == pytest.approx(1.0)
+    assert recon_r2(_Reconstructs(lambda b: m.expand_as(b)), x, m, batch_size=3) == pytest.approx(0.0, abs=1e-12)
+    for a in (0.5, 2.0):
+        shrink = _Reconstructs(lambda b, a=a: b + a * (m - b))
+        assert recon_r2(shrink, x, m, batch_size=3) == pytest.approx(1 - a * a, rel=1e-6)
+        assert recon_r2(shrink, x, m, batch_size=10) == pytest.approx(recon_r2(shrink, x, m, batch_size=4))

@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
+from benchmarks.recon_r2 import shapes_folder
 from models import ModelConfig, build_model
 from sweep.data import load_dataset
 from sweep.evaluate import Posteriors, active_units, evaluate, logvar_at_bound, mean_image_loglik
-from sweep.health import COLLAPSED, HEALTHY, PLATEAU, HealthConfig, classify
+from sweep.health import COLLAPSED, HEALTHY, PLATEAU, HealthConfig, classify, verdict
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +64,16 @@ def _collapse(model):
     return model
 
 
+def _collapse_top(model):
+    """A hierarchy whose top layer says nothing about x (q(z^L|z^{L-1}) = N(0, I)) over an
+    encoder whose first layer varies with x."""
+    with torch.no_grad():
+        model.inference.head.weight.mul_(20.0)
+        model.inference.chain[-1][-1].weight.zero_()
+        model.inference.chain[-1][-1].bias.zero_()
+    return model
+
+
 def test_a_collapsed_model_is_named_collapsed_and_the_report_measures_nothing_on_it(dsprites, tmp_path):
     from analysis import aggregate as agg
     from analysis.report import build_report
@@ -91,21 +102,38 @@ def test_a_collapsed_model_is_named_collapsed_and_the_report_measures_nothing_on
     pq.write_table(schema.table([{**row, **identity, "health": health, "health_reason": reason}], schema.TRAIN),
                    out / "train" / f"{collapsed}.parquet")
 
+    # and its β = 1 sibling's top layer carries nothing: collapsed too, named by its reason
+    top_model = _collapse_top(_model("seatbelt", 3, data, mean))
+    top_row, _ = evaluate(top_model, images, mean, scale, noise_sigmas=[1.0], noise_samples=16,
+                          batch_size=256, seed=0)
+    top_health, top_reason = verdict(top_row, top_model)
+    assert top_health == COLLAPSED and top_reason.startswith("no active unit in z3, the layer β acts on")
+    top_collapsed = trial_id("d", "seatbelt", 1.0, 3, 10, 0)
+    pq.write_table(schema.table([{**top_row, **identity, "trial_id": top_collapsed, "beta": 1.0,
+                                  "health": top_health, "health_reason": top_reason}], schema.TRAIN),
+                   out / "train" / f"{top_collapsed}.parquet")
+
     report = build_report(out, log_to_mlflow=False)
     claims = pd.read_csv(report / "claims.csv").fillna("")
+    naming = claims.loc[claims["verdict"].str.contains(top_collapsed, regex=False)
+                        | claims["left_out"].str.contains(top_collapsed, regex=False), ["verdict", "left_out"]]
+    assert len(naming), "no claim names the trial whose top layer collapsed"
+    for texts in naming.itertuples():
+        text = texts.verdict + texts.left_out
+        assert f"{top_collapsed} (collapsed: no active unit in z3, the layer β acts on" in text, text
     seatbelt_claims = claims.loc[claims["numerator"].str.startswith("Seatbelt-VAE L=3 β=10")]
     assert len(seatbelt_claims) >= 8
-    for verdict in seatbelt_claims["verdict"]:
-        assert verdict.startswith("not measured: no healthy trial of Seatbelt-VAE L=3 β=10"), verdict
-        assert collapsed in verdict and "collapsed" in verdict
+    for text in seatbelt_claims["verdict"]:
+        assert text.startswith("not measured: no healthy trial of Seatbelt-VAE L=3 β=10"), text
+        assert collapsed in text and "collapsed" in text
     assert (seatbelt_claims["estimate"] == "").all()
     tcvae = claims.loc[(claims["claim"] == "latent Δ: β-TCVAE (largest β) over VAE") & (claims["variant"] == "all λ")].iloc[0]
     assert tcvae["estimate"] > 10 and "not measured" not in tcvae["verdict"]
     summary = pd.read_csv(report / "attack_summary.csv")
     assert not ((summary["model"] == "seatbelt") & (summary["beta"] == 10.0)).any()
     page = (report / "index.html").read_text(encoding="utf-8")
-    assert "Training health" in page and collapsed in page
-    assert list(agg.left_out(pd.read_parquet(out / "train"))["trial_id"]) == [collapsed]
+    assert "Training health" in page and collapsed in page and "the layer β acts on" in page
+    assert sorted(agg.left_out(pd.read_parquet(out / "train"))["trial_id"]) == sorted([collapsed, top_collapsed])
 
 
 def test_a_mean_image_decoder_over_an_active_encoder_is_a_plateau(dsprites):
@@ -133,6 +161,37 @@ def test_classify_thresholds():
     frozen = classify({**base, "elbo": -100.0, "logvar_at_bound": [0.0, 0.3]}, [0, 1])
     assert frozen[0] == COLLAPSED and "z2 30%" in frozen[1]
     assert classify({**base, "elbo": -100.0, "logvar_at_bound": [0.0, 0.005]}, [0, 1])[0] == HEALTHY
+    # reconstructions that explain less than min_recon_r2 of the pixel variance: a plateau
+    bar = HealthConfig().min_recon_r2
+    assert classify({**base, "elbo": -100.0, "recon_r2": bar}, [0])[0] == HEALTHY
+    low = classify({**base, "elbo": -100.0, "recon_r2": bar - 0.01}, [0])
+    assert low[0] == PLATEAU and "of the held-out pixel variance" in low[1]
+    assert classify({**base, "elbo": -100.0, "recon_r2": float("nan")}, [0])[0] == HEALTHY  # an older row
+
+
+def test_a_top_layer_without_active_unit_is_collapsed_where_beta_acts_on_it():
+    """β weighs the TC of z^L; a z^L that carries nothing makes the trial say nothing about β,
+    even where the decoder reads other layers (β-TCDLGM: z^1 only; Seatbelt: all of them)."""
+    base = dict(elbo=-100.0, elbo_mean_image=-500.0, recon_r2=0.8, logvar_at_bound=[0.0] * 3)
+    for decoded in ([0], [0, 1, 2]):
+        health, reason = classify({**base, "active_units": [4, 2, 0]}, decoded, beta_layer=2)
+        assert health == COLLAPSED and reason.startswith("no active unit in z3, the layer β acts on"), reason
+        assert classify({**base, "active_units": [4, 2, 1]}, decoded, beta_layer=2)[0] == HEALTHY
+        # a kind whose β weighs no layer (beta_layer None) keeps the decoder's rule
+        assert classify({**base, "active_units": [4, 2, 0]}, decoded)[0] == HEALTHY
+
+
+def test_a_gaussian_model_is_judged_on_the_variance_it_explains_not_a_relative_gain():
+    """A Gaussian log-density moves with the pixel scale: a mean-image model at +4 nats makes a
+    25% relative gain 1 nat, at -4 it makes it a loss. The ELBO must beat it, at all; the
+    reconstructions must explain min_recon_r2 of the pixel variance."""
+    base = dict(elbo_mean_image=4.0, active_units=[3], logvar_at_bound=[0.0], recon_r2=0.6)
+    assert classify({**base, "elbo": 4.5}, [0], likelihood="gaussian")[0] == HEALTHY
+    assert classify({**base, "elbo": 4.5}, [0])[0] == PLATEAU          # 25% of 4 is 1 nat
+    worse = classify({**base, "elbo": 3.9}, [0], likelihood="gaussian")
+    assert worse[0] == PLATEAU and "does not beat the mean-image model's 4.0 (needs > 4.0)" in worse[1]
+    blur = classify({**base, "elbo": 900.0, "recon_r2": 0.02}, [0], likelihood="gaussian")
+    assert blur[0] == PLATEAU and "explain 2% of the held-out pixel variance" in blur[1]
 
 
 def test_evaluation_sample_is_random_fixed_and_nested(dsprites):
@@ -168,3 +227,49 @@ def test_active_units_and_variances_at_the_bound_by_hand():
     assert active_units(post) == [1]
     assert logvar_at_bound(post) == [pytest.approx(1 / 3)]
     assert math.isclose(logvar_at_bound(post, margin=0.01)[0], 0.0)
+
+
+def test_on_a_gaussian_folder_dataset_a_trained_model_is_healthy_and_an_untrained_one_is_not(tmp_path):
+    """The sweep's own pieces (model config from the dataset, mean-image start, its training step,
+    its evaluation and verdict) on a folder of grey shapes: 150 steps give a healthy β-TCDLGM,
+    the same model untrained is on the plateau."""
+    from sweep.config import TrainConfig
+    from sweep.trainable import _evaluate, model_config_for, training_pixel_statistics
+    from sweep.trials import TrialSpec
+
+    data = load_dataset("folder", data_dir=shapes_folder(tmp_path / "shapes"), seed=0, held_out=0.25)
+    assert data.likelihood == "gaussian"
+    train = TrainConfig(steps=150, batch_size=32, lr=1e-2, architecture="mlp", hidden_dim=64,
+                        eval_size=64, noise_sigmas=[], noise_samples=1)
+    trial = TrialSpec("folder", "tcdlgm", 4.0, 2, 4, 0)
+
+    def untrained():
+        torch.manual_seed(0)
+        model = build_model(model_config_for(trial, train, data))
+        model.set_mean_image(training_pixel_statistics(data)[0])
+        return model
+
+    model = untrained()
+    row, _ = _evaluate(model, data, train, trial, split_seed=0)
+    assert verdict(row, model)[0] == COLLAPSED          # its encoder says nothing yet
+    assert abs(row["recon_r2"]) < 0.02                   # and its decoder draws the mean image
+    active = untrained()
+    with torch.no_grad():                                # an encoder that varies with x: the plateau
+        active.inference.head.weight.mul_(20.0)
+        active.inference.chain[-1][-1].weight.mul_(20.0)
+    row, _ = _evaluate(active, data, train, trial, split_seed=0)
+    health, reason = verdict(row, active)
+    assert health == PLATEAU and row["active_units"][0] > 0 and row["recon_r2"] < 0.02, reason
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=train.lr)
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(train.steps):
+        loss = model.objective(data.sample_batch(generator, train.batch_size, split="train")).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    row, _ = _evaluate(model, data, train, trial, split_seed=0)
+    health, reason = verdict(row, model)
+    assert health == HEALTHY, reason
+    assert row["recon_r2"] > 2 * HealthConfig().min_recon_r2, reason
