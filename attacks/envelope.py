@@ -12,22 +12,16 @@ problem without gradients.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
+from attacks.warm import problems_by_pair
+
 __all__ = ["best_on_path"]
 
 _CHUNK = 64  # (problem, candidate) evaluations per no-grad batch
-
-
-def _pairs(source_indices: Sequence[int], target_indices: Sequence[int]) -> list[list[int]]:
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for p, key in enumerate(zip(source_indices, target_indices)):
-        groups[(int(key[0]), int(key[1]))].append(p)
-    return list(groups.values())
 
 
 @torch.no_grad()
@@ -39,7 +33,7 @@ def best_on_path(objective, d: Tensor, source_indices: Sequence[int],
     best = d.clone()
     replaced = torch.zeros(d.shape[0], dtype=torch.bool, device=d.device)
     zero = torch.zeros_like(d[:1])
-    for path in _pairs(source_indices, target_indices):
+    for path in problems_by_pair(source_indices, target_indices):
         candidates = torch.cat([d[path], zero])                        # [m + 1, ...]
         jobs = [(p, c) for p in path for c in range(len(candidates))]
         values = torch.cat([

@@ -106,7 +106,8 @@ class AttackOutcome:
     """What ``attack_problems`` returns: the solver's result, the attack's distortion and, per
     problem, Δ as reported (the mean over the reporting draws and its Monte-Carlo standard
     error), its distance part, the objective the solver minimised at that distortion, and the
-    no-attack value Δ(d = 0) on the reporting draws. ``Δ*(λ) = min_d f(d) + λ‖d‖`` can never exceed ``delta_clean``."""
+    no-attack value Δ(d = 0) on the reporting draws, which ``Δ*(λ) = min_d f(d) + λ‖d‖`` can
+    never exceed."""
 
     result: SolveResult
     d: Tensor                # [P, C, H, W] the attack's distortion (attacks.envelope)

@@ -26,9 +26,17 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["warm_start_predecessors", "successors", "solve_order", "COLD"]
+__all__ = ["warm_start_predecessors", "problems_by_pair", "successors", "solve_order", "COLD"]
 
 COLD = -1   # a problem that starts from its own random d0
+
+
+def problems_by_pair(source_indices: Sequence[int], target_indices: Sequence[int]) -> list[list[int]]:
+    """The problems of each (source, target) pair, in problem order: one list per pair."""
+    by_pair: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for p, key in enumerate(zip(source_indices, target_indices)):
+        by_pair[(int(key[0]), int(key[1]))].append(p)
+    return list(by_pair.values())
 
 
 def warm_start_predecessors(source_indices: Sequence[int], target_indices: Sequence[int],
@@ -41,11 +49,8 @@ def warm_start_predecessors(source_indices: Sequence[int], target_indices: Seque
     """
     if chain < 1:
         raise ValueError(f"warm_chain must be >= 1, got {chain}")
-    by_pair: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for p, key in enumerate(zip(source_indices, target_indices)):
-        by_pair[(int(key[0]), int(key[1]))].append(p)
     after = np.full(len(lams), COLD, dtype=np.int64)
-    for problems in by_pair.values():
+    for problems in problems_by_pair(source_indices, target_indices):
         # largest λ first; ties (a λ given twice) keep their problem order
         path = sorted(problems, key=lambda p: (-float(lams[p]), p))
         for k in range(len(path)):

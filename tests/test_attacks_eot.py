@@ -220,3 +220,39 @@ def test_best_on_path_takes_the_pairs_best_solution_or_no_attack():
     d[4] = 0.9
     best, replaced = best_on_path(objective, d, [7, 7, 7, 8, 8], [9, 9, 9, 9, 9])
     assert float(best[4]) == pytest.approx(0.9) and not replaced[4]
+
+
+def test_output_attack_is_as_strong_as_an_independent_projected_gradient_attack():
+    """An independent attack on the same K-draw objective: projected gradient descent in float64
+    numpy on the closed form, from d = 0 and from the target, many small steps. The project's
+    attack (L-BFGS-B + the path envelope) must reach at least as low an objective, within 1%."""
+    model = LinearGaussianVAE(V_scale=0.3)
+    x, xt = images(1, 70), images(1, 71, binary=True)
+    lams = [0.0, 0.25, 1.0, 4.0]
+    K = 4
+    cfg = _config(lams=tuple(lams), output_mc_samples=K, output_report_samples=8)
+    P = len(lams)
+    out = attack_problems(model, x.repeat(P, 1, 1, 1), xt.repeat(P, 1, 1, 1), torch.tensor(lams),
+                          "output", "elbo", cfg, [1] * P, [2] * P, seed=0)
+    p = np_params(model)
+    noise = sample_encoder_noise(model, x.repeat(P, 1, 1, 1), problem_generators(0, [1] * P, [2] * P,
+                                                                                 _STREAM_OBJECTIVE), K)[0]
+    x0, xt0 = x[0].flatten().double().numpy(), xt[0].flatten().double().numpy()
+    lo, hi = -x0, 1.0 - x0
+
+    def f(d, lam):   # the mean over the K fixed draws, and its gradient (a subgradient 0 at d = 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            vals = [closed_form_output(p, x0, xt0, d, lam, noise[k, 0].double().numpy()) for k in range(K)]
+        grad = np.mean([np.nan_to_num(v[2]) for v in vals], axis=0)
+        return float(np.mean([v[0] for v in vals])), grad
+
+    for j, lam in enumerate(lams):
+        best = np.inf
+        for start in (np.zeros(4), xt0 - x0):
+            d = start.copy()
+            for _ in range(4000):
+                _, g = f(d, lam)
+                d = np.clip(d - 0.01 * g, lo, hi)
+            best = min(best, f(d, lam)[0], f(np.zeros(4), lam)[0])
+        ours = float(out.delta_minimised[j])
+        assert ours <= best + 0.01 * abs(best) + 1e-4, (lam, ours, best)
