@@ -81,7 +81,7 @@ def _full_precision(t: Tensor) -> Tensor:
 def _posterior(params: Tensor) -> Gaussian:
     # A smooth bound on log-variances (std between e^-5 and e^5): an unbounded exp() of a
     # network output overflows to inf/NaN within a few hundred steps at lr 3e-3 in deep chains.
-    # float(): under bf16 autocast the networks emit bf16; densities, KLs and the TC estimator's
+    # Under bf16 autocast the networks emit bf16; densities, KLs and the TC estimator's
     # log-sum-exps are computed in float32 (a bf16 log density of -500 is off by 2 nats).
     mean, logvar = _full_precision(params).chunk(2, dim=-1)
     return Gaussian(mean, LOGVAR_BOUND * torch.tanh(logvar / LOGVAR_BOUND))
