@@ -1,12 +1,24 @@
-"""Training throughput of every model kind on both paper architectures, as a markdown table.
+"""Training throughput of every model kind on both paper architectures: the default path
+(models.speed: bf16 autocast where measured faster, fused Adam) against plain float32.
 
-    python benchmarks/train_step.py [--batch-size 256] [--iters 10] [--warmup 3] [--threads N]
+    python benchmarks/train_step.py [--threads 1] [--batch-size 256] [--iters 10] [--warmup 3]
 
 For each architecture (paper widths) x kind it times full training steps (objective, backward,
 Adam step) of the model prepared as the sweep trains it (models.device.prepare_for_training)
-after warm-up and reports images/s, the step's FLOPs (matmuls and convolutions, forward +
-backward, counted by torch.utils.flop_counter) and the fraction of this machine's float32
-matmul peak, measured between the row's steps, those FLOPs represent.
+after warm-up, twice:
+
+* ``float32``: float32 throughout with torch's default (foreach) Adam, the path before issue 24
+  (with today's TC estimator, which is also cheaper in float32);
+* ``default``: what ``sweep.trainable`` runs, ``TrainingPrecision.choose(..., "auto")`` and
+  ``models.speed.adam``.
+
+Each row gives images/s, the step's FLOPs (matmuls and convolutions, forward + backward,
+counted by torch.utils.flop_counter) and the share of this machine's matmul peak in the row's
+precision (float32 or bf16) they represent, both peaks measured (2048 x 2048 matmuls) just
+before and after the row's steps. It ends with one line
+per architecture for the beta-TCVAE step:
+
+    speedup <arch>: <X>x over fp32 (<new> ms vs <old> ms per step, <P>% of the bf16 peak)
 """
 
 from __future__ import annotations
@@ -23,8 +35,10 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from models import ModelConfig, build_model  # noqa: E402
 from models.device import prepare_for_training  # noqa: E402
+from models.speed import TrainingPrecision, adam  # noqa: E402
 
 KINDS = [("vae", 1, 1.0), ("tcvae", 1, 4.0), ("tcdlgm", 3, 4.0), ("seatbelt", 3, 4.0)]
+SPEEDUP_KIND = "tcvae"
 
 
 def step_flops(model, x) -> int:
@@ -35,30 +49,57 @@ def step_flops(model, x) -> int:
     return counter.get_total_flops()
 
 
-def time_steps(model, x, warmup: int, iters: int, n: int = 2048) -> tuple[float, float]:
-    """Median seconds per step, and the median over steps of (matmul FLOP/s just after the
-    step): each step is followed by one n×n float32 matmul, so a drift in the machine's speed
-    (it shares its cores; the peak moved by a third within one run here) moves both."""
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_rate(a, b) -> float:
+    started = time.perf_counter()
+    a @ b
+    return 2 * a.shape[0] ** 3 / (time.perf_counter() - started)
+
+
+def time_steps(model, x, precision: TrainingPrecision, optimizer, warmup: int, iters: int,
+               n: int = 2048) -> tuple[float, float, float]:
+    """Median seconds per step, and the float32 and bf16 matmul FLOP/s (medians of 3 just
+    before and 3 just after the timed steps: the shared machine's speed drifts by a third
+    within a run). The peaks are not interleaved with the steps: a 2048^2 bf16 matmul between
+    steps slowed the next bf16 step by ~20% (cold caches, the core's AMX frequency licence)."""
+    a32, b32 = torch.randn(n, n), torch.randn(n, n)
+    a16, b16 = a32.bfloat16(), b32.bfloat16()
 
     def step():
-        opt.zero_grad(set_to_none=True)
-        model.objective(x).loss.backward()
-        opt.step()
+        optimizer.zero_grad(set_to_none=True)
+        with precision.autocast():
+            loss = model.objective(x).loss
+        loss.backward()
+        optimizer.step()
 
+    def peaks():
+        return [matmul_rate(a32, b32) for _ in range(3)], [matmul_rate(a16, b16) for _ in range(3)]
+
+    before32, before16 = peaks()
     for _ in range(warmup):
         step()
-        a @ b
-    times, peaks = [], []
+    times = []
     for _ in range(iters):
-        t = time.perf_counter()
+        started = time.perf_counter()
         step()
-        times.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        a @ b
-        peaks.append(2 * n ** 3 / (time.perf_counter() - t))
-    return float(np.median(times)), float(np.median(peaks))
+        times.append(time.perf_counter() - started)
+    after32, after16 = peaks()
+    return float(np.median(times)), float(np.median(before32 + after32)), float(np.median(before16 + after16))
+
+
+def measure(arch: str, kind: str, layers: int, beta: float, x, path: str, args) -> dict:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind=kind, layers=layers, beta=beta, architecture=arch))
+    model = prepare_for_training(model, x.device).train()   # as sweep.trainable trains it
+    if path == "float32":
+        precision, optimizer = TrainingPrecision(None, "cpu"), torch.optim.Adam(model.parameters(), lr=1e-3)
+    else:
+        precision, optimizer = TrainingPrecision.choose(model, x.device), adam(model.parameters(), 1e-3, x.device)
+    with precision.autocast():
+        flops = step_flops(model, x)
+    sec, peak32, peak16 = time_steps(model, x, precision, optimizer, args.warmup, args.iters)
+    peak = peak32 if precision.autocast_dtype is None else peak16
+    return dict(arch=arch, kind=kind, layers=layers, path=path, precision=precision.name, sec=sec,
+                flops=flops, peak=peak, peak16=peak16)
 
 
 def main() -> None:
@@ -68,28 +109,37 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3,
                     help="untimed steps first (the allocator and oneDNN settle in the first few)")
     ap.add_argument("--architectures", default="mlp,conv")
+    ap.add_argument("--kinds", default=",".join(k for k, _, _ in KINDS))
     ap.add_argument("--threads", type=int, default=None,
-                    help="torch intra-op threads (default: torch's choice); the peak uses the same")
+                    help="torch intra-op threads (default: torch's choice); the peaks use the same")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}; "
-          f"each row against the float32 matmul peak measured between its steps\n")
-    print("| architecture | kind | L | images/s | ms/step | GFLOP/step | GFLOP/s | matmul peak GFLOP/s | % of matmul peak |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
-    x = (torch.rand(args.batch_size, 1, 64, 64) > 0.5).float()
+          "each row against the matmul peak of its precision, measured around its steps\n")
+    print("| architecture | kind | L | path | precision | images/s | ms/step | GFLOP/step | GFLOP/s "
+          "| peak GFLOP/s | % of peak |")
+    print("|---|---|---|---|---|---:|---:|---:|---:|---:|---:|")
+    x = (torch.rand(args.batch_size, 1, 64, 64, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    speedups = []
+    wanted = args.kinds.split(",")
     for arch in args.architectures.split(","):
-        for kind, layers, beta in KINDS:
-            model = build_model(ModelConfig(kind=kind, layers=layers, beta=beta, architecture=arch))
-            # as sweep.trainable trains it (channels_last on CPU for conv nets)
-            model = prepare_for_training(model, x.device).train()
-            flops = step_flops(model, x)
-            sec, peak = time_steps(model, x, args.warmup, args.iters)
-            print(f"| {arch} | {kind} | {layers} | {args.batch_size / sec:,.0f} | {sec * 1e3:,.0f} | "
-                  f"{flops / 1e9:.1f} | {flops / sec / 1e9:.1f} | {peak / 1e9:.1f} | "
-                  f"{100 * flops / sec / peak:.0f}% |", flush=True)
+        for kind, layers, beta in (k for k in KINDS if k[0] in wanted):
+            rows = {path: measure(arch, kind, layers, beta, x, path, args) for path in ("float32", "default")}
+            for r in rows.values():
+                rate = r["flops"] / r["sec"]
+                print(f"| {arch} | {kind} | {layers} | {r['path']} | {r['precision']} | "
+                      f"{args.batch_size / r['sec']:,.0f} | {r['sec'] * 1e3:,.0f} | {r['flops'] / 1e9:.1f} | "
+                      f"{rate / 1e9:.1f} | {r['peak'] / 1e9:,.0f} | {100 * rate / r['peak']:.0f}% |", flush=True)
+            if kind == SPEEDUP_KIND:
+                speedups.append(rows)
+    print()
+    for rows in speedups:
+        old, new = rows["float32"], rows["default"]
+        share = 100 * new["flops"] / new["sec"] / new["peak16"]
+        print(f"speedup {new['arch']}: {old['sec'] / new['sec']:.2f}x over fp32 ({new['sec'] * 1e3:.0f} ms vs "
+              f"{old['sec'] * 1e3:.0f} ms per step, {share:.0f}% of the bf16 peak)")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ from models.errors import ConfigError
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 TC_ESTIMATORS = ("mws", "mss")
+# What a model trains in (models.speed): auto picks bf16 autocast where it was measured faster.
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 # The image networks by name: builder(cfg, decoder_in) -> models.networks.Architecture. The
 # built-in ones (mlp, conv) are registered by models.networks, users add theirs the same way.

@@ -10,9 +10,10 @@ with convolutions:
 
 Measured on one core (Xeon, AVX-512, torch 2.13, batch 256), CPU time of one conv VAE training
 step with the layers of models.networks: NCHW 0.82 s, channels_last 0.54 s, and with the malloc
-setting 0.38-0.40 s. Nothing changes on CUDA (or a CPU without oneDNN), and the parameters'
+setting 0.38-0.40 s. Nothing changes on a CPU without oneDNN, and the parameters'
 values, names and shapes are untouched, so checkpoints and losses are the same
-(tests/test_models_device.py).
+(tests/test_models_device.py). On CUDA a conv model is made channels_last too (the layout of
+cuDNN's tensor-core convolutions), without the malloc setting.
 """
 
 from __future__ import annotations
@@ -32,15 +33,18 @@ def prepare_for_training(model: nn.Module, device: torch.device | str) -> nn.Mod
     model = model.to(device)
     if uses_channels_last(model, device):
         model = model.to(memory_format=torch.channels_last)
-        keep_freed_memory()
+        if device.type == "cpu":
+            keep_freed_memory()
     return model
 
 
 def uses_channels_last(model: nn.Module, device: torch.device | str) -> bool:
-    """Whether ``prepare_for_training`` makes ``model`` channels_last on ``device``: only where it
-    was measured faster (oneDNN on CPU) and only if the model has a convolution."""
-    return (torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available()
-            and any(isinstance(m, _CONVS) for m in model.modules()))
+    """Whether ``prepare_for_training`` makes ``model`` channels_last on ``device``: only if the
+    model has a convolution, on a CPU with oneDNN (measured faster) or on CUDA (cuDNN's tensor-core
+    convolutions under bf16 autocast are NHWC; NVIDIA's guidance, not measured here)."""
+    device = torch.device(device)
+    fast_here = (device.type == "cpu" and torch.backends.mkldnn.is_available()) or device.type == "cuda"
+    return fast_here and any(isinstance(m, _CONVS) for m in model.modules())
 
 
 _kept = False

@@ -72,10 +72,18 @@ class KLTerms:
 LOGVAR_BOUND = 10.0
 
 
+def _full_precision(t: Tensor) -> Tensor:
+    """A half-precision network output (bf16 / fp16 autocast) as float32; float32 and float64
+    pass through unchanged."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 def _posterior(params: Tensor) -> Gaussian:
     # A smooth bound on log-variances (std between e^-5 and e^5): an unbounded exp() of a
     # network output overflows to inf/NaN within a few hundred steps at lr 3e-3 in deep chains.
-    mean, logvar = params.chunk(2, dim=-1)
+    # Under bf16 autocast the networks emit bf16; densities, KLs and the TC estimator's
+    # log-sum-exps are computed in float32 (a bf16 log density of -500 is off by 2 nats).
+    mean, logvar = _full_precision(params).chunk(2, dim=-1)
     return Gaussian(mean, LOGVAR_BOUND * torch.tanh(logvar / LOGVAR_BOUND))
 
 
@@ -83,7 +91,7 @@ def _conditional_prior(params: Tensor) -> Gaussian:
     # p(z^i | z^{i+1}) relative to N(0, I): log-variance -softplus(-raw) lies in (-inf, 0), so the
     # std is at most 1 and the layer's scale cannot drift (module docstring). Below, the same
     # smooth bound as the posteriors keeps the density finite.
-    mean, raw = params.chunk(2, dim=-1)
+    mean, raw = _full_precision(params).chunk(2, dim=-1)
     logvar = -F.softplus(-raw)
     return Gaussian(mean, LOGVAR_BOUND * torch.tanh(logvar / LOGVAR_BOUND))
 
@@ -178,7 +186,8 @@ class HierarchicalVAE(nn.Module):
             raise ValueError(f"{self.cfg.kind} decodes layers {[i + 1 for i in layers]} of "
                              f"{self.cfg.layers}, got {len(z)}")
         inp = z[layers[0]] if len(layers) == 1 else torch.cat([z[i] for i in layers], dim=1)
-        return self.generative.likelihood.params(self.generative.decoder(inp))
+        # float32 likelihood: its per-image sum over 4,096 pixels must not round in bf16
+        return self.generative.likelihood.params(_full_precision(self.generative.decoder(inp)))
 
     def log_likelihood(self, x: Tensor, z: list[Tensor]) -> Tensor:
         """log p(x | z), [B]."""

@@ -152,8 +152,42 @@ class CPUConvTranspose2d(nn.ConvTranspose2d):
                 or self.dilation != (1, 1) or self.output_padding != (0, 0)
                 or self.padding_mode != "zeros" or x.dim() != 4):
             return super().forward(x, output_size)
+        if torch.is_autocast_enabled("cpu"):
+            if (self.stride, self.padding, self.kernel_size) == ((2, 2), (1, 1), (4, 4)):
+                return _subpixel_conv_transpose2d(x, self.weight, self.bias)
+            with torch.autocast("cpu", enabled=False):   # oneDNN has no bf16 deconvolution
+                return _CPUConvTranspose2d.apply(x.float(), self.weight, self.bias, self.stride,
+                                                 self.padding, self.out_channels <= 3)
         return _CPUConvTranspose2d.apply(x, self.weight, self.bias, self.stride, self.padding,
                                          self.out_channels <= 3)
+
+
+# The sub-pixel form of a 4x4, stride-2, padding-1 transposed convolution. Output row 2m + a
+# reads input rows m + delta (delta = -1, 0, +1) through kernel row _SUBPIXEL_TAPS[a][delta + 1]
+# (-1: no tap): rows m-1, m by kernel rows 3, 1 for a = 0, rows m, m+1 by rows 2, 0 for a = 1;
+# columns alike. So one ordinary 3x3 convolution with 4x the output channels, one per output
+# phase (a, b), computes all four phases, and interleaving them is a permute.
+_SUBPIXEL_TAPS = torch.tensor([[3, 1, -1], [-1, 2, 0]])
+_ROWS = _SUBPIXEL_TAPS[:, None, :, None].expand(2, 2, 3, 3)    # [a, b, 3, 3]: kernel row
+_COLS = _SUBPIXEL_TAPS[None, :, None, :].expand(2, 2, 3, 3)    # kernel column
+_TAPPED = (_ROWS >= 0) & (_COLS >= 0)
+
+
+def _subpixel_conv_transpose2d(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """conv_transpose2d(x, weight, bias, stride 2, padding 1) for a 4x4 kernel, as a 3x3
+    convolution to (phase, channel) and a permute: the same function (2.25x the multiply-adds,
+    the untapped ones zero), but oneDNN runs ordinary convolutions in bf16 and has no bf16
+    deconvolution. Measured (batch 256, one core, forward + backward): 32 -> 32 channels at
+    16 -> 32 pixels 47 ms in bf16 against 127 ms for the float32 deconvolution (issue 24)."""
+    cin, cout = weight.shape[:2]
+    taps = weight[:, :, _ROWS.clamp(min=0), _COLS.clamp(min=0)] * _TAPPED.to(weight.dtype)
+    kernel = taps.permute(2, 3, 1, 0, 4, 5).reshape(4 * cout, cin, 3, 3)   # out channel (a, b, o)
+    y = F.conv2d(x, kernel.contiguous(memory_format=torch.channels_last),
+                 None if bias is None else bias.repeat(4), 1, 1)
+    b, _, h, w = y.shape
+    # [B, H, W, (a, b, o)] -> [B, H, a, W, b, o] = [B, 2H, 2W, o]: one copy, channels_last out
+    y = y.permute(0, 2, 3, 1).reshape(b, h, w, 2, 2, cout).permute(0, 1, 3, 2, 4, 5)
+    return y.reshape(b, 2 * h, 2 * w, cout).permute(0, 3, 1, 2)
 
 
 def build_conv(cfg: ModelConfig, decoder_in: int) -> Architecture:

@@ -35,6 +35,7 @@ TRAIN = pa.schema(IDENTITY + [
     ("steps", pa.int64()),
     ("seconds", pa.float64()),
     ("images_per_s", pa.float64()),
+    ("precision", pa.string()),  # float32 | bfloat16: what autocast trained it in (models.speed)
     ("node_id", pa.string()),  # the Ray node that trained it
     ("health", pa.string()),   # healthy | plateau | collapsed (sweep.health)
     ("health_reason", pa.string()),

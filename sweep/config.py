@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from attacks.config import AttackConfig
-from models.config import ARCHITECTURES, TC_ESTIMATORS
+from models.config import ARCHITECTURES, PRECISIONS, TC_ESTIMATORS
 from results import kinds, layout, records
 from results.errors import ConfigError
 from results.records import GridConfig
@@ -51,6 +51,9 @@ class TrainConfig:
     lr: float = 1e-3
     free_bits: float = 0.0  # nats per layer (hierarchical models)
     tc_estimator: str = "mws"
+    # auto: bf16 autocast where it was measured faster (CUDA; an AMX CPU for conv and wide MLPs),
+    # else float32 (models.speed); float32 | bfloat16 force one
+    precision: str = "auto"
     architecture: str = AUTO  # a registered architecture, or auto: mlp for dSprites, conv for the others
     hidden_dim: int | None = None  # None: the beta-TCVAE paper's widths
     condition_on_x: bool = False  # the paper's chain q(z^{i+1}|z^i); True: 2021's q(z^{i+1} | z^i, x)
@@ -226,6 +229,7 @@ def _validate(cfg: SweepConfig) -> None:
     _number("train.lr", train.lr, minimum=0.0, strict=True, kind=float)
     _number("train.free_bits", train.free_bits, minimum=0.0, kind=float)
     _choice("train.tc_estimator", train.tc_estimator, TC_ESTIMATORS)
+    _choice("train.precision", train.precision, PRECISIONS)
     _choice("train.architecture", train.architecture, (AUTO, *ARCHITECTURES))
     if train.hidden_dim is not None:
         _number("train.hidden_dim", train.hidden_dim, minimum=1, kind=int)

@@ -80,17 +80,23 @@ def measure_step(cfg: SweepConfig, shape: Shape, kind: str, z_dim: int, device, 
     import torch
 
     from models.device import prepare_for_training
+    from models.speed import TrainingPrecision, adam, configure_device
 
-    # Timed as sweep.trainable trains it, so the plan's estimate matches the real steps.
+    # Timed as sweep.trainable trains it (layout, precision, optimiser), so the plan's estimate
+    # matches the real steps.
+    configure_device(device)
     model = prepare_for_training(_model(cfg, shape, kind, z_dim), device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    precision = TrainingPrecision.choose(model, device, cfg.train.precision)
+    optimizer = adam(model.parameters(), cfg.train.lr, device)
     x = _images(shape, cfg.train.batch_size, device)
     times = []
     for i in range(steps + 1):
         _sync(device)
         started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        model.objective(x).loss.backward()
+        with precision.autocast():
+            loss = model.objective(x).loss
+        loss.backward()
         optimizer.step()
         _sync(device)
         if i:  # the first step warms up

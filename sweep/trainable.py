@@ -28,6 +28,7 @@ from ray import tune
 
 from models import ModelConfig, build_model, load_checkpoint, save_checkpoint
 from models.device import prepare_for_training
+from models.speed import TrainingPrecision, adam, configure_device
 from results import layout, schema
 from results.store import Store, local_tmp_dir
 from sweep.config import DataConfig, SweepConfig, TrainConfig
@@ -143,9 +144,11 @@ def train_trial(config: dict[str, Any]) -> None:
 
     model = build_model(model_config_for(trial, train, dataset))
     model.set_mean_image(training_pixel_statistics(dataset)[0])
-    model = prepare_for_training(model, device)   # channels_last on CPU (issue 15)
+    model = prepare_for_training(model, device)   # channels_last for conv nets (issue 15)
+    precision = TrainingPrecision.choose(model, device, train.precision)
+    configure_device(device)
     lr = setup.learning_rate()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = adam(model.parameters(), lr, device)
     step, seconds = 0, 0.0
     checkpoint = tune.get_checkpoint()
     if checkpoint:
@@ -153,7 +156,7 @@ def train_trial(config: dict[str, Any]) -> None:
             model, step, extra = load_checkpoint(Path(folder) / MODEL_FILE, map_location=device)
             model = prepare_for_training(model, device)
             model.train()
-            optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+            optimizer = adam(model.parameters(), lr, device)
             optimizer.load_state_dict(torch.load(Path(folder) / OPTIMIZER_FILE, weights_only=True))
             seconds = extra.get("seconds", 0.0)
 
@@ -164,7 +167,8 @@ def train_trial(config: dict[str, Any]) -> None:
     started = time.perf_counter()
     while step < train.steps:
         x = dataset.sample_batch(generator, train.batch_size, split="train").to(device)
-        out = model.objective(x)
+        with precision.autocast():
+            out = model.objective(x)
         if not torch.isfinite(out.loss):
             _finish_diverged(setup, step, seconds + time.perf_counter() - started, float(out.loss))
             return
@@ -191,7 +195,7 @@ def train_trial(config: dict[str, Any]) -> None:
         return
     row["health"], row["health_reason"] = verdict(row, model, setup.health)
     row.update(setup.identity, status="ok", reason="", steps=step, seconds=seconds,
-               images_per_s=images_per_s, node_id=ray.get_runtime_context().get_node_id())
+               images_per_s=images_per_s, precision=precision.name, node_id=ray.get_runtime_context().get_node_id())
 
     with tempfile.TemporaryDirectory(dir=local_tmp_dir()) as folder:
         _save(folder, model, optimizer, step, seconds)

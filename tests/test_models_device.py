@@ -134,12 +134,13 @@ def test_fast_layers_match_stock_layers(layer, shape, channels_last):
         assert torch.allclose(p.grad, q.grad, **TOL), name
 
 
-def test_channels_last_only_for_conv_models_on_cpu():
+def test_channels_last_only_for_conv_models():
     conv = build_model(ModelConfig(kind="vae", architecture="conv", z_dim=4, hidden_dim=16))
     mlp = build_model(ModelConfig(kind="vae", architecture="mlp", z_dim=4, hidden_dim=16))
     assert uses_channels_last(conv, "cpu") == torch.backends.mkldnn.is_available()
-    assert not uses_channels_last(conv, "cuda")   # decided without touching a GPU
+    assert uses_channels_last(conv, "cuda")   # decided without touching a GPU
     assert not uses_channels_last(mlp, "cpu")
+    assert not uses_channels_last(mlp, "cuda")
     before = {k: v.stride() for k, v in mlp.state_dict().items()}
     prepare_for_training(mlp, "cpu")
     assert {k: v.stride() for k, v in mlp.state_dict().items()} == before

@@ -9,7 +9,7 @@ import pytest
 
 from models.errors import ConfigError
 from sweep.config import SweepConfig, from_dict, load_file
-from sweep.presets import paper, smoke
+from sweep.presets import paper, repro, repro_full, smoke
 from sweep.trials import expand_grid
 
 
@@ -41,6 +41,9 @@ def test_presets_validate_and_smoke_is_small():
     assert max(full.grid.betas) == 10 and max(full.grid.layers) == 5
     assert set(full.grid.datasets) == {"chairs", "faces", "celeba", "dsprites"}
     assert len(expand_grid(full.grid)) > 500
+    regime = repro_full().validate()   # the repro grid, trained as benchmarks/fidelity.py trains
+    assert regime.grid == repro().grid and regime.data.size is None
+    assert regime.train.hidden_dim is None and regime.train.mig_size >= 3000
 
 
 @pytest.mark.parametrize("data, field", [
@@ -50,6 +53,7 @@ def test_presets_validate_and_smoke_is_small():
     ({"grid": {"models": ["tcdlgm"], "layers": [1]}}, "grid"),
     ({"grid": {"models": ["vae"], "betas": [4.0], "layers": [2]}}, "grid"),
     ({"train": {"tc_estimator": "exact"}}, "train.tc_estimator"),
+    ({"train": {"precision": "half"}}, "train.precision"),
     ({"train": {"steps": 0}}, "train.steps"),
     ({"train": {"learning_rate": 0.1}}, "learning_rate"),
     ({"attack": {"n_pairs": 0}}, "n_pairs"),
@@ -134,8 +138,10 @@ def test_results_folders_keep_their_fingerprint_when_fields_are_added():
     resumes it; a config that uses warm starts gets its own. A default that changes results
     changes it on purpose: it moved from 34927b51ccebad82 when the output attack became an
     Expectation over K = 4 draws reported on 32 (issue 23) and health gained ``min_recon_r2``,
-    so a folder attacked the old way is refused rather than mixed with new rows."""
-    assert SweepConfig().fingerprint() == "df37f63fc7bf1d43"
+    so a folder attacked the old way is refused rather than mixed with new rows; then from
+    df37f63fc7bf1d43 when ``train.precision`` (default auto: bf16 where measured faster, issue 24)
+    was added, since a default-width model may now train in bf16."""
+    assert SweepConfig().fingerprint() == "dc1c193aafdb5ea7"
     warm = from_dict({"attack": {"warm_start": ["latent"]}})
     assert warm.fingerprint() != SweepConfig().fingerprint()
     assert from_dict({"attack": {"warm_start": ["latent"], "warm_chain": 3}}).fingerprint() != warm.fingerprint()
