@@ -866,6 +866,7 @@ class BatchedLBFGSB:
     problems. See the module docstring for the algorithm."""
 
     name = "batched"
+    batched = True
 
     def solve(self, objective: ObjectiveFn, d0: Tensor, lower: Tensor, upper: Tensor,
               config, after: Optional[np.ndarray] = None) -> SolveResult:

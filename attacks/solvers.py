@@ -22,11 +22,14 @@ from attacks.result import NONFINITE_VALUE, ObjectiveFn, SolveResult
 from attacks.warm import COLD, solve_order, successors
 from results.errors import ConfigError
 
-__all__ = ["SolveResult", "Solver", "ScipyLBFGSB", "SOLVERS", "get_solver", "ObjectiveFn"]
+__all__ = ["SolveResult", "Solver", "ScipyLBFGSB", "SOLVERS", "get_solver", "solves_in_batches", "ObjectiveFn"]
 
 
 class Solver(Protocol):
     name: str
+    # True: solve() runs its problems together in one batch (a task gives it many pairs x
+    # lambdas, sweep.config / sweep.plan); False: one problem at a time (a task per pair).
+    batched: bool
 
     def solve(self, objective: ObjectiveFn, d0: Tensor, lower: Tensor, upper: Tensor,
               config, after: Optional[np.ndarray] = None) -> SolveResult:
@@ -45,6 +48,7 @@ class ScipyLBFGSB:
     """
 
     name = "scipy"
+    batched = False
 
     def solve(self, objective: ObjectiveFn, d0: Tensor, lower: Tensor, upper: Tensor,
               config, after: Optional[np.ndarray] = None) -> SolveResult:
@@ -101,6 +105,11 @@ class ScipyLBFGSB:
 
 
 SOLVERS: dict[str, Callable[[], Solver]] = {"scipy": ScipyLBFGSB, "batched": BatchedLBFGSB}
+
+
+def solves_in_batches(name: str) -> bool:
+    """Whether the solver called ``name`` in ``AttackConfig.solver`` is a batched one."""
+    return bool(get_solver(name).batched)
 
 
 def get_solver(name: str) -> Solver:

@@ -88,7 +88,9 @@ class ResourceConfig:
     def resolved_pairs_per_task(self, attack: AttackConfig) -> int:
         if self.pairs_per_task is not None:
             return self.pairs_per_task
-        return attack.n_pairs if attack.solver == "batched" else 1
+        from attacks.solvers import solves_in_batches
+
+        return attack.n_pairs if solves_in_batches(attack.solver) else 1
 
 
 @dataclass

@@ -114,10 +114,11 @@ def measure_evaluation(cfg: SweepConfig, shape: Shape, kind: str, z_dim: int, de
     import torch
 
     from attacks.run import attack_problems
+    from attacks.solvers import solves_in_batches
 
     model = _model(cfg, shape, kind, z_dim).to(device).eval()
-    P = 1 if cfg.attack.solver == "scipy" else min(64, cfg.resources.resolved_pairs_per_task(cfg.attack)
-                                                   * len(cfg.attack.resolved_lams()))
+    P = (min(64, cfg.resources.resolved_pairs_per_task(cfg.attack) * len(cfg.attack.resolved_lams()))
+         if solves_in_batches(cfg.attack.solver) else 1)
     x, target = _images(shape, 2 * P, device).split(P)
     lams = torch.full((P,), 1.0, device=device)
     attack_cfg = dataclasses.replace(cfg.attack, maxiter=6, maxfun=8)

@@ -86,6 +86,22 @@ def test_default_task_size_follows_the_solver(tmp_path):
     assert [t.pairs for t in batched_tasks] == [(0, 1, 2, 3)]
 
 
+def test_task_size_asks_the_solver_what_it_is(tmp_path, monkeypatch):
+    """A solver added to the registry under any name is asked whether it batches (its
+    ``batched`` attribute), not recognised by the name "batched"."""
+    from attacks import solvers
+    from sweep.fanout import plan_tasks
+
+    class OneBatch(solvers.ScipyLBFGSB):
+        name, batched = "my-lbfgs", True
+
+    monkeypatch.setitem(solvers.SOLVERS, "my-lbfgs", OneBatch)
+    tasks, _ = plan_tasks(_config(n_pairs=3, pairs_per_task=None, solver="my-lbfgs"), {"t1": ROW},
+                          _store_with(tmp_path, {}))
+    assert [t.pairs for t in tasks] == [(0, 1, 2)]
+    assert solvers.solves_in_batches("batched") and not solvers.solves_in_batches("scipy")
+
+
 def test_relpath_parses_back():
     from attacks.objectives import LATENT_SIMILARITIES
     from sweep.fanout import AttackTask
