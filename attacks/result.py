@@ -1,6 +1,6 @@
 """What every attack solver takes and returns: the objective's signature and ``SolveResult``.
 
-Its own module so that the solvers (``attacks.solvers``, ``attacks.batched``) import it and not
+Its own module so that the solvers (``attacks.solvers``, ``attacks.lbfgsb``) import it and not
 each other.
 """
 

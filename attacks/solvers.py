@@ -3,7 +3,7 @@
 A solver minimises ``objective(d, idx)`` (one value per problem, see ``attacks.objectives``)
 over d within ``lower <= d <= upper`` (elementwise: the box that keeps x + d in [0, 1]),
 starting from ``d0``. ``SOLVERS`` maps a config name to a solver: ``"scipy"`` (the reference,
-one problem at a time) and ``"batched"`` (``attacks.batched``: the same L-BFGS-B algorithm in
+one problem at a time) and ``"batched"`` (``attacks.lbfgsb``: the same L-BFGS-B algorithm in
 torch, every running problem in one model pass, on CPU or GPU).
 """
 
@@ -17,7 +17,7 @@ import scipy.optimize
 import torch
 from torch import Tensor
 
-from attacks.batched import BatchedLBFGSB
+from attacks.lbfgsb import BatchedLBFGSB
 from attacks.result import NONFINITE_VALUE, ObjectiveFn, SolveResult
 from attacks.warm import COLD, solve_order, successors
 from results.errors import ConfigError

@@ -1,4 +1,4 @@
-"""The batched attack solver (attacks.batched) against the scipy L-BFGS-B reference.
+"""The batched attack solver (attacks.lbfgsb) against the scipy L-BFGS-B reference.
 
 On a small real model (the project's MLP VAE, briefly trained on random squares) and a handful
 of pairs × λ × both modes: the quality bar of the issue (batched Δ no worse than scipy's by more
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from attacks.batched import BatchedLBFGSB, bytes_per_problem, probe_cpu_chunk, problems_per_chunk
+from attacks.lbfgsb import BatchedLBFGSB, bytes_per_problem, probe_cpu_chunk, problems_per_chunk
 from attacks.config import AttackConfig
 from attacks.objectives import build_objective
 from attacks.run import attack_problems, problem_generators, run_attacks
@@ -201,7 +201,7 @@ def test_cpu_probe_keeps_its_evaluations_and_changes_no_result():
 def test_batch_history_sets_the_memory():
     """``batch_history`` overrides ``memory`` for the batched solver (history arrays and chunk
     sizing); None falls back to ``memory``."""
-    from attacks.batched import _history
+    from attacks.lbfgsb.driver import _history
     assert _history(AttackConfig(memory=25)) == 25
     assert _history(AttackConfig(memory=25, batch_history=10)) == 10
     # a quadratic in a box: the minimiser is found with any memory, the bounds are respected

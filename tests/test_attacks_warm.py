@@ -9,7 +9,7 @@ import pytest
 import scipy.optimize
 import torch
 
-from attacks.batched import BatchedLBFGSB
+from attacks.lbfgsb import BatchedLBFGSB
 from attacks.config import AttackConfig
 from attacks.solvers import get_solver
 from attacks.warm import COLD, solve_order, warm_start_predecessors
