@@ -43,7 +43,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -51,7 +50,7 @@ from models import ModelConfig, build_model, save_checkpoint  # noqa: E402
 from models.device import prepare_for_training  # noqa: E402
 from models.speed import TrainingPrecision, adam, configure_device  # noqa: E402
 from sweep.data import load_dataset  # noqa: E402
-from sweep.evaluate import elbo_parts, mig_factors, posteriors, recon_r2  # noqa: E402
+from sweep.evaluate import elbo_parts, mean_gap, mig_factors, posteriors, recon_r2  # noqa: E402
 
 DATASET = "dsprites_generated"
 HELD_OUT = 0.05     # 36,864 held-out images, of which --eval-images are scored
@@ -151,7 +150,7 @@ def score(model, images, factors, mean_image, data, device) -> dict:
     parts = elbo_parts(cpu, images[:ELBO_IMAGES], 512)
     r2 = recon_r2(cpu, images[:ELBO_IMAGES], mean_image, 512)
     model.to(device).train()
-    return {"mig": float(np.mean([f.gap for f in per_factor])), "elbo": parts["elbo"], "recon_r2": r2,
+    return {"mig": mean_gap(per_factor), "elbo": parts["elbo"], "recon_r2": r2,
             "factors": {f.name: {"gap": f.gap, "best_mi": max(f.information), "dim": f.best_dimension}
                         for f in per_factor}}
 

@@ -168,7 +168,11 @@ def mig(
     seed: int = 0,
 ) -> float:
     """Mutual information gap (Chen et al. 2018): the mean over factors of ``mig_factors``' gaps."""
-    per_factor = mig_factors(means, logvars, factors, factor_sizes, factor_names, seed)
+    return mean_gap(mig_factors(means, logvars, factors, factor_sizes, factor_names, seed))
+
+
+def mean_gap(per_factor: list[FactorInformation]) -> float:
+    """MIG from ``mig_factors``' result: the mean of the factors' gaps (nan without a factor)."""
     return float(np.mean([f.gap for f in per_factor])) if per_factor else float("nan")
 
 

@@ -5,6 +5,8 @@ grid for a GPU cluster."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from attacks.config import AttackConfig
 from sweep.config import (
     DataConfig,
@@ -114,18 +116,10 @@ def repro_full() -> SweepConfig:
     cfg = repro()
     cfg.name = "repro-full"
     cfg.data = DataConfig(size=None, held_out=0.05, split_seed=0)
-    cfg.train = TrainConfig(
-        steps=REGIME_STEPS,
-        batch_size=REGIME_BATCH,
-        lr=1e-3,
-        free_bits=1.0,   # as repro: z^L of the hierarchical models keeps something for beta to act on
-        hidden_dim=None,
-        checkpoint_every=1000,
-        report_every=100,
-        eval_size=2048,
-        mig_size=4096,
-        noise_sigmas=[1.0],
-        noise_samples=256,
+    # what differs from repro's training (free bits, noise and the rest are repro's)
+    cfg.train = dataclasses.replace(
+        cfg.train, steps=REGIME_STEPS, batch_size=REGIME_BATCH, lr=1e-3, hidden_dim=None,
+        checkpoint_every=1000, report_every=100, eval_size=2048, mig_size=4096,
     )
     return cfg
 
