@@ -28,6 +28,7 @@ _LAZY = {
     "attack_problems": "attacks.run",
     "attack_metrics": "attacks.run",
     "ATTACK_COLUMNS": "attacks.run",
+    "GALLERY_COLUMNS": "attacks.run",
     "GALLERY_PANELS": "attacks.run",
 }
 

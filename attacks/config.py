@@ -8,9 +8,8 @@ from typing import Optional
 
 from attacks.metrics import lambda_grid
 from results.errors import ConfigError
-
-MODES = ("latent", "output")
-OUTPUT_SIMILARITIES = ("elbo",)  # the output attack's one; the latent ones are a registry
+# MODES and OUTPUT_SIMILARITIES are importable from here as before; results.vocabulary holds them
+from results.vocabulary import DEFAULT_SIMILARITY, LATENT, MODES, OUTPUT_SIMILARITIES  # noqa: F401
 
 
 @dataclass
@@ -26,9 +25,10 @@ class AttackConfig:
     n_lambdas: int = 51                    # size of the λ grid: 0 and n_lambdas-1 powers of two
     lam_exponents: tuple[float, float] = (-20.0, 20.0)  # c range of λ = 2^c
     lams: Optional[tuple[float, ...]] = None  # explicit λ values; overrides n_lambdas/lam_exponents
-    modes: tuple[str, ...] = ("latent", "output")
-    similarities: tuple[str, ...] = ("kl",)   # latent-attack r, attacks.objectives.LATENT_SIMILARITIES:
-                                              #   kl | l2_mean | l2_sample | w2 built in
+    modes: tuple[str, ...] = MODES
+    similarities: tuple[str, ...] = (DEFAULT_SIMILARITY[LATENT],)  # the paper's kl; the latent
+                                           #   attack's r, attacks.objectives.LATENT_SIMILARITIES:
+                                           #   kl | l2_mean | l2_sample | w2 built in
     solver: str = "scipy"                  # a name in attacks.solvers.SOLVERS
     memory: int = 25                       # L-BFGS-B memory m (scipy maxcor)
     factr: float = 10.0                    # scipy ftol = factr * machine eps (float64)
@@ -62,7 +62,7 @@ class AttackConfig:
         """The (mode, similarity) combinations to run: latent × similarities, output × elbo."""
         out: list[tuple[str, str]] = []
         for mode in self.modes:
-            sims = self.similarities if mode == "latent" else OUTPUT_SIMILARITIES
+            sims = self.similarities if mode == LATENT else OUTPUT_SIMILARITIES
             out.extend((mode, s) for s in sims)
         return out
 
@@ -99,7 +99,7 @@ class AttackConfig:
         if (not isinstance(self.modes, (tuple, list)) or len(self.modes) == 0
                 or any(m not in MODES for m in self.modes) or len(set(self.modes)) != len(self.modes)):
             raise bad("modes", f"must be a non-empty list of distinct values from {list(MODES)}")
-        if "latent" in self.modes and (
+        if LATENT in self.modes and (
             not isinstance(self.similarities, (tuple, list)) or len(self.similarities) == 0
             or any(s not in LATENT_SIMILARITIES for s in self.similarities)
             or len(set(self.similarities)) != len(self.similarities)

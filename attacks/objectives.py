@@ -19,6 +19,9 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from results.vocabulary import (DEFAULT_SIMILARITY, ELBO, KL, L2_MEAN, L2_SAMPLE, LATENT, MODES, OUTPUT,
+                                OUTPUT_SIMILARITIES, W2, register_similarity_unit, unit_of)
+
 __all__ = [
     "gaussian_kl",
     "l2_mean",
@@ -69,26 +72,33 @@ class LatentSimilarity:
 
     ``sampled=False``: ``fn(mean1, logvar1, mean2, logvar2)`` compares the two posteriors;
     ``sampled=True``: ``fn(mean1, logvar1, eps1, z2)`` compares a sample of q(z|x+d), drawn with
-    noise ``eps1`` fixed per problem, to a fixed sample ``z2`` of the target's posterior."""
+    noise ``eps1`` fixed per problem, to a fixed sample ``z2`` of the target's posterior.
+
+    ``unit``: the unit of its Δ, as the figures label the axis ("nats", "latent L2 distance");
+    empty, the figures say "<name> units"."""
 
     name: str
     fn: Callable[..., Tensor]
     sampled: bool = False
+    unit: str = ""
 
 
 LATENT_SIMILARITIES: dict[str, LatentSimilarity] = {}
 
 
 def register_similarity(similarity: LatentSimilarity) -> LatentSimilarity:
-    """Make ``similarity.name`` a value ``attack.similarities`` takes."""
+    """Make ``similarity.name`` a value ``attack.similarities`` takes, and record its unit in
+    ``results.vocabulary`` (where the torch-free analysis reads it)."""
+    register_similarity_unit(similarity.name, similarity.unit or f"{similarity.name} units")
     LATENT_SIMILARITIES[similarity.name] = similarity
     return similarity
 
 
-register_similarity(LatentSimilarity("kl", gaussian_kl))
-register_similarity(LatentSimilarity("l2_mean", l2_mean))
-register_similarity(LatentSimilarity("l2_sample", l2_sample, sampled=True))
-register_similarity(LatentSimilarity("w2", w2))
+# the built-in ones: their units are the vocabulary's, which analysis reads without this module
+register_similarity(LatentSimilarity(KL, gaussian_kl, unit=unit_of(KL)))
+register_similarity(LatentSimilarity(L2_MEAN, l2_mean, unit=unit_of(L2_MEAN)))
+register_similarity(LatentSimilarity(L2_SAMPLE, l2_sample, sampled=True, unit=unit_of(L2_SAMPLE)))
+register_similarity(LatentSimilarity(W2, w2, unit=unit_of(W2)))
 
 
 def posterior_params(g) -> tuple[Tensor, Tensor]:
@@ -191,9 +201,10 @@ class LatentObjective(_Objective):
     deterministic (``sample=False``); the target's posteriors are computed once, without grad.
     """
 
-    mode = "latent"
+    mode = LATENT
 
-    def __init__(self, model, x: Tensor, x_target: Tensor, lams: Tensor, similarity: str = "kl",
+    def __init__(self, model, x: Tensor, x_target: Tensor, lams: Tensor,
+                 similarity: str = DEFAULT_SIMILARITY[LATENT],
                  noise: Optional[Sequence[Tensor]] = None, noise_target: Optional[Sequence[Tensor]] = None):
         super().__init__(model, x, lams)
         if similarity not in LATENT_SIMILARITIES:
@@ -240,8 +251,8 @@ class OutputObjective(_Objective):
     minimised), so the attack minimises the mean over S draws and is reported on fresh ones.
     """
 
-    mode = "output"
-    similarity = "elbo"
+    mode = OUTPUT
+    similarity = ELBO
 
     def __init__(self, model, x: Tensor, x_target: Tensor, lams: Tensor, noise: Sequence[Tensor]):
         super().__init__(model, x, lams)
@@ -264,16 +275,16 @@ def build_objective(model, mode: str, similarity: str, x: Tensor, x_target: Tens
                     generators: Sequence[torch.Generator], mc_samples: int = 1) -> _Objective:
     """The objective for (mode, similarity), drawing its fixed noise from ``generators``
     (one per problem)."""
-    if mode == "latent":
+    if mode == LATENT:
         if similarity in LATENT_SIMILARITIES and LATENT_SIMILARITIES[similarity].sampled:
             n1 = sample_encoder_noise(model, x, generators, 1)
             n2 = sample_encoder_noise(model, x, generators, 1)
             return LatentObjective(model, x, x_target, lams, similarity,
                                    noise=[n[0] for n in n1], noise_target=[n[0] for n in n2])
         return LatentObjective(model, x, x_target, lams, similarity)
-    if mode == "output":
-        if similarity != "elbo":
-            raise ValueError(f"the output attack's similarity is 'elbo', got {similarity!r}")
+    if mode == OUTPUT:
+        if similarity not in OUTPUT_SIMILARITIES:
+            raise ValueError(f"the output attack's similarity is {ELBO!r}, got {similarity!r}")
         return OutputObjective(model, x, x_target, lams,
                                sample_encoder_noise(model, x, generators, mc_samples))
-    raise ValueError(f"unknown attack mode {mode!r}; choose 'latent' or 'output'")
+    raise ValueError(f"unknown attack mode {mode!r}; choose {' or '.join(map(repr, MODES))}")

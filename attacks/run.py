@@ -30,12 +30,15 @@ from attacks.objectives import LATENT_SIMILARITIES, build_objective, sample_enco
 from attacks.solvers import SolveResult, get_solver
 from attacks.warm import warm_start_predecessors
 from results import schema
+from results.vocabulary import LATENT, OUTPUT
 
 __all__ = ["run_attacks", "attack_problems", "problem_generators", "attack_metrics", "to_uint8_image",
-           "distortion_image", "ATTACK_COLUMNS", "GALLERY_PANELS", "AttackOutcome"]
+           "distortion_image", "ATTACK_COLUMNS", "GALLERY_COLUMNS", "GALLERY_PANELS", "AttackOutcome"]
 
 # the columns of a row from run_attacks: the attacks table's less the identity the sweep adds
 ATTACK_COLUMNS = tuple(name for name in schema.ATTACKS.names if name not in schema.IDENTITY_FIELDS)
+# the keys of a gallery dict: the gallery table's less the trial identity, the pictures included
+GALLERY_COLUMNS = tuple(name for name in schema.GALLERY.names if name not in schema.TRIAL_FIELDS)
 GALLERY_PANELS = schema.GALLERY_PANELS
 
 _STREAM_D0, _STREAM_OBJECTIVE, _STREAM_METRICS, _STREAM_REPORT = 0, 1, 2, 3
@@ -82,9 +85,7 @@ def attack_metrics(model, x: Tensor, x_target: Tensor, d: Tensor,
 
     x_adv = (x + d).clamp(0.0, 1.0)
     eps = [n[0] for n in sample_encoder_noise(model, x, generators, 1)]
-    out: dict[str, list[Tensor]] = {k: [] for k in (
-        "distortion_l2", "adv_target_l2", "target_nll", "source_target_l2",
-        "rec_source_target_l2", "rec_target_target_l2", "rec_adv", "rec_source")}
+    out: dict[str, list[Tensor]] = {k: [] for k in (*schema.ATTACK_METRICS, "rec_adv", "rec_source")}
     for a in range(0, x.shape[0], _CHUNK):
         sl = slice(a, a + _CHUNK)
         xa, xt, xs = x_adv[sl], x_target[sl], x[sl]
@@ -161,7 +162,7 @@ def attack_problems(model, x: Tensor, x_target: Tensor, lams: Tensor, mode: str,
     result = get_solver(config.solver).solve(objective, d0, lower, upper, config, after=after)
     d, from_path = best_on_path(objective, result.d, source_indices, target_indices)
     report = objective
-    if mode == "output":
+    if mode == OUTPUT:
         gen_report = problem_generators(seed, source_indices, target_indices, _STREAM_REPORT)
         report = build_objective(model, mode, similarity, x, x_target, lams, gen_report,
                                  mc_samples=config.output_report_samples)
@@ -188,21 +189,19 @@ def run_attacks(
 
     sources, targets: ``[n_pairs, C, H, W]`` in [0, 1], row i being pair ``pair_ids[i]`` (dataset
     indices ``source_indices[i]`` → ``target_indices[i]``). ``lams``: the λ values, each pair is
-    attacked at all of them (n_pairs · len(lams) attacks). ``mode``: "latent" (``similarity`` in
-    kl | l2_mean | l2_sample | w2) or "output" (``similarity`` = "elbo"). ``seed`` defaults to
-    ``config.seed``.
+    attacked at all of them (n_pairs · len(lams) attacks). ``mode``: ``LATENT`` (``similarity``
+    a name in ``LATENT_SIMILARITIES``) or ``OUTPUT`` (``similarity`` ``ELBO``), the words of
+    ``results.vocabulary``. ``seed`` defaults to ``config.seed``.
 
     Returns ``(rows, gallery)``: one row per attack with the columns ``ATTACK_COLUMNS`` (Python
     scalars; ``selected`` marks the λ chosen by ``select_lambda`` on the pair's ``objective``
     values, ``auddc`` is the pair's AUDDC over these λ), and one gallery dict per pair for its
-    selected λ: mode, similarity, pair, lam, channels, height, width and the six uint8
-    ``H×W×C`` arrays ``GALLERY_PANELS``.
+    selected λ with the keys ``GALLERY_COLUMNS``: mode, similarity, pair, lam, channels, height,
+    width and the six uint8 ``H×W×C`` arrays ``GALLERY_PANELS``.
     """
     config = (config or AttackConfig()).validate()
     seed = config.seed if seed is None else int(seed)
-    allowed = {"latent": tuple(LATENT_SIMILARITIES), "output": OUTPUT_SIMILARITIES}
-    if similarity not in allowed.get(mode, ()):
-        raise ValueError(f"unknown (mode, similarity) = ({mode!r}, {similarity!r}); allowed: {allowed}")
+    _check_task(mode, similarity)
     n = sources.shape[0]
     pair_ids, source_indices, target_indices = (
         [int(v) for v in seq] for seq in (pair_ids, source_indices, target_indices))
@@ -215,7 +214,50 @@ def run_attacks(
     if n == 0 or m == 0:
         return [], []
 
-    # problem p = (pair i, λ j) with p = i * m + j
+    solved = _solve(model, sources, targets, source_indices, target_indices, lam_list, mode,
+                    similarity, config, seed)
+    rows: list[dict] = []
+    gallery: list[dict] = []
+    for i in range(n):
+        ps = slice(i * m, (i + 1) * m)
+        attack = {k: v[ps] for k, v in solved.per_problem.items()}
+        scal = {k: v[ps] for k, v in solved.scal.items()}
+        pair = _pair_measures(mode, lam_list, attack, scal)
+        task = {"mode": mode, "similarity": similarity, "pair": pair_ids[i]}
+        for j, lam in enumerate(lam_list):
+            row = {**task, "source_index": source_indices[i], "target_index": target_indices[i],
+                   "lam": lam, **_problem_values(solved, i * m + j), "selected": j == pair["paper"],
+                   "solver": config.solver,
+                   **{k: pair[k] for k in ("auddc", "auddc_reason", "budget_50", "budget_90")}}
+            rows.append({name: row[name] for name in ATTACK_COLUMNS})
+        gallery.append(_gallery_entry(solved, task, i * m, lam_list, pair))
+    return rows, gallery
+
+
+def _check_task(mode: str, similarity: str) -> None:
+    allowed = {LATENT: tuple(LATENT_SIMILARITIES), OUTPUT: OUTPUT_SIMILARITIES}
+    if similarity not in allowed.get(mode, ()):
+        raise ValueError(f"unknown (mode, similarity) = ({mode!r}, {similarity!r}); allowed: {allowed}")
+
+
+@dataclass
+class _Solved:
+    """What ``run_attacks`` solved: problem p = (pair i, λ j), p = i * m + j, its inputs, the
+    outcome and the reporting metrics, and those as float64 / bool numpy arrays."""
+
+    x: Tensor                         # [n·m, C, H, W] sources, each repeated over the λ
+    xt: Tensor                        # [n·m, C, H, W] targets
+    outcome: AttackOutcome
+    metrics: dict[str, Tensor]        # attack_metrics, the reconstructions included
+    per_problem: dict[str, np.ndarray]  # the outcome's reported values, as the table has them
+    scal: dict[str, np.ndarray]       # schema.ATTACK_METRICS
+
+
+def _solve(model, sources: Tensor, targets: Tensor, source_indices: list[int],
+           target_indices: list[int], lam_list: list[float], mode: str, similarity: str,
+           config: AttackConfig, seed: int) -> _Solved:
+    """Attack every (pair, λ) at once in eval mode, then measure the results."""
+    n, m = sources.shape[0], len(lam_list)
     dtype = next(model.parameters()).dtype
     device = next(model.parameters()).device
     x = sources.to(device=device, dtype=dtype).repeat_interleave(m, dim=0)
@@ -233,52 +275,42 @@ def run_attacks(
     finally:
         model.train(was_training)
 
-    scal = {k: v.detach().double().cpu().numpy() for k, v in metrics.items()
-            if k not in ("rec_adv", "rec_source")}
+    scal = {k: metrics[k].detach().double().cpu().numpy() for k in schema.ATTACK_METRICS}
     per_problem = {k: getattr(outcome, k).detach().double().cpu().numpy() for k in (
         "objective", "objective_se", "distance", "delta_minimised", "delta_clean")}
     per_problem["worse_than_clean"] = outcome.worse_than_clean().cpu().numpy()
     per_problem["from_path"] = outcome.from_path.cpu().numpy()
-    rows: list[dict] = []
-    gallery: list[dict] = []
-    for i in range(n):
-        ps = slice(i * m, (i + 1) * m)
-        pair = _pair_measures(mode, lam_list, {k: v[ps] for k, v in per_problem.items()},
-                              {k: v[ps] for k, v in scal.items()})
-        for j in range(m):
-            p = i * m + j
-            row = {
-                "mode": mode, "similarity": similarity, "pair": pair_ids[i],
-                "source_index": source_indices[i], "target_index": target_indices[i],
-                "lam": lam_list[j],
-                **{k: (bool(v[p]) if v.dtype == bool else float(v[p])) for k, v in per_problem.items()},
-                **{k: float(scal[k][p]) for k in (
-                    "distortion_l2", "adv_target_l2", "target_nll", "source_target_l2",
-                    "rec_source_target_l2", "rec_target_target_l2")},
-                "selected": j == pair["paper"], "auddc": pair["auddc"],
-                "auddc_reason": pair["auddc_reason"],
-                "budget_50": pair["budget_50"], "budget_90": pair["budget_90"],
-                "solver": config.solver,
-                "iterations": int(outcome.result.iterations[p]),
-                "evaluations": int(outcome.result.evaluations[p]),
-                "seconds": float(outcome.result.seconds[p]),
-            }
-            rows.append({name: row[name] for name in ATTACK_COLUMNS})
-        p = i * m + pair["shown"]
-        C, H, W = sources.shape[1:]
-        x_adv = (x[p] + outcome.d[p]).clamp(0, 1)
-        gallery.append({
-            "mode": mode, "similarity": similarity, "pair": pair_ids[i], "lam": lam_list[pair["shown"]],
-            "paper_lam": lam_list[pair["paper"]], "paper_lam_unmoved": pair["unmoved"],
-            "channels": int(C), "height": int(H), "width": int(W),
-            "input": to_uint8_image(x[p]),
-            "reconstruction": to_uint8_image(metrics["rec_source"][p]),
-            "adversarial": to_uint8_image(x_adv),
-            "distortion": distortion_image(outcome.d[p]),
-            "adversarial_reconstruction": to_uint8_image(metrics["rec_adv"][p]),
-            "target": to_uint8_image(xt[p]),
-        })
-    return rows, gallery
+    return _Solved(x, xt, outcome, metrics, per_problem, scal)
+
+
+def _problem_values(solved: _Solved, p: int) -> dict:
+    """Problem ``p``'s own columns of its row, as Python scalars."""
+    result = solved.outcome.result
+    return {**{k: (bool(v[p]) if v.dtype == bool else float(v[p])) for k, v in solved.per_problem.items()},
+            **{k: float(v[p]) for k, v in solved.scal.items()},
+            "iterations": int(result.iterations[p]),
+            "evaluations": int(result.evaluations[p]),
+            "seconds": float(result.seconds[p])}
+
+
+def _gallery_entry(solved: _Solved, task: dict, first: int, lams: list[float], pair: dict) -> dict:
+    """The pair's Fig. 1 at the λ shown (its problems start at ``first``): ``GALLERY_COLUMNS``."""
+    p = first + pair["shown"]
+    x, d = solved.x[p], solved.outcome.d[p]
+    C, H, W = x.shape
+    # input, reconstruction, adversarial, distortion, adversarial_reconstruction, target
+    pictures = (
+        to_uint8_image(x),
+        to_uint8_image(solved.metrics["rec_source"][p]),
+        to_uint8_image((x + d).clamp(0, 1)),
+        distortion_image(d),
+        to_uint8_image(solved.metrics["rec_adv"][p]),
+        to_uint8_image(solved.xt[p]),
+    )
+    entry = {**task, "lam": lams[pair["shown"]], "paper_lam": lams[pair["paper"]],
+             "paper_lam_unmoved": pair["unmoved"], "channels": int(C), "height": int(H),
+             "width": int(W), **dict(zip(GALLERY_PANELS, pictures, strict=True))}
+    return {name: entry[name] for name in GALLERY_COLUMNS}
 
 
 def _pair_measures(mode: str, lams: list[float], attack: dict[str, np.ndarray],
@@ -292,7 +324,7 @@ def _pair_measures(mode: str, lams: list[float], attack: dict[str, np.ndarray],
         scal["distortion_l2"], scal["adv_target_l2"], scal["source_target_l2"][0],
         scal["rec_source_target_l2"][0], scal["rec_target_target_l2"][0])
     budgets = {f"budget_{q}": float("nan") for q in (50, 90)}
-    if mode == "latent":
+    if mode == LATENT:
         for q in (50, 90):
             budgets[f"budget_{q}"] = distortion_budget(
                 scal["distortion_l2"], attack["distance"], float(attack["delta_clean"][0]),

@@ -21,6 +21,7 @@ from analysis.claims import claims_table
 from analysis.load import list_parquet_files, load_attacks, load_train
 from analysis.report import REPORT_ATTACK_COLUMNS
 from analysis.synthetic import write_synthetic_results
+from results.vocabulary import LATENT, MODES
 
 PAIRS, N_LAM = 10, 51
 
@@ -65,15 +66,15 @@ def main() -> None:
                      lambda: load_attacks(out, columns=REPORT_ATTACK_COLUMNS), res)
         timed("load_attacks, 4 columns, filter model=seatbelt & mode=latent (pushed down)",
               lambda: load_attacks(out, columns=["beta", "layers", "pair", "objective"],
-                                   filters={"model": "seatbelt", "mode": "latent"}), res)
-        sim = {m: agg.default_similarity(cols, m) for m in ("latent", "output")}
+                                   filters={"model": "seatbelt", "mode": LATENT}), res)
+        sim = {m: agg.default_similarity(cols, m) for m in MODES}
         timed("aggregate: Δ_latent by β (all λ), t-intervals",
-              lambda: agg.attack_by_beta(cols, "objective", "latent", sim["latent"]), res)
+              lambda: agg.attack_by_beta(cols, "objective", LATENT, sim[LATENT]), res)
         timed("aggregate: Δ_latent by β (selected λ)",
-              lambda: agg.attack_by_beta(cols, "objective", "latent", sim["latent"], selected_only=True), res)
+              lambda: agg.attack_by_beta(cols, "objective", LATENT, sim[LATENT], selected_only=True), res)
         timed("aggregate: Seatbelt heatmap over (β, L)",
-              lambda: agg.attack_heatmap(cols, "objective", "latent", "seatbelt", sim["latent"], l1_model="tcvae"), res)
-        timed("aggregate: AUDDC by β (per pair)", lambda: agg.attack_by_beta(cols, "auddc", "latent"), res)
+              lambda: agg.attack_heatmap(cols, "objective", LATENT, "seatbelt", sim[LATENT], l1_model="tcvae"), res)
+        timed("aggregate: AUDDC by β (per pair)", lambda: agg.attack_by_beta(cols, "auddc", LATENT), res)
         train = load_train(out)
         timed("claims: the paper's claims table (mixed-model contrasts, both λ variants)",
               lambda: claims_table(cols, train, similarity=sim), res)

@@ -58,12 +58,14 @@ from attacks.metrics import lambda_grid, sample_pairs  # noqa: E402
 from attacks.run import attack_problems  # noqa: E402
 from attacks.solvers import SOLVERS, ScipyLBFGSB  # noqa: E402
 from models import ModelConfig, build_model, load_checkpoint  # noqa: E402
+from results.schema import TRAIN_ELBO  # noqa: E402
+from results.vocabulary import DEFAULT_SIMILARITY, KL, LATENT  # noqa: E402
 from sweep.evaluate import (active_units, elbo_parts, logvar_at_bound,  # noqa: E402
                             mean_image_loglik, posteriors, recon_r2)
 from sweep.health import verdict  # noqa: E402
 from sweep.trainable import training_pixel_statistics  # noqa: E402
 
-MODES = (("latent", "kl"), ("output", "elbo"))
+MODES = tuple(DEFAULT_SIMILARITY.items())  # each mode with its default similarity: latent kl, output elbo
 MIN_PROBLEMS = 100          # problems per line the bar needs
 SPEED_BAR = {"mlp": 5.0, "conv": 3.0}
 AT_OR_BELOW_BAR = 0.45     # the batched minimum at or below scipy's in at least this share
@@ -129,7 +131,7 @@ def health(model, dataset) -> str:
     that never left the mean-image plateau measures nothing)."""
     images = dataset.batch(dataset.evaluation_indices(1024, seed=0).tolist())
     with torch.no_grad():
-        elbo = elbo_parts(model, images, 256)["elbo"]
+        elbo = elbo_parts(model, images, 256)[TRAIN_ELBO]
         post = posteriors(model, images, 256)
     mean_image, scale = training_pixel_statistics(dataset)
     row = dict(elbo=elbo, active_units=active_units(post), logvar_at_bound=logvar_at_bound(post),
@@ -304,7 +306,7 @@ def prepare(args):
     warm = tuple(t[:2] for t in problems)
     for arch in args.architectures:
         for solver in ("scipy", "batched"):
-            run(models[arch][0][1], warm, "latent", "kl", AttackConfig(solver=solver, maxiter=5))
+            run(models[arch][0][1], warm, LATENT, KL, AttackConfig(solver=solver, maxiter=5))
     return dataset, problems, models
 
 

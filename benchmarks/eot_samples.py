@@ -40,11 +40,12 @@ from analysis.sanity import path_checks  # noqa: E402
 from attacks.config import AttackConfig  # noqa: E402
 from attacks.run import attack_problems  # noqa: E402
 from benchmarks.attack import load_models, smoke_problems  # noqa: E402
+from results.vocabulary import ELBO, OUTPUT  # noqa: E402
 
 
 def path_ok(objective: np.ndarray, clean: np.ndarray, m: int) -> np.ndarray:
     """Per λ-point (pair-major, λ ascending within a pair): within the report's sanity bounds."""
-    frame = pd.DataFrame({"trial_id": "one", "mode": "output", "similarity": "elbo",
+    frame = pd.DataFrame({"trial_id": "one", "mode": OUTPUT, "similarity": ELBO,
                           "pair": np.arange(objective.size) // m, "lam": np.tile(np.arange(m), objective.size // m),
                           "objective": objective, "delta_clean": clean})
     return path_checks(frame)["passes"].to_numpy()
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     x, xt, lam, si, ti = smoke_problems(dataset, args.n_pairs, args.n_lambdas)
     m = args.n_lambdas
     base = AttackConfig(maxiter=args.maxiter, solver=args.solver,
-                        warm_start=("output",) if args.warm else ()).validate()
+                        warm_start=(OUTPUT,) if args.warm else ()).validate()
     models = [mm for group in load_models(args.checkpoints, ["mlp", "conv"], args.only).values() for mm in group]
     print(f"{len(models)} models, {args.n_pairs} pairs x {m} λ, maxiter {args.maxiter}, solver "
           f"{args.solver}{', warm starts' if args.warm else ''}, report draws {base.output_report_samples}, {args.threads} thread(s)\n")
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         for k in args.ks:
             cfg = dataclasses.replace(base, output_mc_samples=k)
             started = time.perf_counter()
-            out = attack_problems(model, x, xt, lam, "output", "elbo", cfg, si, ti, seed=0)
+            out = attack_problems(model, x, xt, lam, OUTPUT, ELBO, cfg, si, ti, seed=0)
             runs[k] = (out, time.perf_counter() - started)
         best = np.min([runs[k][0].objective.double().numpy() for k in args.ks], axis=0)
         for k in args.ks:

@@ -49,6 +49,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from models import ModelConfig, build_model, save_checkpoint  # noqa: E402
 from models.device import prepare_for_training  # noqa: E402
 from models.speed import TrainingPrecision, adam, configure_device  # noqa: E402
+from results.schema import TRAIN_ELBO  # noqa: E402
 from sweep.data import load_dataset  # noqa: E402
 from sweep.evaluate import elbo_parts, mean_gap, mig_factors, posteriors, recon_r2  # noqa: E402
 
@@ -150,7 +151,7 @@ def score(model, images, factors, mean_image, data, device) -> dict:
     parts = elbo_parts(cpu, images[:ELBO_IMAGES], 512)
     r2 = recon_r2(cpu, images[:ELBO_IMAGES], mean_image, 512)
     model.to(device).train()
-    return {"mig": mean_gap(per_factor), "elbo": parts["elbo"], "recon_r2": r2,
+    return {"mig": mean_gap(per_factor), TRAIN_ELBO: parts[TRAIN_ELBO], "recon_r2": r2,
             "factors": {f.name: {"gap": f.gap, "best_mi": max(f.information), "dim": f.best_dimension}
                         for f in per_factor}}
 
@@ -158,7 +159,7 @@ def score(model, images, factors, mean_image, data, device) -> dict:
 def _print_point(name: str, p: dict) -> None:
     factors = "  ".join(f"{k} {v['best_mi']:.2f}/{v['gap']:.2f} (z{v['dim']})" for k, v in p["factors"].items())
     print(f"{name:10s} images {p['images']:>10,}  {p['minutes']:6.1f} min  MIG {p['mig']:.3f}  "
-          f"ELBO {p['elbo']:8.1f}  recon_r2 {p['recon_r2']:.2f}  [factor: I nats / gap]  {factors}",
+          f"ELBO {p[TRAIN_ELBO]:8.1f}  recon_r2 {p['recon_r2']:.2f}  [factor: I nats / gap]  {factors}",
           flush=True)
 
 
@@ -203,7 +204,7 @@ def main() -> None:
         results = list(pool.map(train, recipes))
     print(f"\nwall time {(time.perf_counter() - started) / 60:.1f} min; files under {args.out}")
     for r in results:
-        print(f"fidelity {r['name']}: MIG {r['mig']:.3f}, ELBO {r['elbo']:.1f}, images {r['images']}, "
+        print(f"fidelity {r['name']}: MIG {r['mig']:.3f}, ELBO {r[TRAIN_ELBO]:.1f}, images {r['images']}, "
               f"minutes {r['minutes']:.1f}")
 
 

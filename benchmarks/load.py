@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from results.vocabulary import KL, LATENT  # noqa: E402
 
 CONFIG = """
 name = "load"
@@ -53,8 +55,8 @@ noise_sigmas = [1.0]
 [attack]
 n_pairs = {pairs}
 n_lambdas = {lambdas}
-modes = ["latent"]
-similarities = ["kl"]
+modes = ["{mode}"]
+similarities = ["{similarity}"]
 maxiter = 1
 maxfun = 3
 [resources]
@@ -120,7 +122,8 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
     config = work / "load.toml"
-    config.write_text(CONFIG.format(seeds=list(range(args.seeds)), pairs=args.pairs, lambdas=args.lambdas))
+    config.write_text(CONFIG.format(seeds=list(range(args.seeds)), pairs=args.pairs, lambdas=args.lambdas,
+                                    mode=LATENT, similarity=KL))
     out = work / "out"
     command = [sys.executable, "-m", "sweep.grid", "--config", str(config), "--out", str(out),
                "--tracking-uri", f"sqlite:///{work}/mlflow.db", "--cluster", "local",
@@ -151,7 +154,6 @@ def main() -> int:
         if line.startswith(("training:", "attacks:")) and ("[" not in line or "trials [" in line):
             print("  " + line)
 
-    sys.path.insert(0, str(ROOT))
     from analysis.load import ATTACK_KEY, load_attacks, load_train
 
     t = time.perf_counter()

@@ -42,6 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import ModelConfig, build_model  # noqa: E402
+from results.schema import TRAIN_ELBO  # noqa: E402
 from sweep.health import HEALTHY, verdict  # noqa: E402
 
 DSPRITES_MODELS = [("vae", 1.0, 1), ("tcvae", 1.0, 1), ("tcvae", 6.0, 1), ("tcdlgm", 1.0, 2),
@@ -72,8 +73,8 @@ def _report(results: dict, kind: str, beta: float, layers: int, seed: int, steps
             row: dict, model, seconds: float) -> None:
     health = verdict(row, model)[0]
     results[steps].append((row["recon_r2"], health))
-    gain = (row["elbo"] - row["elbo_mean_image"]) / abs(row["elbo_mean_image"])
-    print(f"{kind:9s} b={beta:g} L={layers} seed={seed} steps={steps:4d} elbo={row['elbo']:8.1f} "
+    gain = (row[TRAIN_ELBO] - row["elbo_mean_image"]) / abs(row["elbo_mean_image"])
+    print(f"{kind:9s} b={beta:g} L={layers} seed={seed} steps={steps:4d} elbo={row[TRAIN_ELBO]:8.1f} "
           f"mean_img={row['elbo_mean_image']:8.1f} gain={gain:+.0%} r2={row['recon_r2']:+.3f} "
           f"units={row['active_units']} {health} t={seconds:.0f}s", flush=True)
 

@@ -36,6 +36,7 @@ def run_one(job: tuple[str, str, float, int, int, int]) -> dict:
 
     import models.hierarchical as hierarchical
     from models import ModelConfig, build_model
+    from results.schema import TRAIN_ELBO
     from sweep.evaluate import evaluate
     from sweep.health import verdict
     from sweep.presets import smoke
@@ -66,7 +67,7 @@ def run_one(job: tuple[str, str, float, int, int, int]) -> dict:
     row, _ = evaluate(model, images, mean, scale, noise_sigmas=[], noise_samples=1, batch_size=256, seed=seed)
     health, reason = verdict(row, model)
     return dict(variant=variant, kind=kind, beta=beta, layers=layers, seed=seed, health=health,
-                elbo=row["elbo"], mean_image=row["elbo_mean_image"], recon_r2=row["recon_r2"],
+                held_out_elbo=row[TRAIN_ELBO], mean_image=row["elbo_mean_image"], recon_r2=row["recon_r2"],
                 units=row["active_units"], reason=reason,
                 at_bound=max(row["logvar_at_bound"]), seconds=seconds)
 
@@ -89,15 +90,15 @@ def main() -> None:
     print(f"\n{'variant':11s} {'model':9s} {'beta':>4s} {'L':>2s} {'seed':>4s} {'health':9s} "
           f"{'ELBO':>8s} {'mean img':>8s} {'gain':>6s} {'R2':>6s} {'units':>8s} {'at bound':>8s}")
     for r in results:
-        gain = (r["elbo"] - r["mean_image"]) / abs(r["mean_image"])
+        gain = (r["held_out_elbo"] - r["mean_image"]) / abs(r["mean_image"])
         print(f"{r['variant']:11s} {r['kind']:9s} {r['beta']:4g} {r['layers']:2d} {r['seed']:4d} {r['health']:9s} "
-              f"{r['elbo']:8.1f} {r['mean_image']:8.1f} {gain:+6.0%} {r['recon_r2']:+6.3f} "
+              f"{r['held_out_elbo']:8.1f} {r['mean_image']:8.1f} {gain:+6.0%} {r['recon_r2']:+6.3f} "
               f"{'/'.join(map(str, r['units'])):>8s} {r['at_bound']:8.0%}")
     print()
     for variant in args.variants:
         mine = [r for r in results if r["variant"] == variant]
         healthy = sum(r["health"] == "healthy" for r in mine)
-        gains = sorted((r["elbo"] - r["mean_image"]) / abs(r["mean_image"]) for r in mine)
+        gains = sorted((r["held_out_elbo"] - r["mean_image"]) / abs(r["mean_image"]) for r in mine)
         r2 = sorted(r["recon_r2"] for r in mine)
         print(f"summary {variant}: {healthy}/{len(mine)} healthy, ELBO gain over the mean image "
               f"min {gains[0]:+.0%}, median {gains[len(gains) // 2]:+.0%}; recon_r2 min / median / max "

@@ -9,6 +9,8 @@
     results.store     Store: a local folder or any pyarrow filesystem, atomic writes
     results.kinds     the registry of model kinds (KindSpec): names, L and β rules, the layers a
                       decoder reads and an attack matches, labels and colours
+    results.vocabulary  the attack words: the modes, each mode's default similarity, the
+                      similarities and each one's unit (a registered similarity carries its unit)
 
 Imports no torch, Ray or MLflow (pyarrow only), so ``analysis`` runs on a laptop without them;
 ``models``, ``sweep``, ``analysis`` and the synthetic writer all import it.

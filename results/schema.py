@@ -20,6 +20,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from results.vocabulary import ELBO
+
 GRID_FIELDS = ("dataset", "model", "beta", "layers", "z_dim", "seed")
 TRIAL_FIELDS = ("trial_id", *GRID_FIELDS)
 IDENTITY_FIELDS = ("sweep", *TRIAL_FIELDS)
@@ -28,6 +30,11 @@ _IDENTITY_TYPES = {"sweep": pa.string(), "trial_id": pa.string(), "dataset": pa.
                    "model": pa.string(), "beta": pa.float64(), "layers": pa.int64(),
                    "z_dim": pa.int64(), "seed": pa.int64()}
 IDENTITY = [(name, _IDENTITY_TYPES[name]) for name in IDENTITY_FIELDS]
+
+# The held-out ELBO of a trained model (nats per image), a column of train/. It is the quantity
+# the output attack's similarity measures (as −ELBO of the target), so the word is spelled once,
+# in results.vocabulary; code that means the training metric names it by this constant.
+TRAIN_ELBO = ELBO
 
 TRAIN = pa.schema(IDENTITY + [
     ("status", pa.string()),
@@ -40,7 +47,7 @@ TRAIN = pa.schema(IDENTITY + [
     ("health", pa.string()),   # healthy | plateau | collapsed (sweep.health)
     ("health_reason", pa.string()),
     ("eval_images", pa.int64()),
-    ("elbo", pa.float64()),
+    (TRAIN_ELBO, pa.float64()),
     ("elbo_mean_image", pa.float64()),
     ("recon_loglik", pa.float64()),
     ("recon_r2", pa.float64()),  # pixel variance the reconstructions explain over the mean image
@@ -65,6 +72,11 @@ NOISE = pa.schema(IDENTITY[1:] + [
     ("loglik", pa.float64()),
 ])
 
+# an attack's reporting metrics, measured on its result (attacks.run.attack_metrics): ‖d‖,
+# ‖rec(x*) − x^t‖, −log p(x^t | z*), ‖x − x^t‖, ‖rec(x) − x^t‖ and ‖rec(x^t) − x^t‖
+ATTACK_METRICS = ("distortion_l2", "adv_target_l2", "target_nll", "source_target_l2",
+                  "rec_source_target_l2", "rec_target_target_l2")
+
 ATTACKS = pa.schema(IDENTITY + [
     ("mode", pa.string()),
     ("similarity", pa.string()),
@@ -81,12 +93,7 @@ ATTACKS = pa.schema(IDENTITY + [
     ("worse_than_clean", pa.bool_()),  # objective > delta_clean + 3 objective_se (+ rounding)
     ("from_path", pa.bool_()),         # d is another λ's solution of the pair, or d = 0, which
                                        #   beat the solver's own (attacks.envelope)
-    ("distortion_l2", pa.float64()),
-    ("adv_target_l2", pa.float64()),
-    ("target_nll", pa.float64()),
-    ("source_target_l2", pa.float64()),
-    ("rec_source_target_l2", pa.float64()),
-    ("rec_target_target_l2", pa.float64()),
+] + [(name, pa.float64()) for name in ATTACK_METRICS] + [
     ("selected", pa.bool_()),
     ("auddc", pa.float64()),
     ("budget_50", pa.float64()),       # latent: smallest ‖d‖ on the pair's λ path that removes
@@ -100,6 +107,8 @@ ATTACKS = pa.schema(IDENTITY + [
 
 ATTACK_KEY = ("trial_id", "mode", "similarity", "pair", "lam")  # one row per key
 
+# the six pictures of the paper's Fig. 1 per pair, uint8 H×W×C each: the source, its
+# reconstruction, x + d, d itself, the reconstruction of x + d and the target
 GALLERY_PANELS = ("input", "reconstruction", "adversarial", "distortion",
                   "adversarial_reconstruction", "target")
 

@@ -19,6 +19,7 @@ import torch
 
 from models.hierarchical import LOGVAR_BOUND
 from models.likelihoods import MEAN_CLAMP
+from results.schema import TRAIN_ELBO
 
 # dSprites' shape factor is categorical and left out of MIG, as in Chen et al. (2018).
 MIG_SKIPPED_FACTORS = ("shape", "color")
@@ -265,7 +266,7 @@ def evaluate(
     post = posteriors(model, images, batch_size)
     row: dict[str, Any] = {
         "eval_images": len(images),
-        "elbo": parts["elbo"],
+        TRAIN_ELBO: parts[TRAIN_ELBO],
         "elbo_mean_image": float(mean_image_loglik(mean_image, images, model.cfg.likelihood,
                                                    mean_image_scale).mean()),
         "recon_loglik": parts["recon_loglik"],

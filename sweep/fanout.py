@@ -23,6 +23,7 @@ from attacks.config import AttackConfig
 from results import layout, schema
 from results.errors import UserError
 from results.store import Store, local_tmp_dir
+from results.vocabulary import LATENT, OUTPUT
 from sweep.config import SweepConfig
 from sweep.plugins import import_plugins
 from sweep.progress import Progress
@@ -316,7 +317,8 @@ def log_attack_summaries(store: Store, tracker: Tracker, rows: dict[str, dict[st
                                      "budget_50"])
     if frame is None:
         return
-    frame["attack"] = np.where(frame["mode"] == "latent", "latent_" + frame["similarity"], "output")
+    # MLflow metric prefixes: latent_<similarity> per latent similarity, output for the one output attack
+    frame["attack"] = np.where(frame["mode"] == LATENT, f"{LATENT}_" + frame["similarity"], OUTPUT)
     for (trial_id, attack_name), group in frame.groupby(["trial_id", "attack"]):
         if trial_id not in rows:
             continue
@@ -328,6 +330,6 @@ def log_attack_summaries(store: Store, tracker: Tracker, rows: dict[str, dict[st
             f"{attack_name}_selected_adv_target_l2_mean": group.loc[group["selected"], "adv_target_l2"].mean(),
             f"{attack_name}_worse_than_clean": int(group["worse_than_clean"].fillna(False).astype(bool).sum()),
         }
-        if attack_name != "output":
+        if attack_name != OUTPUT:
             metrics[f"{attack_name}_budget_50_mean"] = per_pair["budget_50"].first().mean()
         tracker.log_metrics(rows[trial_id], metrics, step=int(rows[trial_id].get("steps") or 0))

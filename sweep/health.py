@@ -32,6 +32,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from results.schema import TRAIN_ELBO
+
 HEALTHY, PLATEAU, COLLAPSED = "healthy", "plateau", "collapsed"
 HEALTH_VALUES = (HEALTHY, PLATEAU, COLLAPSED)
 
@@ -51,7 +53,7 @@ def classify(row: dict[str, Any], decoded_layers: Sequence[int], config: HealthC
     0-based layers the decoder reads (``model.decoded_layers``); ``beta_layer``: the one β acts
     on (``model.beta_layer``); ``likelihood``: the model's, "bernoulli" or "gaussian"."""
     config = config or HealthConfig()
-    elbo, baseline = float(row["elbo"]), float(row["elbo_mean_image"])
+    elbo, baseline = float(row[TRAIN_ELBO]), float(row["elbo_mean_image"])
     r2 = row.get("recon_r2")
     r2 = None if r2 is None or (isinstance(r2, float) and math.isnan(r2)) else float(r2)
     units, at_bound = list(row["active_units"]), list(row["logvar_at_bound"])

@@ -14,6 +14,7 @@ from typing import Any
 from results import layout, records, schema
 from results.errors import UserError
 from results.store import Store
+from results.vocabulary import LATENT, OUTPUT
 from sweep import run_artifacts
 from sweep.cli import RunOptions
 from sweep.cluster import connect, place_on_gpus, shutdown
@@ -22,7 +23,7 @@ from sweep.lock import hold
 from sweep.tracking import Tracker, open_tracker
 from sweep.trials import TrialSpec
 
-TRAIN_METRICS = ("elbo", "elbo_mean_image", "recon_loglik", "recon_r2", "index_code_mi", "tc", "dim_kl",
+TRAIN_METRICS = (schema.TRAIN_ELBO, "elbo_mean_image", "recon_loglik", "recon_r2", "index_code_mi", "tc", "dim_kl",
                  "mig", "encoder_l2", "decoder_l2", "clean_loglik_mean", "noise_loglik_mean",
                  "noise_loglik_median", "eval_images", "mig_images", "steps", "seconds", "images_per_s")
 # list columns of a train row, logged as one metric per layer: kl_layer_1, active_units_layer_1, ...
@@ -172,10 +173,10 @@ def print_summary(cfg: SweepConfig, store: Store, specs: list[TrialSpec],
         means = attack_means.get(spec.trial_id, {})
         status = "failed" if spec.trial_id in attack_failures else row.get("status", "missing")
         units = "/".join(str(u) for u in row.get("active_units") or []) or "-"
-        print(f"{spec.trial_id:44s} {status:8s} {row.get('health') or '-':9s} {_fmt(row.get('elbo')):>9s} "
+        print(f"{spec.trial_id:44s} {status:8s} {row.get('health') or '-':9s} {_fmt(row.get(schema.TRAIN_ELBO)):>9s} "
               f"{_fmt(row.get('elbo_mean_image')):>9s} {units:>7s} "
               f"{_fmt(row.get('tc')):>7s} {_fmt(row.get('mig'), 2):>5s} "
-              f"{_fmt(means.get('latent')):>9s} {_fmt(means.get('output')):>9s}")
+              f"{_fmt(means.get(LATENT)):>9s} {_fmt(means.get(OUTPUT)):>9s}")
     print()
     print("(mean img: the held-out log-likelihood of the mean-image model, the plateau; AU: active units per "
           "layer; latent D / output D: mean over pairs and lambdas of the final attack objective, higher = "

@@ -190,8 +190,8 @@ def train_trial(config: dict[str, Any]) -> None:
     seconds += time.perf_counter() - started
     images_per_s = (train.steps * train.batch_size) / max(seconds, 1e-9)
     row, noise_rows = _evaluate(model, dataset, train, trial, setup.data.split_seed)
-    if not all(math.isfinite(v) for v in (row["elbo"], row["recon_loglik"])):
-        _finish_diverged(setup, step, seconds, row["elbo"], what="held-out ELBO")
+    if not all(math.isfinite(v) for v in (row[schema.TRAIN_ELBO], row["recon_loglik"])):
+        _finish_diverged(setup, step, seconds, row[schema.TRAIN_ELBO], what="held-out ELBO")
         return
     row["health"], row["health_reason"] = verdict(row, model, setup.health)
     row.update(setup.identity, status="ok", reason="", steps=step, seconds=seconds,

@@ -18,6 +18,7 @@ from torch import nn
 
 from attacks.metrics import (auddc, auddc_from_points, auddc_with_reason, ddc_points, lambda_grid,
                              sample_pairs, select_lambda)
+from results.errors import ConfigError
 
 
 # --- a linear Gaussian VAE with the models API --------------------------------------------
@@ -135,6 +136,24 @@ def closed_form_latent(p, x, xt, d, lam, similarity, eps1=None, eps2=None):
     n = np.linalg.norm(d)
     grad = p["W"].T @ gm + p["V"].T @ glv + lam * d / n
     return r + lam * n, r, grad
+
+
+def test_a_registered_similarity_carries_its_unit_into_the_vocabulary(monkeypatch):
+    import attacks.objectives as objectives
+    from results import vocabulary
+
+    monkeypatch.setattr(objectives, "LATENT_SIMILARITIES", dict(objectives.LATENT_SIMILARITIES))
+    monkeypatch.setattr(vocabulary, "_UNITS", dict(vocabulary._UNITS))
+    assert [objectives.LATENT_SIMILARITIES[s].unit for s in ("kl", "l2_mean", "l2_sample", "w2")] == [
+        vocabulary.unit_of(s) for s in ("kl", "l2_mean", "l2_sample", "w2")]
+    l1 = lambda m1, lv1, m2, lv2: (m1 - m2).abs().sum(-1)  # noqa: E731
+    objectives.register_similarity(objectives.LatentSimilarity("l1_mean", l1, unit="latent L1 distance"))
+    objectives.register_similarity(objectives.LatentSimilarity("l1_max", l1))  # no unit given
+    assert vocabulary.unit_of("l1_mean") == "latent L1 distance" and vocabulary.unit_of("l1_max") == "l1_max units"
+    assert vocabulary.mode_of_similarity("l1_max") == "latent"
+    with pytest.raises(ConfigError, match="lower-case"):
+        objectives.register_similarity(objectives.LatentSimilarity("L1", l1))
+    assert "L1" not in objectives.LATENT_SIMILARITIES
 
 
 @pytest.mark.parametrize("similarity", ["kl", "l2_mean", "w2", "l2_sample"])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from results import kinds, layout, records
+from results import kinds, layout, records, vocabulary
 from results.errors import ConfigError, UserError
 from results.store import Store
 
@@ -22,7 +22,7 @@ PACKAGES = ("results", "models", "attacks", "sweep", "analysis")
 def test_the_contract_imports_no_torch_ray_mlflow_or_sibling_packages():
     code = ("import sys, json\n"
             "import results, results.errors, results.schema, results.layout, results.records, "
-            "results.store, results.kinds\n"
+            "results.store, results.kinds, results.vocabulary\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'ray', 'mlflow', 'models', 'attacks', 'sweep', 'analysis')]\n"
             "print(json.dumps(bad))\n")
@@ -59,6 +59,31 @@ def test_registering_a_kind(monkeypatch):
     # a kind this process does not know is shown by its name in the default colour
     assert kinds.label("factorvae") == "factorvae" and kinds.colour("factorvae") == kinds.DEFAULT_COLOUR
     assert kinds.sort_key("factorvae") > kinds.sort_key("mine")
+
+
+def test_the_attack_vocabulary():
+    assert vocabulary.MODES == ("latent", "output") and vocabulary.OUTPUT_SIMILARITIES == ("elbo",)
+    assert vocabulary.DEFAULT_SIMILARITY == {"latent": "kl", "output": "elbo"}
+    assert vocabulary.similarity_names()[:5] == ("kl", "l2_mean", "l2_sample", "w2", "elbo")
+    assert [vocabulary.unit_of(s) for s in ("kl", "elbo", "l2_mean", "l2_sample", "w2")] == [
+        "nats", "nats", "latent L2 distance", "latent L2 distance", "latent W2 distance"]
+    assert vocabulary.mode_of_similarity("w2") == "latent" and vocabulary.mode_of_similarity("elbo") == "output"
+    # an unknown similarity: a UserError the CLIs print, and a KeyError a tolerant reader catches
+    for call in (vocabulary.unit_of, vocabulary.mode_of_similarity):
+        with pytest.raises(ConfigError, match="'l1_mean' has no registered unit.*plugins") as info:
+            call("l1_mean")
+        assert isinstance(info.value, KeyError) and str(info.value).startswith("similarity 'l1_mean'")
+
+
+def test_registering_a_similarity_unit(monkeypatch):
+    monkeypatch.setattr(vocabulary, "_UNITS", dict(vocabulary._UNITS))  # leave the process's registry alone
+    vocabulary.register_similarity_unit("l1_mean", "latent L1 distance")
+    assert vocabulary.unit_of("l1_mean") == "latent L1 distance" and vocabulary.similarity_names()[-1] == "l1_mean"
+    assert vocabulary.mode_of_similarity("l1_mean") == "latent"
+    with pytest.raises(ConfigError, match="lower-case letters, digits and _"):
+        vocabulary.register_similarity_unit("L1-mean", "x")  # it would not survive the attack file's name
+    with pytest.raises(ConfigError, match="unit must be a non-empty string"):
+        vocabulary.register_similarity_unit("l1_max", " ")
 
 
 def test_trial_ids_and_attack_files_round_trip():
@@ -147,3 +172,47 @@ def test_no_import_circles():
         if name not in index:
             visit(name)
     assert not circles, f"import circles: {circles}"
+
+
+# --- the attack words have one home ----------------------------------------------------------
+
+LITERAL_PACKAGES = ("results", "models", "attacks", "analysis", "sweep", "benchmarks")
+ATTACK_WORDS = {vocabulary.LATENT, vocabulary.OUTPUT, vocabulary.KL, vocabulary.L2_MEAN,
+                vocabulary.L2_SAMPLE, vocabulary.W2, vocabulary.ELBO}
+
+
+def _exempt_strings(tree: ast.AST) -> set[int]:
+    """The string nodes that are not code naming a word: docstrings (prose), and the entries of
+    ``__all__``, which are Python names (``attacks.objectives`` exports functions called
+    ``l2_mean`` and ``w2``)."""
+    exempt = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body \
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            exempt.add(id(body[0].value))
+        targets = node.targets if isinstance(node, ast.Assign) else \
+            [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+        if any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets) and node.value is not None:
+            exempt.update(id(n) for n in ast.walk(node.value) if isinstance(n, ast.Constant))
+    return exempt
+
+
+def test_no_mode_or_similarity_literal_outside_the_vocabulary():
+    """A mode or similarity spelled as a string (f-string pieces included) anywhere but
+    results/vocabulary.py fails here, with its file and line: import the constant instead.
+    The held-out ELBO, a train/ column of the same word, has no exemption either: code names it
+    ``results.schema.TRAIN_ELBO``. Tests may spell the words (they check the values)."""
+    home = REPO / "results" / "vocabulary.py"
+    found = []
+    for package in LITERAL_PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            if path == home:
+                continue
+            tree = ast.parse(path.read_text(), str(path))
+            exempt = _exempt_strings(tree)
+            lines = sorted((node.lineno, node.value) for node in ast.walk(tree) if isinstance(node, ast.Constant)
+                           and node.value in ATTACK_WORDS and id(node) not in exempt)
+            found += [f"{path.relative_to(REPO)}:{line}: {word!r}" for line, word in lines]
+    assert not found, ("mode or similarity literals outside results/vocabulary.py (use its constants, "
+                       "or results.schema.TRAIN_ELBO for the held-out ELBO column):\n" + "\n".join(found))
