@@ -35,9 +35,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from analysis.load import TRAIN_ELBO
 from analysis.stats import bootstrap_ratio, summarize, summarize_log
 from results import kinds
 from results.schema import TRIAL_FIELDS
+from results.vocabulary import DEFAULT_SIMILARITY, unit_of
 
 __all__ = [
     "METRICS",
@@ -70,7 +72,8 @@ class Metric:
 
 
 METRICS = {
-    "objective": Metric("objective", "Δ (final attack objective)", "nats", log_scale=True),
+    "objective": Metric("objective", "Δ (final attack objective)", "the similarity's (objective_unit)",
+                        log_scale=True),
     "adv_target_l2": Metric("adv_target_l2", "‖rec(x*) − xᵗ‖₂", "L2, pixels in [0, 1]"),
     "target_nll": Metric("target_nll", "−log p(xᵗ | z*)", "nats"),
     "auddc": Metric("auddc", "AUDDC", "unitless, higher = harder to attack", per_pair=True),
@@ -90,10 +93,14 @@ UNIT_COLUMNS = [*TRIAL_FIELDS, "mode", "similarity", "pair"]
 
 
 def objective_unit(mode: str, similarity: str | None) -> str:
-    """Unit of Δ: nats for KL / ELBO objectives, latent units for L2 / W2 ones."""
-    if mode == "latent" and similarity in ("l2_mean", "l2_sample", "w2"):
-        return "latent-space L2 units"
-    return "nats"
+    """Unit of Δ under ``similarity`` (the mode's default when None), as its registration in
+    ``results.vocabulary`` gives it; a plugin similarity this process did not import (its
+    module registers the unit) is named as such rather than failing the report."""
+    sim = similarity or DEFAULT_SIMILARITY.get(mode)
+    try:
+        return unit_of(sim)
+    except KeyError:
+        return f"unit of {sim} not registered here"
 
 
 model_label = kinds.label         # a kind's display label (its name if this process does not know it)
@@ -172,7 +179,7 @@ def default_similarity(attacks: pd.DataFrame, mode: str) -> str | None:
     sims = attacks.loc[attacks["mode"] == mode, "similarity"]
     if sims.empty:
         return None
-    preferred = "kl" if mode == "latent" else "elbo"
+    preferred = DEFAULT_SIMILARITY.get(mode)
     if (sims == preferred).any():
         return preferred
     return str(sims.value_counts().index[0])
@@ -245,7 +252,7 @@ def summarize_metric(units: pd.DataFrame, by: Sequence[str], metric: str) -> pd.
     return summarize(units, by, metric)
 
 
-def elbo_by_beta(train: pd.DataFrame, value: str = "elbo") -> pd.DataFrame:
+def elbo_by_beta(train: pd.DataFrame, value: str = TRAIN_ELBO) -> pd.DataFrame:
     """Fig. 3: mean ELBO per (dataset, model, β) over |z|, L and seeds, with its t-interval."""
     return summarize(ok_trials(train), ["dataset", "model", "beta"], value)
 

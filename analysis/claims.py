@@ -30,6 +30,7 @@ import pandas as pd
 from analysis import aggregate as agg
 from analysis.stats import ContrastGroup, contrast_interval
 from results import kinds
+from results.vocabulary import LATENT, OUTPUT
 
 __all__ = ["CLAIMS", "Claim", "Term", "Selector", "NO_GROWTH_MARGIN", "MEASURES", "claims_table", "verdict",
            "compare_measures", "measure_findings"]
@@ -76,7 +77,7 @@ class Term:
 
     selectors: tuple[Selector, ...]
     coef: float
-    mode: str = "latent"   # Δ claims: the attack mode of this term
+    mode: str = LATENT     # Δ claims: the attack mode of this term
 
 
 @dataclass(frozen=True)
@@ -93,10 +94,10 @@ class Claim:
 
     @property
     def latent_only(self) -> bool:
-        return self.quantity == "delta" and all(term.mode == "latent" for term in self.terms)
+        return self.quantity == "delta" and all(term.mode == LATENT for term in self.terms)
 
 
-def _t(model, beta="max", layers=None, coef=1.0, mode="latent", *alternatives) -> Term:
+def _t(model, beta="max", layers=None, coef=1.0, mode=LATENT, *alternatives) -> Term:
     return Term((Selector(model, beta, layers), *alternatives), coef, mode)
 
 
@@ -107,15 +108,15 @@ CLAIMS = [
     Claim("latent Δ: β-TCVAE grows with β (largest over smallest β)", "delta",
           (_t("tcvae"), _t("tcvae", "min", coef=-1.0)), ">1", "grows with β (Fig. 5)"),
     Claim("output Δ: β-TCVAE (largest β) over VAE", "delta",
-          (_t("tcvae", mode="output"), Term(_VAE_OR_SMALLEST_TCVAE, -1.0, "output")), ">1", "≈1.2"),
+          (_t("tcvae", mode=OUTPUT), Term(_VAE_OR_SMALLEST_TCVAE, -1.0, OUTPUT)), ">1", "≈1.2"),
     Claim("output Δ grows by a smaller factor than latent Δ (β-TCVAE largest β over VAE; output ratio / "
           "latent ratio)", "delta",
-          (_t("tcvae", mode="output"), Term(_VAE_OR_SMALLEST_TCVAE, -1.0, "output"),
+          (_t("tcvae", mode=OUTPUT), Term(_VAE_OR_SMALLEST_TCVAE, -1.0, OUTPUT),
            _t("tcvae", coef=-1.0), Term(_VAE_OR_SMALLEST_TCVAE, 1.0)), "<1", "≈1.2 against ≈10³"),
     Claim("latent Δ: Seatbelt-VAE (largest β, L) over β-TCVAE (largest β)", "delta",
           (_t("seatbelt", "max", "max"), _t("tcvae", coef=-1.0)), ">1", ">1 (more robust still)"),
     Claim("output Δ: Seatbelt-VAE (largest β, L) over β-TCVAE (largest β)", "delta",
-          (_t("seatbelt", "max", "max", mode="output"), _t("tcvae", coef=-1.0, mode="output")), ">1",
+          (_t("seatbelt", "max", "max", mode=OUTPUT), _t("tcvae", coef=-1.0, mode=OUTPUT)), ">1",
           ">1 (smaller margin)"),
     Claim("latent Δ: Seatbelt-VAE grows with β (largest L)", "delta",
           (_t("seatbelt", "max", "max"), _t("seatbelt", "min", "max", coef=-1.0)), ">1", "grows with β (Fig. 6)"),

@@ -24,6 +24,7 @@ from analysis import aggregate as agg
 from analysis.load import GALLERY_IMAGE_COLUMNS, iter_gallery_images
 from analysis.stats import LOG_METHOD, T_METHOD, summarize, t_interval
 from results import kinds
+from results.vocabulary import LATENT, MODES
 
 __all__ = [
     "FigureResult",
@@ -169,7 +170,7 @@ def _modes_with(attacks: pd.DataFrame, metric: str) -> list[str]:
     """The attack modes, latent first, whose rows carry a finite ``metric``."""
     if attacks.empty or "mode" not in attacks.columns:
         return []
-    return [m for m in ("latent", "output") if _finite(attacks.loc[attacks["mode"] == m], metric)]
+    return [m for m in MODES if _finite(attacks.loc[attacks["mode"] == m], metric)]
 
 
 def _metric_axis_label(metric: str, mode: str, sim: str | None) -> str:
@@ -272,7 +273,7 @@ def _robustness_metrics(attacks: pd.DataFrame, figure: str) -> list[str]:
     """The latent robustness measures present: the paper's Δ and those of the newer columns
     (budget_50; clean_left from delta_clean) that the latent attacks carry; SkipFigure if none
     of the newer ones is there, as the paper's Δ has its own figure."""
-    latent = attacks.loc[attacks["mode"] == "latent"] if not attacks.empty and "mode" in attacks.columns else attacks
+    latent = attacks.loc[attacks["mode"] == LATENT] if not attacks.empty and "mode" in attacks.columns else attacks
     if not _finite(latent, "objective"):
         raise SkipFigure("no latent attack results in attacks/")
     metrics = [m for m in ROBUSTNESS_METRICS if _finite(latent, m)]
@@ -300,12 +301,12 @@ def fig_latent_robustness_vs_beta(
     left, side by side, against β for β-TCVAE (VAE as the reference); one row per dataset."""
     metrics = _robustness_metrics(attacks, "Fig. 5")
     rows = _tcvae_rows(attacks)
-    sim = similarity.get("latent")
+    sim = similarity.get(LATENT)
     datasets = _datasets(rows)
     fig, axes = _new_figure(len(datasets), len(metrics))
     for i, dataset in enumerate(datasets):
         for j, metric in enumerate(metrics):
-            _beta_panel(axes[i][j], rows.loc[rows["dataset"] == dataset], metric, "latent", sim,
+            _beta_panel(axes[i][j], rows.loc[rows["dataset"] == dataset], metric, LATENT, sim,
                         [("all λ", False, "-")])
             axes[i][j].set_title(f"{dataset}: {agg.METRICS[metric].label}", fontsize=8)
     _suptitle(fig, f"Latent robustness against β for β-TCVAE, three measures (Fig. 5, {sim}); band: 95% interval "
@@ -444,11 +445,11 @@ def fig_latent_robustness_heatmaps(
     left, side by side, over (β, L) for β-TCDLGM and Seatbelt-VAE; rows: model × dataset."""
     models = _heatmap_models(attacks)
     metrics = _robustness_metrics(attacks, "Fig. 6")
-    sim = similarity.get("latent")
+    sim = similarity.get(LATENT)
     datasets = _datasets(attacks)
     panels = [(model, dataset) for model in models for dataset in datasets]
     fig, axes = _new_figure(len(panels), len(metrics), w=5.2, h=3.9)
-    tables = {(model, metric): _heatmap(attacks, metric, "latent", model, similarity)
+    tables = {(model, metric): _heatmap(attacks, metric, LATENT, model, similarity)
               for model in models for metric in metrics}
     norms = {(metric, dataset): _heatmap_norm([tables[(m, metric)].loc[tables[(m, metric)]["dataset"] == dataset]
                                                for m in models], agg.METRICS[metric].log_scale)
@@ -458,7 +459,7 @@ def fig_latent_robustness_heatmaps(
             table = tables[(model, metric)]
             axes[i][j].set_title(f"{dataset}: {agg.model_label(model)}, {agg.METRICS[metric].label}", fontsize=8)
             _heatmap_panel(fig, axes[i][j], table.loc[table["dataset"] == dataset], norms[(metric, dataset)],
-                           _metric_axis_label(metric, "latent", sim).removesuffix(", log scale"))
+                           _metric_axis_label(metric, LATENT, sim).removesuffix(", log scale"))
     _suptitle(fig, f"Latent robustness over β and L, three measures (Fig. 6, {sim}); cells: mean [95% interval]",
               fontsize=10)
     _save(fig, out / file)
@@ -467,6 +468,52 @@ def fig_latent_robustness_heatmaps(
         f"{_ROBUSTNESS_CAPTION} Healthy trials only; each cell prints the (geometric) mean over pairs and its interval "
         f"({LOG_METHOD} for Δ and budget_50, {T_METHOD} for the fraction left); one colour scale per measure and "
         "dataset, shared by the models. The L = 1 row of the Seatbelt-VAE panels is the β-TCVAE data, as in Fig. 6.")
+
+
+def _density(ax, vals: np.ndarray, color, label: str, rng: np.random.Generator) -> None:
+    """A Gaussian-kernel density of ``vals`` (at most 20,000 of them), or a histogram where the
+    kernel cannot be fitted (fewer than three values, all equal, a singular covariance)."""
+    from scipy.stats import gaussian_kde  # noqa: PLC0415  (scipy.stats is already imported by stats)
+
+    kde_vals = vals if vals.size <= 20000 else rng.choice(vals, 20000, replace=False)
+    try:
+        if kde_vals.size < 3 or np.ptp(kde_vals) == 0:
+            raise np.linalg.LinAlgError("degenerate")
+        kde = gaussian_kde(kde_vals)
+        pad = 0.1 * np.ptp(kde_vals)
+        xs = np.linspace(kde_vals.min() - pad, kde_vals.max() + pad, 256)
+        ax.plot(xs, kde(xs), color=color, label=label)
+    except (np.linalg.LinAlgError, ValueError):
+        ax.hist(vals, bins=30, density=True, histtype="step", color=color, label=label)
+
+
+def _noise_panel(ax, sub: pd.DataFrame, title: str, model: str, sigma: float, cmap,
+                 rng: np.random.Generator) -> None:
+    """One Fig. 7 panel: a density per β of log p(x|z) for one (dataset, model) at its largest L,
+    with the mean and its interval."""
+    if sub.empty:
+        ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
+        ax.set_title(title, fontsize=9)
+        return
+    L = int(sub["layers"].max())
+    sub = sub.loc[sub["layers"] == L]
+    betas = sorted(sub["beta"].unique())
+    for k, beta in enumerate(betas):
+        vals = sub.loc[sub["beta"] == beta, "loglik"].to_numpy(dtype=float)
+        vals = vals[np.isfinite(vals)]
+        if vals.size == 0:
+            continue
+        color = cmap(k / max(1, len(betas) - 1))
+        iv = t_interval(vals)
+        _density(ax, vals, color, f"β={beta:g} (mean {_fmt(iv.estimate)})", rng)
+        ax.axvline(iv.estimate, color=color, linestyle=":", linewidth=1)
+        if np.isfinite(iv.lo):
+            ax.axvspan(iv.lo, iv.hi, color=color, alpha=0.15, linewidth=0)
+    ax.set_xlabel(f"log p(x|z), z ~ q(z|x+ε), σ={sigma:g} (nats)")
+    ax.set_ylabel("density (per nat)")
+    ax.set_title(f"{title}{_layers_text(model, L, ', ')}", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(True, alpha=0.3)
 
 
 def fig_noise(noise: pd.DataFrame, out: Path, file: str = "fig7_noise_loglik.png") -> FigureResult:
@@ -478,49 +525,14 @@ def fig_noise(noise: pd.DataFrame, out: Path, file: str = "fig7_noise_loglik.png
     datasets = _datasets(data)
     models = sorted(data["model"].unique(), key=agg.model_sort_key)
     fig, axes = _new_figure(len(datasets), len(models), w=4.4, h=3.2)
-    from scipy.stats import gaussian_kde  # noqa: PLC0415  (scipy.stats is already imported by stats)
     import matplotlib as mpl
 
     cmap = mpl.colormaps["viridis"]
     rng = np.random.default_rng(0)
     for i, dataset in enumerate(datasets):
         for j, model in enumerate(models):
-            ax = axes[i][j]
             sub = data.loc[(data["dataset"] == dataset) & (data["model"] == model)]
-            if sub.empty:
-                ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
-                ax.set_title(f"{dataset}: {agg.model_label(model)}", fontsize=9)
-                continue
-            L = int(sub["layers"].max())
-            sub = sub.loc[sub["layers"] == L]
-            betas = sorted(sub["beta"].unique())
-            for k, beta in enumerate(betas):
-                vals = sub.loc[sub["beta"] == beta, "loglik"].to_numpy(dtype=float)
-                vals = vals[np.isfinite(vals)]
-                if vals.size == 0:
-                    continue
-                color = cmap(k / max(1, len(betas) - 1))
-                iv = t_interval(vals)
-                label = f"β={beta:g} (mean {_fmt(iv.estimate)})"
-                kde_vals = vals if vals.size <= 20000 else rng.choice(vals, 20000, replace=False)
-                try:
-                    if kde_vals.size < 3 or np.ptp(kde_vals) == 0:
-                        raise np.linalg.LinAlgError("degenerate")
-                    kde = gaussian_kde(kde_vals)
-                    pad = 0.1 * np.ptp(kde_vals)
-                    xs = np.linspace(kde_vals.min() - pad, kde_vals.max() + pad, 256)
-                    ax.plot(xs, kde(xs), color=color, label=label)
-                except (np.linalg.LinAlgError, ValueError):
-                    ax.hist(vals, bins=30, density=True, histtype="step", color=color, label=label)
-                ax.axvline(iv.estimate, color=color, linestyle=":", linewidth=1)
-                if np.isfinite(iv.lo):
-                    ax.axvspan(iv.lo, iv.hi, color=color, alpha=0.15, linewidth=0)
-            ax.set_xlabel(f"log p(x|z), z ~ q(z|x+ε), σ={sigma:g} (nats)")
-            ax.set_ylabel("density (per nat)")
-            Ltxt = _layers_text(model, L, ", ")
-            ax.set_title(f"{dataset}: {agg.model_label(model)}{Ltxt}", fontsize=9)
-            ax.legend(fontsize=7)
-            ax.grid(True, alpha=0.3)
+            _noise_panel(axes[i][j], sub, f"{dataset}: {agg.model_label(model)}", model, sigma, cmap, rng)
     _suptitle(fig, f"Robustness of log p(x|z) to input noise ε ~ N(0, σ²I), σ={sigma:g} (Fig. 7); "
                  f"dotted line + band: mean and {T_METHOD}", fontsize=10)
     _save(fig, out / file)
@@ -599,7 +611,7 @@ def _unmoved(row) -> bool:
 
 def _gallery_rows(gallery: pd.DataFrame, similarity: str | None, pairs_per_model: int) -> list:
     """The rows Fig. 1 shows: a few pairs of each (dataset, model)'s most regularised trial."""
-    rows = gallery.loc[gallery["mode"] == "latent"] if (gallery["mode"] == "latent").any() else gallery
+    rows = gallery.loc[gallery["mode"] == LATENT] if (gallery["mode"] == LATENT).any() else gallery
     if similarity is not None and (rows["similarity"] == similarity).any():
         rows = rows.loc[rows["similarity"] == similarity]
     chosen = []
@@ -741,9 +753,10 @@ def fig_reconstructions(
 
 
 def fig_thesis(trials: pd.DataFrame, correlations: pd.DataFrame, out: Path,
-               file: str = "fig8_robustness_vs_disentanglement.png") -> FigureResult:
+               file: str = "fig8_robustness_vs_disentanglement.png", similarity: str | None = None) -> FigureResult:
     """Beyond the paper: each healthy trial's latent-attack robustness against its MIG and its
-    total correlation, with Spearman's ρ pooled and within each β."""
+    total correlation, with Spearman's ρ pooled and within each β. ``similarity``: the latent
+    attack's (its unit labels the Δ axis; None: the default similarity's)."""
     from analysis.thesis import SCORES
 
     if trials.empty or "log_delta" not in trials.columns:
@@ -769,7 +782,7 @@ def fig_thesis(trials: pd.DataFrame, correlations: pd.DataFrame, out: Path,
                                label=f"{agg.model_label(model)} β={beta:g}")
             ax.set_yscale("log")
             ax.set_xlabel(f"{SCORES[score]} ({'unitless' if score == 'mig' else 'nats'})")
-            ax.set_ylabel("Δ_latent (nats, log scale)")
+            ax.set_ylabel(f"Δ_{LATENT} ({agg.objective_unit(LATENT, similarity)}, log scale)")
             rows = correlations.loc[(correlations["dataset"] == dataset) & (correlations["score"] == score)]
             lines = [f"{'pooled' if r.beta == 'pooled' else 'β=' + r.beta}: ρ={_fmt(r.rho)} [{_fmt(r.lo)}, {_fmt(r.hi)}]"
                      for r in rows.itertuples()]

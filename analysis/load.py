@@ -27,7 +27,9 @@ Filters are a dict ``{column: condition}`` (all must hold) where a condition is 
 (equality), a list/tuple/set of values (membership) or an ``(op, value)`` pair with op one of
 ``== != < <= > >=``; a ``pyarrow.compute.Expression`` is also accepted as is::
 
-    load_attacks(out, filters={"model": ["tcvae", "vae"], "mode": "latent", "beta": (">=", 4)})
+    load_attacks(out, filters={"model": ["tcvae", "vae"], "mode": LATENT, "beta": (">=", 4)})
+
+with ``LATENT`` from ``results.vocabulary`` (the attack modes and similarities are named there).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ __all__ = [
     "GALLERY_COLUMNS",
     "GALLERY_IMAGE_COLUMNS",
     "ATTACK_KEY",
+    "TRAIN_ELBO",
     "GRID_FIELDS",
     "results_dir",
     "list_parquet_files",
@@ -77,6 +80,7 @@ ATTACK_COLUMNS = schema.ATTACKS.names
 GALLERY_IMAGE_COLUMNS = list(schema.GALLERY_PANELS)
 GALLERY_COLUMNS = schema.GALLERY.names
 ATTACK_KEY = list(schema.ATTACK_KEY)
+TRAIN_ELBO = schema.TRAIN_ELBO   # train/'s held-out ELBO (nats per image), a training metric
 
 _OPS = {
     "==": operator.eq, "=": operator.eq, "!=": operator.ne, "<": operator.lt,

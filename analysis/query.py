@@ -107,6 +107,79 @@ def _classify(name: str, value: object) -> tuple[str, str]:
     return ("metrics", name) if all(isinstance(v, float) for v in vals) else ("params", name)
 
 
+def _value(toks: list[tuple[str, str]], j: int, text: str) -> tuple[object, int]:
+    """The value token at ``j`` of ``--where text`` (a quoted string, a number, true/false) and the
+    index after it."""
+    if j >= len(toks):
+        raise AnalysisError(f"--where ends after an operator: {text!r}; add a value, e.g. beta>=4")
+    kind, tok = toks[j]
+    if kind == "str":
+        return _unquote(tok), j + 1
+    if kind == "num":
+        return float(tok), j + 1
+    if kind == "name" and tok.lower() in ("true", "false"):
+        return (1.0 if tok.lower() == "true" else 0.0), j + 1
+    raise AnalysisError(
+        f"expected a value at {tok!r} in --where {text!r}: quote strings (model='seatbelt'), leave numbers bare"
+    )
+
+
+def _in_clause(toks: list[tuple[str, str]], i: int, name: str, text: str) -> tuple[Clause, int]:
+    """``name in (v, ...)`` with ``toks[i]`` the ``in``: the clause and the index after the list."""
+    if i + 1 >= len(toks) or toks[i + 1][1] != "(":
+        raise AnalysisError(f"write 'in' lists as {name} in (1, 2) in --where {text!r}")
+    j, vals = i + 2, []
+    while True:
+        v, j = _value(toks, j, text)
+        vals.append(v)
+        if j < len(toks) and toks[j][1] == ",":
+            j += 1
+            continue
+        if j < len(toks) and toks[j][1] == ")":
+            j += 1
+            break
+        raise AnalysisError(f"unclosed 'in (...)' list in --where {text!r}")
+    tv = tuple(vals)
+    k, key = _classify(name, tv)
+    return Clause(k, key, "in", tv), j
+
+
+def _clause(toks: list[tuple[str, str]], i: int, text: str) -> tuple[Clause, int]:
+    """The clause starting at ``toks[i]`` (a field name) and the index after it."""
+    kind, tok = toks[i]
+    if kind != "name" or tok.lower() in ("and", "or", "in", "not", "like", "ilike"):
+        raise AnalysisError(f"expected a field name at {tok!r} in --where {text!r}")
+    name = tok
+    if i + 1 >= len(toks):
+        raise AnalysisError(f"--where clause {name!r} has no comparison: write e.g. {name}>=4")
+    okind, op = toks[i + 1]
+    if okind == "name" and op.lower() == "in":
+        return _in_clause(toks, i + 1, name, text)
+    if okind == "op" or (okind == "name" and op.lower() in ("like", "ilike")):
+        op = {"==": "=", "<>": "!="}.get(op, op.lower() if okind == "name" else op)
+        v, i = _value(toks, i + 2, text)
+        if op in ("like", "ilike") and not isinstance(v, str):
+            raise AnalysisError(f"{op} needs a quoted pattern, e.g. {name} like 'dsprites%'")
+        k, key = _classify(name, v)
+        return Clause(k, key, op, v), i
+    raise AnalysisError(f"expected an operator (= != < <= > >= in like) after {name!r} in --where {text!r}")
+
+
+def _after_clause(toks: list[tuple[str, str]], i: int, text: str) -> int:
+    """The index of the next clause: past the ``and`` at ``toks[i]`` (the end if ``i`` is)."""
+    if i >= len(toks):
+        return i
+    kind, tok = toks[i]
+    if kind == "name" and tok.lower() == "or":
+        raise AnalysisError("--where supports only 'and' (MLflow filters have no 'or'): "
+                            "use 'in (...)' or run two queries")
+    if not (kind == "name" and tok.lower() == "and"):
+        raise AnalysisError(f"expected 'and' at {tok!r} in --where {text!r}")
+    if i + 1 >= len(toks):
+        raise AnalysisError(f"--where ends with 'and': {text!r}")
+    return i + 1
+
+
 def parse_where(text: str | None) -> list[Clause]:
     """Parse the where-grammar into clauses (AnalysisError with a hint when it cannot)."""
     if text is None or not text.strip():
@@ -114,66 +187,10 @@ def parse_where(text: str | None) -> list[Clause]:
     toks = _tokens(text)
     clauses: list[Clause] = []
     i = 0
-
-    def value(j: int) -> tuple[object, int]:
-        if j >= len(toks):
-            raise AnalysisError(f"--where ends after an operator: {text!r}; add a value, e.g. beta>=4")
-        kind, tok = toks[j]
-        if kind == "str":
-            return _unquote(tok), j + 1
-        if kind == "num":
-            return float(tok), j + 1
-        if kind == "name" and tok.lower() in ("true", "false"):
-            return (1.0 if tok.lower() == "true" else 0.0), j + 1
-        raise AnalysisError(
-            f"expected a value at {tok!r} in --where {text!r}: quote strings (model='seatbelt'), leave numbers bare"
-        )
-
     while i < len(toks):
-        kind, tok = toks[i]
-        if kind != "name" or tok.lower() in ("and", "or", "in", "not", "like", "ilike"):
-            raise AnalysisError(f"expected a field name at {tok!r} in --where {text!r}")
-        name = tok
-        if i + 1 >= len(toks):
-            raise AnalysisError(f"--where clause {name!r} has no comparison: write e.g. {name}>=4")
-        okind, op = toks[i + 1]
-        if okind == "name" and op.lower() == "in":
-            if i + 2 >= len(toks) or toks[i + 2][1] != "(":
-                raise AnalysisError(f"write 'in' lists as {name} in (1, 2) in --where {text!r}")
-            j, vals = i + 3, []
-            while True:
-                v, j = value(j)
-                vals.append(v)
-                if j < len(toks) and toks[j][1] == ",":
-                    j += 1
-                    continue
-                if j < len(toks) and toks[j][1] == ")":
-                    j += 1
-                    break
-                raise AnalysisError(f"unclosed 'in (...)' list in --where {text!r}")
-            tv = tuple(vals)
-            k, key = _classify(name, tv)
-            clauses.append(Clause(k, key, "in", tv))
-            i = j
-        elif okind == "op" or (okind == "name" and op.lower() in ("like", "ilike")):
-            op = {"==": "=", "<>": "!="}.get(op, op.lower() if okind == "name" else op)
-            v, i = value(i + 2)
-            if op in ("like", "ilike") and not isinstance(v, str):
-                raise AnalysisError(f"{op} needs a quoted pattern, e.g. {name} like 'dsprites%'")
-            k, key = _classify(name, v)
-            clauses.append(Clause(k, key, op, v))
-        else:
-            raise AnalysisError(f"expected an operator (= != < <= > >= in like) after {name!r} in --where {text!r}")
-        if i < len(toks):
-            kind, tok = toks[i]
-            if kind == "name" and tok.lower() == "or":
-                raise AnalysisError("--where supports only 'and' (MLflow filters have no 'or'): "
-                                    "use 'in (...)' or run two queries")
-            if not (kind == "name" and tok.lower() == "and"):
-                raise AnalysisError(f"expected 'and' at {tok!r} in --where {text!r}")
-            i += 1
-            if i >= len(toks):
-                raise AnalysisError(f"--where ends with 'and': {text!r}")
+        clause, i = _clause(toks, i, text)
+        clauses.append(clause)
+        i = _after_clause(toks, i, text)
     for c in clauses:
         if c.kind == "metrics" and not c.numeric:
             raise AnalysisError(f"metric {c.key!r} is a number: compare it with a number, e.g. {c.key} > 0")

@@ -39,6 +39,7 @@ from analysis.errors import AnalysisError, AnalysisWarning
 from analysis.load import (
     GALLERY_COLUMNS,
     GALLERY_IMAGE_COLUMNS,
+    TRAIN_ELBO,
     load_attacks,
     load_gallery,
     load_noise,
@@ -51,6 +52,7 @@ from analysis.stats import LOG_METHOD, T_METHOD
 from results import kinds, records
 from results.schema import TRIAL_FIELDS
 from results.store import Store
+from results.vocabulary import LATENT, MODES, OUTPUT
 
 __all__ = ["build_report", "log_report_to_mlflow", "main"]
 
@@ -236,7 +238,7 @@ def _read(out: Store, c: _Content, config) -> tuple[_Frames, str]:
     attacks_h = agg.keep_healthy(attacks, train)
     frames = _Frames(train, attacks, noise, gallery_meta, excluded, agg.keep_healthy(train, train), attacks_h,
                      agg.keep_healthy(noise, train), agg.keep_healthy(gallery_meta, train),
-                     {m: agg.default_similarity(attacks_h, m) for m in ("latent", "output")})
+                     {m: agg.default_similarity(attacks_h, m) for m in MODES})
     if "selected" in attacks_h.columns and len(attacks_h) and \
             not attacks_h["selected"].fillna(False).astype(bool).any():
         c.notes.append("No attack row is marked selected: the selected-λ variants are empty.")
@@ -261,7 +263,7 @@ def _render(out: Store, dest: Path) -> None:
     _draw_figures(out, dest, f, c, draw)
     _claims_section(f, dest, c)
     _sanity_section(f.attacks, c)
-    _thesis_section(f.attacks_h, f.train_h, similarity.get("latent"), dest, c, draw)
+    _thesis_section(f.attacks_h, f.train_h, similarity.get(LATENT), dest, c, draw)
     norms = agg.weight_norm_table(f.train_h)
     if not norms.empty:
         norms.to_csv(dest / "weight_norms.csv", index=False)
@@ -286,8 +288,8 @@ def _draw_figures(out: Store, dest: Path, f: _Frames, c: _Content, draw) -> None
     similarity, attacks = f.similarity, f.attacks_h
     # Fig. 1: gallery (images loaded only for the rows shown)
     if not f.gallery_h.empty:
-        gallery = _load_gallery_for_figure(out, f.gallery_h, similarity.get("latent"))
-        draw(figs.fig_gallery, gallery, dest, similarity.get("latent"))
+        gallery = _load_gallery_for_figure(out, f.gallery_h, similarity.get(LATENT))
+        draw(figs.fig_gallery, gallery, dest, similarity.get(LATENT))
     else:
         c.notes.append("Figure skipped (gallery, Fig. 1): no attack images of a healthy trial in gallery/ yet.")
     if not f.gallery_meta.empty:
@@ -382,7 +384,7 @@ def _thesis_section(attacks: pd.DataFrame, train: pd.DataFrame, similarity: str 
     table.to_csv(dest / "robustness_vs_disentanglement.csv", index=False)
     c.files.append("robustness_vs_disentanglement.csv")
     trials = agg.ok_trials(train).merge(thesis.trial_robustness(attacks, similarity), on="trial_id")
-    draw(figs.fig_thesis, trials, table, dest)
+    draw(figs.fig_thesis, trials, table, dest, similarity=similarity)
     rows = "".join(
         f"<tr><td>{html.escape(str(r.dataset))}</td><td>{html.escape(thesis.SCORES[r.score])}</td>"
         f"<td>{html.escape(str(r.beta))}</td><td>{_num(r.rho)} [{_num(r.lo)}, {_num(r.hi)}]</td><td>{int(r.trials)}</td></tr>"
@@ -411,7 +413,7 @@ def _health_section(train: pd.DataFrame, excluded: pd.DataFrame, c: _Content) ->
             cls = "ok" if h.health == agg.HEALTHY else "bad"
             rows.append(
                 f"<tr><td>{html.escape(str(r.trial_id))}</td><td class='{cls}'>{html.escape(str(h.health))}</td>"
-                f"<td>{_num(getattr(r, 'elbo', None))}</td><td>{_num(getattr(r, 'elbo_mean_image', None))}</td>"
+                f"<td>{_num(getattr(r, TRAIN_ELBO, None))}</td><td>{_num(getattr(r, 'elbo_mean_image', None))}</td>"
                 f"<td>{html.escape(units)}</td><td>{html.escape(str(h.health_reason))}</td></tr>")
         c.tables.append((
             "Training health",
@@ -446,7 +448,7 @@ def _load_reconstructions(out: Store, meta: pd.DataFrame, excluded: pd.DataFrame
     """Gallery rows for the reconstructions figure: the first two pairs of one attack task per
     trial, every trial of up to ``limit`` settings (dataset, kind, β, L, |z|: the figure's rows),
     the settings with an unhealthy trial first."""
-    mode = "latent" if (meta["mode"] == "latent").any() else str(meta["mode"].iloc[0])
+    mode = LATENT if (meta["mode"] == LATENT).any() else str(meta["mode"].iloc[0])
     rows = meta.loc[meta["mode"] == mode]
     sim = agg.default_similarity(rows.assign(mode=mode), mode) or str(rows["similarity"].iloc[0])
     rows = rows.loc[rows["similarity"] == sim]
@@ -465,7 +467,7 @@ def _load_reconstructions(out: Store, meta: pd.DataFrame, excluded: pd.DataFrame
 
 
 def _load_gallery_for_figure(out: Store, meta: pd.DataFrame, similarity: str | None) -> pd.DataFrame:
-    mode = "latent" if (meta["mode"] == "latent").any() else str(meta["mode"].iloc[0])
+    mode = LATENT if (meta["mode"] == LATENT).any() else str(meta["mode"].iloc[0])
     rows = meta.loc[meta["mode"] == mode]
     if similarity is not None and (rows["similarity"] == similarity).any():
         rows = rows.loc[rows["similarity"] == similarity]
@@ -484,7 +486,7 @@ def _load_gallery_for_figure(out: Store, meta: pd.DataFrame, similarity: str | N
 
 def _attack_summary(attacks: pd.DataFrame, similarity: dict[str, str | None]) -> pd.DataFrame:
     parts = []
-    for mode in ("latent", "output"):
+    for mode in MODES:
         for metric in ("objective", "adv_target_l2", "target_nll", "auddc", "budget_50", "budget_90", "clean_left"):
             if metric not in attacks.columns:
                 continue
@@ -592,7 +594,7 @@ def _claims_caption(similarity: dict[str, str | None]) -> str:
         "denominator; noise: difference of the mean log p(x|z), z ~ q(z|x+ε), σ = 1. Units: each (trial, input–target "
         "pair) for Δ, 'all λ' being the pair's mean Δ over the positive λ (the paper's Δ) and 'selected λ' the Δ at "
         "the λ the attack step selected; each trial for the norms; each (trial, image) for noise. Similarities: "
-        f"latent = {similarity.get('latent')}, output = {similarity.get('output')}. 95% interval of a linear mixed "
+        f"{LATENT} = {similarity.get(LATENT)}, {OUTPUT} = {similarity.get(OUTPUT)}. 95% interval of a linear mixed "
         "model with trials (seeds) and pairs or images random (Welch–Satterthwaite t); 'trials' gives the trials "
         "per setting. A verdict says 'holds' or 'does not hold' only when the whole interval lies on one side of "
         f"the claim's boundary (1 for ratios, 0 for differences, ×{cl.NO_GROWTH_MARGIN:g} for 'Δ does not grow'), "

@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from results.vocabulary import MODES, OUTPUT
+
 __all__ = ["PAIR_COLUMNS", "SLACK", "PASS_BAR", "path_checks", "attack_sanity", "findings"]
 
 PAIR_COLUMNS = ["trial_id", "mode", "similarity", "pair"]
@@ -93,8 +95,8 @@ def attack_sanity(attacks: pd.DataFrame) -> pd.DataFrame:
     points = path_checks(attacks)
     if points.empty or "mode" not in points.columns:
         return pd.DataFrame(columns=_SANITY_COLUMNS)
-    order = {"latent": 0, "output": 1}
-    modes = sorted(points["mode"].dropna().astype(str).unique(), key=lambda m: (order.get(m, 2), m))
+    order = {m: i for i, m in enumerate(MODES)}
+    modes = sorted(points["mode"].dropna().astype(str).unique(), key=lambda m: (order.get(m, len(MODES)), m))
     out = []
     for mode in modes:
         mine = points.loc[points["mode"].astype(str) == mode]
@@ -105,7 +107,7 @@ def attack_sanity(attacks: pd.DataFrame) -> pd.DataFrame:
             "mode": mode, "pairs": int(len(mine.drop_duplicates(subset=keys))), "lam_points": int(len(mine)),
             "passing": int(mine["passes"].sum()), "passing_share": share, "below_bar": share < PASS_BAR,
             "clean_fallback": int(mine["clean_fallback"].sum()), "worse_than_clean": _worse_than_clean(rows),
-            "objective_over_minimised": _objective_over_minimised(rows) if mode == "output" else float("nan"),
+            "objective_over_minimised": _objective_over_minimised(rows) if mode == OUTPUT else float("nan"),
         })
     return pd.DataFrame(out, columns=_SANITY_COLUMNS)
 

@@ -22,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis.load import TRAIN_ELBO
 from results import kinds, layout, records, schema
 from results.layout import trial_id
 from results.store import Store
+from results.vocabulary import DEFAULT_SIMILARITY, LATENT, OUTPUT
 
 __all__ = ["DEFAULT_GRID", "trial_id", "write_synthetic_results", "log_synthetic_runs"]
 
@@ -81,7 +83,7 @@ def write_synthetic_results(
     seeds: Sequence[int] = (0,),
     pairs: int = 3,
     n_lam: int = 6,
-    similarities: Sequence[str] = ("kl",),
+    similarities: Sequence[str] = (DEFAULT_SIMILARITY[LATENT],),
     failed: Sequence[str] = (),
     unhealthy: dict[str, str] | None = None,
     attacks: bool = True,
@@ -153,7 +155,7 @@ def _write_train(out: Store, tid: str, g: dict, ok: bool, sweep: str, rng: np.ra
         "health_reason": (f"synthetic {health} trial" if health != "healthy" else "synthetic healthy trial") if ok else None,
         "eval_images": 512 if ok else None, "elbo_mean_image": MEAN_IMAGE_LOGLIK if ok else None,
         "active_units": units if ok else None, "logvar_at_bound": [0.0] * L if ok else None,
-        "elbo": elbo if ok else None, "recon_loglik": elbo + sum(kl) if ok else None,
+        TRAIN_ELBO: elbo if ok else None, "recon_loglik": elbo + sum(kl) if ok else None,
         "kl_layers": kl if ok else None, "index_code_mi": 2.0, "tc": 1.0 / beta, "dim_kl": 3.0,
         "mig": None, "encoder_l2": 50.0 * (1 + 0.02 * beta) + rng.normal(0, 0.1),
         "decoder_l2": 60.0 * (1 - 0.02 * beta) + rng.normal(0, 0.1),
@@ -202,9 +204,9 @@ def _attack_path(mode: str, scale: float, hardness: float, lam: np.ndarray, pair
     Monte-Carlo noise (its standard error ``objective_se``), the solver's own draws
     (``delta_minimised``) come out a little lower, and one pair in about two output tasks ends
     above the clean value."""
-    nl, cap, floor = lam.size, SOURCE_TARGET_L2, (0.0 if mode == "latent" else 0.6)
+    nl, cap, floor = lam.size, SOURCE_TARGET_L2, (0.0 if mode == LATENT else 0.6)
     clean = scale * (1 + 0.1 * np.arange(pairs)) * rng.lognormal(0, 0.1, size=pairs)
-    s = (0.6 + 2.4 * hardness if mode == "latent" else 2.0) * rng.lognormal(0, 0.15, size=pairs)
+    s = (0.6 + 2.4 * hardness if mode == LATENT else 2.0) * rng.lognormal(0, 0.15, size=pairs)
     C, S, lams = np.repeat(clean, nl), np.repeat(s, nl), np.tile(lam, pairs)
     with np.errstate(divide="ignore"):
         t = np.clip(S * np.log((1 - floor) * C / (lams * S)), 0.0, cap)   # λ = 0: log(inf) -> the cap
@@ -212,7 +214,7 @@ def _attack_path(mode: str, scale: float, hardness: float, lam: np.ndarray, pair
     objective = distance + lams * t
     se = np.zeros(C.size)
     delta_clean, minimised = C.copy(), objective.copy()
-    if mode == "output":
+    if mode == OUTPUT:
         se = 0.004 * C
         delta_clean = np.repeat(clean + rng.normal(0, 0.004 * clean), nl)
         objective = np.where(t > 0, objective + rng.normal(0, se), delta_clean)
@@ -223,7 +225,7 @@ def _attack_path(mode: str, scale: float, hardness: float, lam: np.ndarray, pair
             objective[k] = delta_clean[k] + 4 * se[k]
         distance = objective - lams * t
     budgets = np.full((C.size, 2), np.nan)
-    if mode == "latent":
+    if mode == LATENT:
         for p in range(pairs):
             sl = slice(p * nl, (p + 1) * nl)
             budgets[sl] = _budgets(t[sl], distance[sl], clean[p], cap)
@@ -246,10 +248,10 @@ def _pick_lams(lam: np.ndarray, objective: np.ndarray, dist_l2: np.ndarray) -> t
 def _write_attacks(out, tid, g, pairs, lam, sims, sweep, rng, gallery, size, channels, rgs,
                    robust: float = 1.0) -> None:
     model, beta, L = g["model"], g["beta"], g["layers"]
-    tasks = [("latent", s) for s in sims] + [("output", "elbo")]
+    tasks = [(LATENT, s) for s in sims] + [(OUTPUT, DEFAULT_SIMILARITY[OUTPUT])]
     nl = lam.size
     for mode, sim in tasks:
-        scale = robust * (_latent_scale(model, beta, L) if mode == "latent" else _output_scale(model, beta, L))
+        scale = robust * (_latent_scale(model, beta, L) if mode == LATENT else _output_scale(model, beta, L))
         hardness = np.log1p(scale) / (1 + np.log1p(scale))
         path = _attack_path(mode, scale, hardness, lam, pairs, rng)
         pair = np.repeat(np.arange(pairs), nl)
@@ -274,7 +276,7 @@ def _write_attacks(out, tid, g, pairs, lam, sims, sweep, rng, gallery, size, cha
             "source_target_l2": np.full(n, SOURCE_TARGET_L2), "rec_source_target_l2": np.full(n, 8.5),
             "rec_target_target_l2": np.full(n, 2.0), "selected": selected, "auddc": auddc,
             "auddc_reason": [""] * n,
-            "solver": ["lbfgsb"] * n, "iterations": np.full(n, 100), "seconds": np.full(n, 0.5),
+            "solver": ["scipy"] * n, "iterations": np.full(n, 100), "seconds": np.full(n, 0.5),
         }, schema.ATTACKS)
         relpath = layout.attack_file(tid, mode, sim, 0, pairs - 1)
         out.write_table(relpath, table, row_group_size=rgs)
@@ -332,7 +334,7 @@ def log_synthetic_runs(
     pid = parent.info.run_id
     files = out.list_files(layout.TRAIN, ".parquet")
     train = pd.concat([out.read_table(f).to_pandas() for f in files], ignore_index=True) if files else pd.DataFrame()
-    metrics = ["elbo", "tc", "mig", "encoder_l2", "decoder_l2", "recon_loglik", "noise_loglik_mean"]
+    metrics = [TRAIN_ELBO, "tc", "mig", "encoder_l2", "decoder_l2", "recon_loglik", "noise_loglik_mean"]
     for r in train.itertuples():
         run = client.create_run(exp_id, run_name=r.trial_id,
                                 tags={"mlflow.parentRunId": pid, "trial_id": r.trial_id, "status": r.status})

@@ -21,6 +21,7 @@ import pandas as pd
 from scipy import stats as _st
 
 from analysis import aggregate as agg
+from results.vocabulary import LATENT
 
 __all__ = ["SCORES", "trial_robustness", "rank_correlations", "spearman_interval", "findings"]
 
@@ -30,7 +31,7 @@ SCORES = {"mig": "MIG", "tc": "total correlation"}
 def trial_robustness(attacks: pd.DataFrame, similarity: str | None) -> pd.DataFrame:
     """One row per trial: ``log_delta``, the natural log of the geometric mean over its pairs
     of the pair's mean latent Δ over the positive λ."""
-    rows = agg.attack_rows(attacks, "objective", "latent", similarity)
+    rows = agg.attack_rows(attacks, "objective", LATENT, similarity)
     units = agg.pair_units(rows, "objective")
     units = units.loc[units["objective"] > 0]
     if units.empty:
