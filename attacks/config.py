@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
 from attacks.metrics import lambda_grid
-from results.errors import ConfigError
+from results import validation as check
 # MODES and OUTPUT_SIMILARITIES are importable from here as before; results.vocabulary holds them
 from results.vocabulary import DEFAULT_SIMILARITY, LATENT, MODES, OUTPUT_SIMILARITIES  # noqa: F401
 
@@ -68,77 +67,55 @@ class AttackConfig:
 
     def validate(self) -> "AttackConfig":
         """Raise ``ConfigError`` naming the first bad field; return self when all are fine."""
-        # local: keeps this module free of torch (the registries' modules import it)
-        from attacks.objectives import LATENT_SIMILARITIES
-        from attacks.solvers import SOLVERS
-
-        def bad(name: str, why: str) -> ConfigError:
-            return ConfigError(f"attack config field {name!r} = {getattr(self, name)!r}: {why}")
-
-        def is_int(v) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_num(v) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-        if not is_int(self.n_pairs) or self.n_pairs < 1:
-            raise bad("n_pairs", "must be an integer >= 1")
-        if self.lams is None:
-            if not is_int(self.n_lambdas) or self.n_lambdas < 1:
-                raise bad("n_lambdas", "must be an integer >= 1 (the paper uses 51)")
-            le = self.lam_exponents
-            if (not isinstance(le, (tuple, list)) or len(le) != 2 or not all(is_num(v) for v in le)
-                    or le[0] > le[1]):
-                raise bad("lam_exponents", "must be two finite numbers (low, high) with low <= high")
-        else:
-            if (not isinstance(self.lams, (tuple, list)) or len(self.lams) == 0
-                    or not all(is_num(v) and v >= 0 for v in self.lams)):
-                raise bad("lams", "must be a non-empty list of finite numbers >= 0 (or null for the grid)")
-            if len(set(float(v) for v in self.lams)) != len(self.lams):
-                raise bad("lams", "must not repeat a value")
-        if (not isinstance(self.modes, (tuple, list)) or len(self.modes) == 0
-                or any(m not in MODES for m in self.modes) or len(set(self.modes)) != len(self.modes)):
-            raise bad("modes", f"must be a non-empty list of distinct values from {list(MODES)}")
-        if LATENT in self.modes and (
-            not isinstance(self.similarities, (tuple, list)) or len(self.similarities) == 0
-            or any(s not in LATENT_SIMILARITIES for s in self.similarities)
-            or len(set(self.similarities)) != len(self.similarities)
-        ):
-            raise bad("similarities",
-                      f"must be a non-empty list of distinct values from {list(LATENT_SIMILARITIES)}")
-        if self.solver not in SOLVERS:
-            raise bad("solver", f"must be one of {sorted(SOLVERS)}")
-        if not is_int(self.memory) or self.memory < 1:
-            raise bad("memory", "must be an integer >= 1 (the literature uses 25)")
-        if not is_num(self.factr) or self.factr <= 0:
-            raise bad("factr", "must be a finite number > 0 (the literature uses 10)")
-        if not is_num(self.pgtol) or self.pgtol < 0:
-            raise bad("pgtol", "must be a finite number >= 0")
-        if not is_int(self.maxiter) or self.maxiter < 1:
-            raise bad("maxiter", "must be an integer >= 1")
-        if not is_int(self.maxfun) or self.maxfun < 1:
-            raise bad("maxfun", "must be an integer >= 1")
-        if self.batch_ftol is not None and (not is_num(self.batch_ftol) or self.batch_ftol < 0):
-            raise bad("batch_ftol", "must be a finite number >= 0, or null for scipy's factr * eps(float64)")
-        if self.batch_memory is not None and (not is_int(self.batch_memory) or self.batch_memory < 1):
-            raise bad("batch_memory", "must be an integer number of bytes >= 1, or null for the device default")
-        if self.batch_chunk is not None and (not is_int(self.batch_chunk) or self.batch_chunk < 1):
-            raise bad("batch_chunk", "must be an integer >= 1, or null to size batches by memory")
-        if self.batch_history is not None and (not is_int(self.batch_history) or self.batch_history < 1):
-            raise bad("batch_history", "must be an integer >= 1, or null to use 'memory'")
-        if (not isinstance(self.warm_start, (tuple, list)) or any(m not in MODES for m in self.warm_start)
-                or len(set(self.warm_start)) != len(self.warm_start)):
-            raise bad("warm_start", f"must be a list of distinct values from {list(MODES)} (the "
-                                    "modes whose λ paths are warm-started; [] for none)")
-        if not is_int(self.warm_chain) or self.warm_chain < 1:
-            raise bad("warm_chain", "must be an integer >= 1 (λ per chain; 1 = every start cold)")
-        if not is_num(self.init_scale) or self.init_scale < 0:
-            raise bad("init_scale", "must be a finite number >= 0")
-        if not is_int(self.output_mc_samples) or self.output_mc_samples < 1:
-            raise bad("output_mc_samples", "must be an integer >= 1")
-        if not is_int(self.output_report_samples) or self.output_report_samples < 2:
-            raise bad("output_report_samples", "must be an integer >= 2 (its standard error needs "
-                                               "two draws; 32 is the default)")
-        if not is_int(self.seed) or self.seed < 0:
-            raise bad("seed", "must be an integer >= 0")
+        self._validate_grid_and_tasks()
+        self._validate_solver()
+        check.values_from("attack.warm_start", self.warm_start, MODES, distinct=True, empty_ok=True,
+                          also="(the modes whose λ paths are warm-started; [] for none)")
+        check.integer("attack.warm_chain", self.warm_chain, 1, also="(λ per chain; 1 = every start cold)")
+        check.number("attack.init_scale", self.init_scale, 0.0)
+        check.integer("attack.output_mc_samples", self.output_mc_samples, 1)
+        check.integer("attack.output_report_samples", self.output_report_samples, 2,
+                      also="(its standard error needs two draws; 32 is the default)")
+        check.integer("attack.seed", self.seed, 0)
         return self
+
+    def _validate_grid_and_tasks(self) -> None:
+        """The pairs, the λ grid, the modes and the similarities."""
+        from attacks.objectives import LATENT_SIMILARITIES  # local: it imports torch
+
+        check.integer("attack.n_pairs", self.n_pairs, 1)
+        if self.lams is None:
+            check.integer("attack.n_lambdas", self.n_lambdas, 1, also="(the paper uses 51)")
+            low_high = self.lam_exponents
+            if (not isinstance(low_high, (tuple, list)) or len(low_high) != 2
+                    or not all(check.is_number(v) for v in low_high) or low_high[0] > low_high[1]):
+                raise check.problem("attack.lam_exponents", low_high,
+                                    "must be two finite numbers (low, high) with low <= high")
+        else:
+            check.numbers("attack.lams", self.lams, 0.0, also="(or null for the grid)")
+            if len(set(float(v) for v in self.lams)) != len(self.lams):
+                raise check.problem("attack.lams", self.lams, "must not repeat a value")
+        check.values_from("attack.modes", self.modes, MODES, distinct=True)
+        if LATENT in self.modes:
+            check.values_from("attack.similarities", self.similarities, LATENT_SIMILARITIES, distinct=True)
+
+    def _validate_solver(self) -> None:
+        """The solver and its tolerances and budgets."""
+        from attacks.solvers import SOLVERS  # local: it imports torch
+
+        check.one_of("attack.solver", self.solver, sorted(SOLVERS))
+        check.integer("attack.memory", self.memory, 1, also="(the literature uses 25)")
+        check.number("attack.factr", self.factr, 0.0, strict=True, also="(the literature uses 10)")
+        check.number("attack.pgtol", self.pgtol, 0.0)
+        check.integer("attack.maxiter", self.maxiter, 1)
+        check.integer("attack.maxfun", self.maxfun, 1)
+        if self.batch_ftol is not None:
+            check.number("attack.batch_ftol", self.batch_ftol, 0.0,
+                         also="or null for scipy's factr * eps(float64)")
+        if self.batch_memory is not None:
+            check.integer("attack.batch_memory", self.batch_memory, 1,
+                          also="(bytes) or null for the device default")
+        if self.batch_chunk is not None:
+            check.integer("attack.batch_chunk", self.batch_chunk, 1, also="or null to size batches by memory")
+        if self.batch_history is not None:
+            check.integer("attack.batch_history", self.batch_history, 1, also="or null to use 'memory'")

@@ -57,13 +57,15 @@ from attacks.config import AttackConfig  # noqa: E402
 from attacks.metrics import lambda_grid, sample_pairs  # noqa: E402
 from attacks.run import attack_problems  # noqa: E402
 from attacks.solvers import SOLVERS, ScipyLBFGSB  # noqa: E402
-from models import ModelConfig, build_model, load_checkpoint  # noqa: E402
+from models import build_model, load_checkpoint  # noqa: E402
 from results.schema import TRAIN_ELBO  # noqa: E402
 from results.vocabulary import DEFAULT_SIMILARITY, KL, LATENT  # noqa: E402
+from sweep.config import TrainConfig, model_config_for  # noqa: E402
 from sweep.evaluate import (active_units, elbo_parts, logvar_at_bound,  # noqa: E402
                             mean_image_loglik, posteriors, recon_r2)
 from sweep.health import verdict  # noqa: E402
 from sweep.trainable import training_pixel_statistics  # noqa: E402
+from sweep.trials import TrialSpec  # noqa: E402
 
 MODES = tuple(DEFAULT_SIMILARITY.items())  # each mode with its default similarity: latent kl, output elbo
 MIN_PROBLEMS = 100          # problems per line the bar needs
@@ -111,8 +113,8 @@ def train_model(arch: str, dataset, steps: int, seed: int = 0) -> torch.nn.Modul
     """A small VAE of ``arch`` (z 6, hidden 256, as the smoke sweep), ``steps`` Adam steps of
     batch 64 on the dataset's training split."""
     torch.manual_seed(seed)
-    model = build_model(ModelConfig(kind="vae", architecture=arch, z_dim=6, layers=1,
-                                    hidden_dim=256, dataset_size=len(dataset.train_indices)))
+    vae = TrialSpec(dataset.name, "vae", 1.0, 1, 6, seed)
+    model = build_model(model_config_for(vae, TrainConfig(architecture=arch, hidden_dim=256), dataset))
     model.set_mean_image(training_pixel_statistics(dataset)[0])   # as the sweep trains
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(seed)

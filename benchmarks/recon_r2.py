@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import ModelConfig, build_model  # noqa: E402
+from models import build_model  # noqa: E402
 from results.schema import TRAIN_ELBO  # noqa: E402
 from sweep.health import HEALTHY, verdict  # noqa: E402
 
@@ -91,9 +91,11 @@ def _train(model, batches, optimizer, done: int, target: int) -> int:
 
 
 def dsprites(steps: list[int], seeds: list[int], offset: bool, results: dict) -> None:
+    from sweep.config import model_config_for
     from sweep.evaluate import evaluate
     from sweep.presets import smoke
     from sweep.trainable import cached_dataset, training_pixel_statistics
+    from sweep.trials import TrialSpec
 
     cfg = smoke()
     data = cached_dataset("dsprites_generated", None, cfg.data.size, cfg.data.split_seed, cfg.data.held_out)
@@ -102,10 +104,8 @@ def dsprites(steps: list[int], seeds: list[int], offset: bool, results: dict) ->
     for seed in seeds:
         for kind, beta, layers in DSPRITES_MODELS:
             torch.manual_seed(seed * 7919)
-            model = build_model(ModelConfig(kind=kind, layers=layers, beta=beta, z_dim=cfg.grid.z_dims[0],
-                                            hidden_dim=cfg.train.hidden_dim, free_bits=cfg.train.free_bits,
-                                            tc_estimator=cfg.train.tc_estimator,
-                                            dataset_size=len(data.train_indices)))
+            trial = TrialSpec("dsprites_generated", kind, beta, layers, cfg.grid.z_dims[0], seed)
+            model = build_model(model_config_for(trial, cfg.train, data))
             if offset:
                 model.set_mean_image(mean)
             optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)

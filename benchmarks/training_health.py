@@ -35,12 +35,14 @@ def run_one(job: tuple[str, str, float, int, int, int]) -> dict:
     import torch
 
     import models.hierarchical as hierarchical
-    from models import ModelConfig, build_model
+    from models import build_model
     from results.schema import TRAIN_ELBO
+    from sweep.config import model_config_for
     from sweep.evaluate import evaluate
     from sweep.health import verdict
     from sweep.presets import smoke
     from sweep.trainable import cached_dataset, training_pixel_statistics
+    from sweep.trials import TrialSpec
 
     torch.set_num_threads(1)
     cfg = smoke()
@@ -49,9 +51,8 @@ def run_one(job: tuple[str, str, float, int, int, int]) -> dict:
     data = cached_dataset("dsprites_generated", None, cfg.data.size, cfg.data.split_seed, cfg.data.held_out)
     mean, scale = training_pixel_statistics(data)
     torch.manual_seed(seed * 7919)
-    model = build_model(ModelConfig(kind=kind, layers=layers, beta=beta, z_dim=cfg.grid.z_dims[0],
-                                    hidden_dim=cfg.train.hidden_dim, free_bits=cfg.train.free_bits,
-                                    tc_estimator=cfg.train.tc_estimator, dataset_size=len(data.train_indices)))
+    trial = TrialSpec("dsprites_generated", kind, beta, layers, cfg.grid.z_dims[0], seed)
+    model = build_model(model_config_for(trial, cfg.train, data))
     if variant in ("recipe", "free-prior"):
         model.set_mean_image(mean)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)

@@ -10,12 +10,12 @@ the value and what is allowed, before any network is built.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from models import kinds
 from models.errors import ConfigError
+from results import validation as check
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 TC_ESTIMATORS = ("mws", "mss")
@@ -76,50 +76,43 @@ class ModelConfig:
     def validate(self) -> "ModelConfig":
         """Raise ConfigError naming the first bad field; return self so calls can chain."""
         kind = kinds.get(self.kind)
-        _choice("architecture", self.architecture, tuple(ARCHITECTURES))
-        _positive_int("channels", self.channels)
-        _positive_int("image_size", self.image_size)
-        _positive_int("z_dim", self.z_dim)
-        _positive_int("layers", self.layers)
-        if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) \
-                or not math.isfinite(self.beta) or self.beta < 0:
-            raise ConfigError(f"beta={self.beta!r} is not allowed: use a finite number >= 0")
-        _choice("likelihood", self.likelihood, LIKELIHOODS)
+        check.one_of("model.architecture", self.architecture, ARCHITECTURES)
+        for name in ("channels", "image_size", "z_dim", "layers"):
+            check.integer(f"model.{name}", getattr(self, name), 1)
+        check.number("model.beta", self.beta, 0.0)
+        check.one_of("model.likelihood", self.likelihood, LIKELIHOODS)
         if self.gaussian_scale is not None:
             if self.likelihood != "gaussian":
-                raise ConfigError(
-                    f"gaussian_scale={self.gaussian_scale!r} only applies to likelihood='gaussian'; "
-                    f"set gaussian_scale=None for likelihood={self.likelihood!r}")
-            if isinstance(self.gaussian_scale, bool) or not isinstance(self.gaussian_scale, (int, float)) \
-                    or not math.isfinite(self.gaussian_scale) or self.gaussian_scale <= 0:
-                raise ConfigError(f"gaussian_scale={self.gaussian_scale!r} is not allowed: use a "
-                                  "positive number (fixed std) or None (learned)")
-        if not isinstance(self.condition_on_x, bool):
-            raise ConfigError(f"condition_on_x={self.condition_on_x!r} is not allowed: use true or false")
+                raise check.problem("model.gaussian_scale", self.gaussian_scale,
+                                    f"only applies to likelihood='gaussian'; set it to None for "
+                                    f"likelihood={self.likelihood!r}")
+            check.number("model.gaussian_scale", self.gaussian_scale, 0.0, strict=True,
+                         also="(a fixed std) or None (learned)")
+        check.flag("model.condition_on_x", self.condition_on_x)
         self._validate_free_bits()
-        _choice("tc_estimator", self.tc_estimator, TC_ESTIMATORS)
-        _positive_int("dataset_size", self.dataset_size)
-        if self.hidden_dim is not None:
-            _positive_int("hidden_dim", self.hidden_dim, none_ok=True)
-        if self.chain_hidden_dim is not None:
-            _positive_int("chain_hidden_dim", self.chain_hidden_dim, none_ok=True)
+        check.one_of("model.tc_estimator", self.tc_estimator, TC_ESTIMATORS)
+        check.integer("model.dataset_size", self.dataset_size, 1)
+        for name in ("hidden_dim", "chain_hidden_dim"):
+            if getattr(self, name) is not None:
+                check.integer(f"model.{name}", getattr(self, name), 1, also="or None")
         self._validate_kind_rules(kind)
         return self
 
     def _validate_free_bits(self) -> None:
-        values = self.free_bits if isinstance(self.free_bits, (list, tuple)) else [self.free_bits]
-        if isinstance(self.free_bits, (list, tuple)) and len(values) != self.layers:
-            raise ConfigError(f"free_bits has {len(values)} values but layers={self.layers}: give one "
-                              "value per layer (layer 1 first) or a single number for all layers")
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ConfigError(f"free_bits={self.free_bits!r} is not allowed: use nats >= 0 "
-                                  "(a number, or a list of one number per layer)")
+        if not isinstance(self.free_bits, (list, tuple)):
+            check.number("model.free_bits", self.free_bits, 0.0,
+                         also="(nats; a number, or a list of one number per layer)")
+            return
+        check.numbers("model.free_bits", self.free_bits, 0.0, also="(nats, one per layer, layer 1 first)")
+        if len(self.free_bits) != self.layers:
+            raise check.problem("model.free_bits", self.free_bits,
+                                f"has {len(self.free_bits)} values but layers={self.layers}: give one "
+                                "value per layer (layer 1 first) or a single number for all layers")
 
     def _validate_kind_rules(self, kind: kinds.KindSpec) -> None:
         # The kinds differ by the L and beta they take (and what the decoder sees, and their
         # regulariser); catch the combinations that would silently train a different model
-        # than the name says.
+        # than the name says. (These name two fields, so they keep their own shape.)
         others = [name for name in kinds.names() if kinds.get(name).accepts(self.beta, self.layers)]
         instead = f" (kinds that take layers={self.layers}, beta={self.beta:g}: {', '.join(others)})" if others else ""
         if not kind.takes_layers(self.layers):
@@ -139,24 +132,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         """Build from a plain dict; unknown keys raise ConfigError, missing keys take defaults."""
-        if not isinstance(d, dict):
-            raise ConfigError(f"a model config must be a mapping of field names, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown model config field(s) {unknown}; allowed: {sorted(known)}")
-        d = dict(d)
+        d = dict(check.known_fields("model config", d, check.field_names(cls)))
         if isinstance(d.get("free_bits"), tuple):
             d["free_bits"] = list(d["free_bits"])
         return cls(**d)
 
-
-def _choice(field: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{field}={value!r} is not allowed: use one of {', '.join(allowed)}")
-
-
-def _positive_int(field: str, value: Any, none_ok: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        extra = " or None" if none_ok else ""
-        raise ConfigError(f"{field}={value!r} is not allowed: use a whole number >= 1{extra}")

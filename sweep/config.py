@@ -4,7 +4,8 @@ A config comes from a preset (``sweep.presets``) or a TOML/YAML file; both are p
 with ``tomllib`` / ``yaml.safe_load`` (never anything that executes code). ``validate`` imports
 the config's ``plugins``, then checks every field against the registries (model kinds,
 datasets, architectures, latent similarities) and raises ``ConfigError`` naming the field and
-what it may be.
+what it may be (the checks and their one message shape: ``results.validation``).
+``model_config_for`` is the one way from these configs to a ``ModelConfig``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,15 +21,16 @@ from typing import Any
 import yaml
 
 from attacks.config import AttackConfig
-from models.config import ARCHITECTURES, PRECISIONS, TC_ESTIMATORS
+from models.config import ARCHITECTURES, PRECISIONS, TC_ESTIMATORS, ModelConfig
 from results import kinds, layout, records
+from results import validation as check
 from results.errors import ConfigError
 from results.records import GridConfig
 from results.store import Store
-from sweep.data import dataset_names, dataset_spec
+from sweep.data import IMAGE_SIZE, dataset_names, dataset_spec
 from sweep.health import HealthConfig
 from sweep.plugins import import_plugins
-from sweep.trials import expand_grid
+from sweep.trials import TrialSpec, expand_grid
 
 AUTO = "auto"  # train.architecture: the dataset's own (its DatasetSpec.architecture)
 
@@ -49,7 +50,9 @@ class TrainConfig:
     steps: int = 2000
     batch_size: int = 256
     lr: float = 1e-3
-    free_bits: float = 0.0  # nats per layer (hierarchical models)
+    # nats per layer: one number for every layer, or a list of one per layer (layer 1 first),
+    # which then fits only a grid whose trials all have that many layers
+    free_bits: float | list[float] = 0.0
     tc_estimator: str = "mws"
     # auto: bf16 autocast where it was measured faster (CUDA; an AMX CPU for conv and wide MLPs),
     # else float32 (models.speed); float32 | bfloat16 force one
@@ -67,6 +70,53 @@ class TrainConfig:
     def architecture_for(self, dataset: str) -> str:
         """The architecture a trial on ``dataset`` builds."""
         return dataset_spec(dataset).architecture if self.architecture == AUTO else self.architecture
+
+
+@dataclass(frozen=True)
+class ModelData:
+    """What a model takes from its dataset: image channels and size, the likelihood, and the
+    training split's size (N of the TC estimators)."""
+
+    channels: int
+    image_size: int
+    likelihood: str
+    train_size: int
+
+    @classmethod
+    def of(cls, dataset) -> "ModelData":
+        """From a loaded dataset (``sweep.data.ImageDataset``)."""
+        return cls(dataset.channels, dataset.image_size, dataset.likelihood, len(dataset.train_indices))
+
+    @classmethod
+    def planned(cls, name: str) -> "ModelData":
+        """For a cost estimate, without reading the dataset (``sweep.plan``): its registered
+        channels. The likelihood is only known once the images are read (binary ones are
+        Bernoulli), so colour is taken as Gaussian and greyscale as Bernoulli; N is a stand-in.
+        Neither changes what a training step costs."""
+        channels = dataset_spec(name).channels
+        return cls(channels, IMAGE_SIZE, "gaussian" if channels == 3 else "bernoulli", 100_000)
+
+
+def model_config_for(trial: TrialSpec, train: TrainConfig, dataset) -> ModelConfig:
+    """The model a trial trains: the one way from the sweep's configs to a ``ModelConfig``
+    (the trainable, ``sweep.plan`` and the benchmarks all build theirs here). ``dataset``: the
+    loaded dataset, or its ``ModelData`` where none is loaded."""
+    data = dataset if isinstance(dataset, ModelData) else ModelData.of(dataset)
+    return ModelConfig(
+        kind=trial.model,
+        architecture=train.architecture_for(trial.dataset),
+        channels=data.channels,
+        image_size=data.image_size,
+        z_dim=trial.z_dim,
+        layers=trial.layers,
+        beta=trial.beta,
+        likelihood=data.likelihood,
+        condition_on_x=train.condition_on_x,
+        free_bits=train.free_bits,
+        tc_estimator=train.tc_estimator,
+        dataset_size=data.train_size,
+        hidden_dim=train.hidden_dim,
+    )
 
 
 @dataclass
@@ -140,12 +190,7 @@ def read_results_config(store: Store) -> SweepConfig:
 
 def from_dict(data: dict[str, Any], where: str = "config") -> SweepConfig:
     """Build a config from plain data, refusing unknown sections and fields by name."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a table of settings at the top level")
-    sections = {f.name: f for f in dataclasses.fields(SweepConfig)}
-    unknown = sorted(set(data) - set(sections))
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(sections)}")
+    check.known_fields(where, data, check.field_names(SweepConfig))
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         section_type = _SECTION_TYPES.get(name)
@@ -175,12 +220,7 @@ def load_file(path: str | Path) -> SweepConfig:
 
 
 def _section(section_type: type, value: Any, where: str) -> Any:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: expected a table of settings, got {value!r}")
-    allowed = {f.name for f in dataclasses.fields(section_type)}
-    unknown = sorted(set(value) - allowed)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+    check.known_fields(where, value, check.field_names(section_type))
     if section_type is AttackConfig:  # its sequence fields are tuples
         value = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
     return section_type(**value)
@@ -201,96 +241,96 @@ _SECTION_TYPES = {
 
 def _validate(cfg: SweepConfig) -> None:
     if not isinstance(cfg.name, str) or not cfg.name or any(c in cfg.name for c in "/\\ "):
-        raise ConfigError(f"name: {cfg.name!r} must be a non-empty name without spaces or slashes")
+        raise check.problem("name", cfg.name, "must be a non-empty name without spaces or slashes")
     if not isinstance(cfg.plugins, list) or not all(isinstance(p, str) and p for p in cfg.plugins):
-        raise ConfigError(f"plugins: {cfg.plugins!r} must be a list of module names, e.g. [\"my_package.my_kinds\"]")
+        raise check.problem("plugins", cfg.plugins, 'must be a list of module names, e.g. ["my_package.my_kinds"]')
     import_plugins(cfg.plugins)  # before any name is checked: they add to the registries
-    grid = cfg.grid
-    _choices("grid.datasets", grid.datasets, dataset_names())
-    _choices("grid.models", grid.models, kinds.names())
-    _numbers("grid.betas", grid.betas, minimum=0.0, strict=True, kind=float)
-    _numbers("grid.layers", grid.layers, minimum=1, kind=int)
-    _numbers("grid.z_dims", grid.z_dims, minimum=1, kind=int)
-    _numbers("grid.seeds", grid.seeds, minimum=0, kind=int)
+    _validate_grid(cfg.grid, cfg.data)
+    _validate_data(cfg.data)
+    _validate_train(cfg.train)
+    cfg.attack.validate()
+    _validate_health_and_resources(cfg.health, cfg.resources)
+    _validate_grid_points(cfg.grid, cfg.train)
+
+
+def _validate_grid(grid: GridConfig, data: DataConfig) -> None:
+    check.values_from("grid.datasets", grid.datasets, dataset_names())
+    for model in grid.models if isinstance(grid.models, list) else ():
+        if model not in kinds.names():  # the wording tests/test_plugins.py pins
+            raise ConfigError(f"grid.models: {model!r} is not allowed; choose one of {list(kinds.names())} "
+                              "(a plugin's kind needs its module in plugins)")
+    check.values_from("grid.models", grid.models, kinds.names())
+    check.numbers("grid.betas", grid.betas, 0.0, strict=True)
+    check.numbers("grid.layers", grid.layers, 1, integers=True)
+    check.numbers("grid.z_dims", grid.z_dims, 1, integers=True)
+    check.numbers("grid.seeds", grid.seeds, 0, integers=True)
     for dataset in grid.datasets:
-        if dataset_spec(dataset).needs_path and dataset not in cfg.data.data_dirs:
+        if dataset_spec(dataset).needs_path and dataset not in data.data_dirs:
             raise ConfigError(
                 f"data.data_dirs: dataset {dataset!r} needs a local copy; add "
                 f"data_dirs.{dataset} = \"/path/to/{dataset}\" (nothing is downloaded)"
             )
 
-    data = cfg.data
+
+def _validate_data(data: DataConfig) -> None:
     if data.size is not None:
-        _number("data.size", data.size, minimum=16, kind=int)
-    if not (isinstance(data.held_out, (int, float)) and 0 < data.held_out < 1):
-        raise ConfigError(f"data.held_out: {data.held_out!r} must be a fraction in (0, 1)")
+        check.integer("data.size", data.size, 16, also="or left out for the whole dataset")
+    if not (check.is_number(data.held_out) and 0 < data.held_out < 1):
+        raise check.problem("data.held_out", data.held_out, "must be a fraction in (0, 1)")
 
-    train = cfg.train
-    _number("train.steps", train.steps, minimum=1, kind=int)
-    _number("train.batch_size", train.batch_size, minimum=2, kind=int)
-    _number("train.lr", train.lr, minimum=0.0, strict=True, kind=float)
-    _number("train.free_bits", train.free_bits, minimum=0.0, kind=float)
-    _choice("train.tc_estimator", train.tc_estimator, TC_ESTIMATORS)
-    _choice("train.precision", train.precision, PRECISIONS)
-    _choice("train.architecture", train.architecture, (AUTO, *ARCHITECTURES))
+
+def _validate_train(train: TrainConfig) -> None:
+    check.integer("train.steps", train.steps, 1)
+    check.integer("train.batch_size", train.batch_size, 2)
+    check.number("train.lr", train.lr, 0.0, strict=True)
+    if isinstance(train.free_bits, list):
+        check.numbers("train.free_bits", train.free_bits, 0.0, also="(nats, one per layer, layer 1 first)")
+    else:
+        check.number("train.free_bits", train.free_bits, 0.0,
+                     also="(nats; a number for every layer, or a list of one per layer)")
+    check.one_of("train.tc_estimator", train.tc_estimator, TC_ESTIMATORS)
+    check.one_of("train.precision", train.precision, PRECISIONS)
+    check.one_of("train.architecture", train.architecture, (AUTO, *ARCHITECTURES))
     if train.hidden_dim is not None:
-        _number("train.hidden_dim", train.hidden_dim, minimum=1, kind=int)
-    _number("train.checkpoint_every", train.checkpoint_every, minimum=1, kind=int)
-    _number("train.report_every", train.report_every, minimum=1, kind=int)
-    _number("train.eval_size", train.eval_size, minimum=2, kind=int)
-    _number("train.mig_size", train.mig_size, minimum=3, kind=int)
-    _numbers("train.noise_sigmas", train.noise_sigmas, minimum=0.0, kind=float)
-    _number("train.noise_samples", train.noise_samples, minimum=1, kind=int)
+        check.integer("train.hidden_dim", train.hidden_dim, 1, also="or left out for the paper's widths")
+    check.integer("train.checkpoint_every", train.checkpoint_every, 1)
+    check.integer("train.report_every", train.report_every, 1)
+    check.integer("train.eval_size", train.eval_size, 2)
+    check.integer("train.mig_size", train.mig_size, 3)
+    check.numbers("train.noise_sigmas", train.noise_sigmas, 0.0)
+    check.integer("train.noise_samples", train.noise_samples, 1)
 
-    cfg.attack.validate()
-    _number("health.min_elbo_gain", cfg.health.min_elbo_gain, minimum=0.0, kind=float)
-    _number("health.min_recon_r2", cfg.health.min_recon_r2, minimum=0.0, kind=float)
-    _number("health.max_logvar_at_bound", cfg.health.max_logvar_at_bound, minimum=0.0, kind=float)
-    res = cfg.resources
+
+def _validate_health_and_resources(health: HealthConfig, res: ResourceConfig) -> None:
+    for name in ("min_elbo_gain", "min_recon_r2", "max_logvar_at_bound"):
+        check.number(f"health.{name}", getattr(health, name), 0.0)
     for name in ("cpus_per_trial", "cpus_per_attack_task"):
-        _number(f"resources.{name}", getattr(res, name), minimum=0.0, strict=True, kind=float)
+        check.number(f"resources.{name}", getattr(res, name), 0.0, strict=True)
     for name in ("gpus_per_trial", "gpus_per_attack_task"):
-        _number(f"resources.{name}", getattr(res, name), minimum=0.0, kind=float)
+        check.number(f"resources.{name}", getattr(res, name), 0.0)
     if res.max_concurrent is not None:
-        _number("resources.max_concurrent", res.max_concurrent, minimum=1, kind=int)
-    _number("resources.max_failures", res.max_failures, minimum=0, kind=int)
-    _number("resources.task_retries", res.task_retries, minimum=0, kind=int)
+        check.integer("resources.max_concurrent", res.max_concurrent, 1)
+    check.integer("resources.max_failures", res.max_failures, 0)
+    check.integer("resources.task_retries", res.task_retries, 0)
     if res.pairs_per_task is not None:
-        _number("resources.pairs_per_task", res.pairs_per_task, minimum=1, kind=int)
+        check.integer("resources.pairs_per_task", res.pairs_per_task, 1)
 
-    kinds_found = {spec.model for spec in expand_grid(grid)}
+
+def _validate_grid_points(grid: GridConfig, train: TrainConfig) -> None:
+    """What only the expanded grid shows: a kind with no point, a free-bits list of the wrong length."""
+    specs = expand_grid(grid)
+    kinds_found = {spec.model for spec in specs}
     for model in grid.models:
         if model not in kinds_found:
             raise ConfigError(
                 f"grid.models: {model!r} takes no point of this grid ({kinds.get(model).needs()}); "
                 f"add the values it needs to grid.betas / grid.layers or remove it"
             )
-
-
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{name}: {value!r} is not allowed; choose one of {list(allowed)}")
-
-
-def _choices(name: str, values: Any, allowed: tuple[str, ...]) -> None:
-    if not isinstance(values, list) or not values:
-        raise ConfigError(f"{name}: expected a non-empty list drawn from {list(allowed)}")
-    for value in values:
-        _choice(name, value, allowed)
-
-
-def _number(name: str, value: Any, minimum: float, kind: type, strict: bool = False) -> None:
-    ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is int:
-        ok_type = isinstance(value, int) and not isinstance(value, bool)
-    if not ok_type or not math.isfinite(value) or value < minimum or (strict and value == minimum):
-        bound = f"> {minimum}" if strict else f">= {minimum}"
-        what = "an integer" if kind is int else "a number"
-        raise ConfigError(f"{name}: {value!r} must be {what} {bound}")
-
-
-def _numbers(name: str, values: Any, minimum: float, kind: type, strict: bool = False) -> None:
-    if not isinstance(values, list) or not values:
-        raise ConfigError(f"{name}: expected a non-empty list of numbers")
-    for value in values:
-        _number(name, value, minimum, kind, strict)
+    if isinstance(train.free_bits, list):
+        for spec in specs:
+            if spec.layers != len(train.free_bits):
+                raise check.problem(
+                    "train.free_bits", train.free_bits,
+                    f"has {len(train.free_bits)} values but trial {spec.trial_id} has layers = {spec.layers}: "
+                    f"a list needs every trial at layers = {len(train.free_bits)} (grid.layers = "
+                    f"[{len(train.free_bits)}]); use a single number for a grid of several depths")

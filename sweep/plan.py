@@ -23,6 +23,7 @@ says which it used, and the training and attack shares of the GPU-hours.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from collections import Counter, defaultdict
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from results import kinds
-from sweep.config import SweepConfig
+from sweep.config import ModelData, SweepConfig, TrainConfig, model_config_for
 from sweep.data import dataset_spec
 from sweep.trials import TrialSpec
 
@@ -48,24 +49,20 @@ def shape_of(cfg: SweepConfig, spec: TrialSpec) -> Shape:
     return Shape(cfg.train.architecture_for(spec.dataset), dataset_spec(spec.dataset).channels, spec.layers)
 
 
-def _model(cfg: SweepConfig, shape: Shape, kind: str, z_dim: int):
-    from models import ModelConfig, build_model
+def _model(cfg: SweepConfig, trial: TrialSpec):
+    """The model ``trial`` trains, built as the trainable builds it (without reading its data)."""
+    from models import build_model
 
-    return build_model(ModelConfig(
-        kind=kind, architecture=shape.architecture, channels=shape.channels, z_dim=z_dim,
-        layers=shape.layers, beta=kinds.get(kind).beta_or(4.0),
-        likelihood="gaussian" if shape.channels == 3 else "bernoulli",
-        free_bits=cfg.train.free_bits, tc_estimator=cfg.train.tc_estimator, dataset_size=100_000,
-        hidden_dim=cfg.train.hidden_dim, condition_on_x=cfg.train.condition_on_x,
-    ))
+    return build_model(model_config_for(trial, cfg.train, ModelData.planned(trial.dataset)))
 
 
-def _images(shape: Shape, n: int, device):
+def _images(model, n: int, device):
+    """``n`` random images of the model's shape: binary ones for a Bernoulli likelihood."""
     import torch
 
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(n, shape.channels, 64, 64, generator=g)
-    return (x > 0.5).float().to(device) if shape.channels == 1 else x.to(device)
+    x = torch.rand(n, model.cfg.channels, model.cfg.image_size, model.cfg.image_size, generator=g)
+    return (x > 0.5).float().to(device) if model.cfg.likelihood == "bernoulli" else x.to(device)
 
 
 def _sync(device) -> None:
@@ -75,8 +72,9 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_step(cfg: SweepConfig, shape: Shape, kind: str, z_dim: int, device, steps: int) -> float:
-    """Seconds of one full training step (the fastest of ``steps``, after one warm-up step)."""
+def measure_step(cfg: SweepConfig, trial: TrialSpec, device, steps: int) -> float:
+    """Seconds of one full training step of ``trial``'s model (the fastest of ``steps``, after
+    one warm-up step)."""
     import torch
 
     from models.device import prepare_for_training
@@ -85,10 +83,10 @@ def measure_step(cfg: SweepConfig, shape: Shape, kind: str, z_dim: int, device, 
     # Timed as sweep.trainable trains it (layout, precision, optimiser), so the plan's estimate
     # matches the real steps.
     configure_device(device)
-    model = prepare_for_training(_model(cfg, shape, kind, z_dim), device)
+    model = prepare_for_training(_model(cfg, trial), device)
     precision = TrainingPrecision.choose(model, device, cfg.train.precision)
     optimizer = adam(model.parameters(), cfg.train.lr, device)
-    x = _images(shape, cfg.train.batch_size, device)
+    x = _images(model, cfg.train.batch_size, device)
     times = []
     for i in range(steps + 1):
         _sync(device)
@@ -104,22 +102,19 @@ def measure_step(cfg: SweepConfig, shape: Shape, kind: str, z_dim: int, device, 
     return min(times)  # the fastest: a shared machine only ever slows a step down
 
 
-def measure_evaluation(cfg: SweepConfig, shape: Shape, kind: str, z_dim: int, device,
-                       mode: str, similarity: str) -> float:
+def measure_evaluation(cfg: SweepConfig, trial: TrialSpec, device, mode: str, similarity: str) -> float:
     """Seconds per objective+gradient evaluation of one attack with the configured solver: one
     problem for scipy (it solves one at a time), a batch of a task's size (at most 64) for the
     batched solver, whose cost per evaluation is the batch's share."""
-    import dataclasses
-
     import torch
 
     from attacks.run import attack_problems
     from attacks.solvers import solves_in_batches
 
-    model = _model(cfg, shape, kind, z_dim).to(device).eval()
+    model = _model(cfg, trial).to(device).eval()
     P = (min(64, cfg.resources.resolved_pairs_per_task(cfg.attack) * len(cfg.attack.resolved_lams()))
          if solves_in_batches(cfg.attack.solver) else 1)
-    x, target = _images(shape, 2 * P, device).split(P)
+    x, target = _images(model, 2 * P, device).split(P)
     lams = torch.full((P,), 1.0, device=device)
     attack_cfg = dataclasses.replace(cfg.attack, maxiter=6, maxfun=8)
     best = float("inf")
@@ -206,7 +201,7 @@ def calibrate_evaluations(cfg: SweepConfig, architectures: list[str], device, st
 
     from attacks.metrics import sample_pairs
     from attacks.run import attack_problems
-    from models import ModelConfig, build_model
+    from models import build_model
     from sweep.data import load_dataset
 
     started = time.perf_counter()
@@ -223,8 +218,8 @@ def calibrate_evaluations(cfg: SweepConfig, architectures: list[str], device, st
     per_task: dict[tuple[str, str], float] = {}
     for arch in architectures:
         torch.manual_seed(0)
-        model = build_model(ModelConfig(kind="vae", architecture=arch, z_dim=6, layers=1,
-                                        hidden_dim=256, dataset_size=len(data.train_indices)))
+        vae = TrialSpec("dsprites_generated", "vae", 1.0, 1, 6, 0)
+        model = build_model(model_config_for(vae, TrainConfig(architecture=arch, hidden_dim=256), data))
         model.set_mean_image(mean_image)
         model.to(device).train()
         optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -294,54 +289,21 @@ def plan_sweep(cfg: SweepConfig, specs: list[TrialSpec], gpus: float = 8, gpu_sp
     folder, whose attack rows give the evaluations per attack when it has some."""
     import torch
 
-    from models.errors import UserError
-
-    if gpus <= 0:
-        raise UserError("--gpus must be > 0")
-    if evals_per_attack is not None and evals_per_attack <= 0:
-        raise UserError("--evals-per-attack must be > 0")
-    if calibration_steps < 0:
-        raise UserError("--calibration-steps must be >= 0")
+    _check_plan_arguments(gpus, evals_per_attack, calibration_steps)
     device, device_name = _device()
     on_gpu = device.type == "cuda"
     threads = max(1, int(cfg.resources.cpus_per_trial))
     if not on_gpu:
         torch.set_num_threads(threads)
     speedup = 1.0 if on_gpu else (gpu_speedup or 1.0)
-    z_dim = max(cfg.grid.z_dims)
-    started = time.perf_counter()
-
-    # The grid's shapes; per (architecture, channels) measure the shallowest and the deepest.
-    shapes = Counter(shape_of(cfg, s) for s in specs)
-    kinds_at: dict[Shape, set[str]] = defaultdict(set)
-    for s in specs:
-        kinds_at[shape_of(cfg, s)].add(s.model)
-    families = sorted({(sh.architecture, sh.channels) for sh in shapes})
-    step_cost: dict[tuple[str, int], dict[int, float]] = {}
-    eval_cost: dict[tuple[str, int], dict[str, float]] = {}
-    for arch, channels in families:
-        depths = sorted(sh.layers for sh in shapes if (sh.architecture, sh.channels) == (arch, channels))
-        measured = {}
-        for depth in sorted({depths[0], depths[-1]}):
-            shape = Shape(arch, channels, depth)
-            kind = _costliest(kinds_at[shape], depth)
-            measured[depth] = measure_step(cfg, shape, kind, z_dim, device, steps)
-        step_cost[(arch, channels)] = measured
-        deepest = Shape(arch, channels, depths[-1])
-        eval_cost[(arch, channels)] = {
-            f"{mode}/{sim}": measure_evaluation(cfg, deepest, _costliest(kinds_at[deepest], deepest.layers), z_dim, device, mode, sim)
-            for mode, sim in cfg.attack.tasks()
-        }
-    measure_seconds = time.perf_counter() - started
-    counts = evaluation_counts(cfg, sorted({a for a, _ in families}), device, out=out,
+    costs = measure_costs(cfg, specs, device, steps)
+    counts = evaluation_counts(cfg, sorted({a for a, _ in costs.families}), device, out=out,
                                evals_per_attack=evals_per_attack, calibration_steps=calibration_steps)
 
-    attacks_per_task = cfg.attack.n_pairs * len(cfg.attack.resolved_lams())
-    lines = []
     where = (f"GPU {device_name}" if on_gpu else
              f"CPU {device_name}, {threads} thread(s) = cpus_per_trial, no GPU present")
-    lines.append(f"plan for {gpus:g} GPUs, measured on this device: {where} (torch {torch.__version__}, "
-                 f"{measure_seconds:.0f}s of measurement)")
+    lines = [f"plan for {gpus:g} GPUs, measured on this device: {where} (torch {torch.__version__}, "
+             f"{costs.seconds:.0f}s of measurement)"]
     if on_gpu:
         lines.append("  GPU figures are measured on this GPU")
     elif gpu_speedup:
@@ -350,35 +312,108 @@ def plan_sweep(cfg: SweepConfig, specs: list[TrialSpec], gpus: float = 8, gpu_sp
     else:
         lines.append("  no GPU here: the figures are this CPU's, i.e. they assume a GPU is no faster "
                      "(pass --gpu-speedup X, X = GPU images/s / CPU images/s from benchmarks/train_step.py)")
-    lines.append("")
-    lines.append(f"  training ({cfg.train.steps:,} steps x batch {cfg.train.batch_size} per trial; "
-                 f"deepest and shallowest measured, depths between interpolated)")
-    header = f"    {'architecture':12s} {'ch':>2s} {'L':>2s} {'trials':>6s} {'s/step':>8s} {'h/trial':>8s} {'GPU-h':>10s}"
-    lines.append(header)
+    train_lines, train_hours, longest = _training_lines(cfg, costs, speedup)
+    attack_lines, attack_hours = _attack_lines(cfg, specs, costs, counts, speedup)
+    return "\n".join([*lines, "", *train_lines, "", *attack_lines, "",
+                      *_total_lines(cfg, specs, gpus, train_hours, attack_hours, longest)])
+
+
+def _check_plan_arguments(gpus: float, evals_per_attack: float | None, calibration_steps: int) -> None:
+    from models.errors import UserError
+
+    if gpus <= 0:
+        raise UserError("--gpus must be > 0")
+    if evals_per_attack is not None and evals_per_attack <= 0:
+        raise UserError("--evals-per-attack must be > 0")
+    if calibration_steps < 0:
+        raise UserError("--calibration-steps must be >= 0")
+
+
+Family = tuple[str, int]  # (architecture, image channels): the models a cost is measured for
+
+
+@dataclass(frozen=True)
+class Costs:
+    """What ``measure_costs`` measured on this device, in seconds."""
+
+    shapes: Counter         # Shape -> trials of the grid with it
+    step: dict[Family, dict[int, float]]          # per training step, at the measured depths
+    evaluation: dict[Family, dict[str, float]]    # per attack evaluation, by "mode/similarity"
+    seconds: float          # how long measuring took
+
+    @property
+    def families(self) -> list[Family]:
+        return sorted({(sh.architecture, sh.channels) for sh in self.shapes})
+
+
+def measure_costs(cfg: SweepConfig, specs: list[TrialSpec], device, steps: int) -> Costs:
+    """Per (architecture, channels) of the grid: a training step at its shallowest and deepest
+    depth, and an evaluation of each attack task on its deepest model."""
+    started = time.perf_counter()
+    z_dim = max(cfg.grid.z_dims)
+    shapes = Counter(shape_of(cfg, s) for s in specs)
+    trials_at: dict[Shape, list[TrialSpec]] = defaultdict(list)
+    for s in specs:
+        trials_at[shape_of(cfg, s)].append(s)
+    step_cost: dict[Family, dict[int, float]] = {}
+    eval_cost: dict[Family, dict[str, float]] = {}
+    for arch, channels in sorted({(sh.architecture, sh.channels) for sh in shapes}):
+        depths = sorted(sh.layers for sh in shapes if (sh.architecture, sh.channels) == (arch, channels))
+        step_cost[(arch, channels)] = {
+            depth: measure_step(cfg, _timed_trial(trials_at[Shape(arch, channels, depth)], z_dim), device, steps)
+            for depth in sorted({depths[0], depths[-1]})}
+        deepest = _timed_trial(trials_at[Shape(arch, channels, depths[-1])], z_dim)
+        eval_cost[(arch, channels)] = {f"{mode}/{sim}": measure_evaluation(cfg, deepest, device, mode, sim)
+                                       for mode, sim in cfg.attack.tasks()}
+    return Costs(shapes, step_cost, eval_cost, time.perf_counter() - started)
+
+
+def _timed_trial(trials: list[TrialSpec], z_dim: int) -> TrialSpec:
+    """The trial to time for a shape, at the grid's widest z: one of the kind whose decoder
+    reads the most layers (the kinds' objectives cost the same; Seatbelt's decoder input is L
+    times wider)."""
+    layers = trials[0].layers
+    kind = max(sorted({t.model for t in trials}), key=lambda name: len(kinds.get(name).decoded_layers(layers)))
+    return dataclasses.replace(next(t for t in trials if t.model == kind), z_dim=z_dim)
+
+
+def _training_lines(cfg: SweepConfig, costs: Costs, speedup: float) -> tuple[list[str], float, float]:
+    """The training table, its GPU-hours and the longest trial's hours."""
+    lines = [f"  training ({cfg.train.steps:,} steps x batch {cfg.train.batch_size} per trial; "
+             f"deepest and shallowest measured, depths between interpolated)",
+             f"    {'architecture':12s} {'ch':>2s} {'L':>2s} {'trials':>6s} {'s/step':>8s} {'h/trial':>8s} "
+             f"{'GPU-h':>10s}"]
     train_hours, longest = 0.0, 0.0
+    shapes = costs.shapes
     for shape in sorted(shapes, key=lambda sh: (sh.architecture, sh.channels, sh.layers)):
-        per_step = _interpolate(step_cost[(shape.architecture, shape.channels)], shape.layers) / speedup
+        measured = costs.step[(shape.architecture, shape.channels)]
+        per_step = _interpolate(measured, shape.layers) / speedup
         hours = per_step * cfg.train.steps / 3600
         longest = max(longest, hours)
         train_hours += hours * shapes[shape]
-        mark = "" if shape.layers in step_cost[(shape.architecture, shape.channels)] else "*"
+        mark = "" if shape.layers in measured else "*"
         lines.append(f"    {shape.architecture:12s} {shape.channels:2d} {shape.layers:2d} {shapes[shape]:6d} "
                      f"{per_step:7.3f}{mark or ' '} {hours:8.2f} {hours * shapes[shape]:10,.1f}")
     lines.append("    (* interpolated)")
     evaluation_batches = (cfg.train.eval_size + len(cfg.train.noise_sigmas) * cfg.train.noise_samples) / cfg.train.batch_size
     lines.append(f"    evaluation after training: ~{evaluation_batches:.0f} forward batches per trial, "
                  f"{100 * evaluation_batches / cfg.train.steps:.2f}% of the steps: left out")
+    return lines, train_hours, longest
 
-    lines.append("")
-    lines.append(f"  attacks ({attacks_per_task:,} per (checkpoint, mode): {cfg.attack.n_pairs} pairs x "
-                 f"{len(cfg.attack.resolved_lams())} lambdas; solver {cfg.attack.solver})")
-    lines.append(f"    evaluations per attack: {counts.source}")
-    lines.append(f"    {'architecture':12s} {'ch':>2s} {'mode':14s} {'checkpoints':>11s} {'evals':>6s} {'ms/eval':>8s} "
-                 f"{'s/attack':>9s} {'GPU-h':>10s}")
+
+def _attack_lines(cfg: SweepConfig, specs: list[TrialSpec], costs: Costs, counts: EvaluationCounts,
+                  speedup: float) -> tuple[list[str], float]:
+    """The attack table and its GPU-hours."""
+    attacks_per_task = cfg.attack.n_pairs * len(cfg.attack.resolved_lams())
+    lines = [f"  attacks ({attacks_per_task:,} per (checkpoint, mode): {cfg.attack.n_pairs} pairs x "
+             f"{len(cfg.attack.resolved_lams())} lambdas; solver {cfg.attack.solver})",
+             f"    evaluations per attack: {counts.source}",
+             f"    {'architecture':12s} {'ch':>2s} {'mode':14s} {'checkpoints':>11s} {'evals':>6s} {'ms/eval':>8s} "
+             f"{'s/attack':>9s} {'GPU-h':>10s}"]
     attack_hours = 0.0
     checkpoints = Counter((shape_of(cfg, s).architecture, shape_of(cfg, s).channels) for s in specs)
-    for family in families:
-        for task, seconds in eval_cost[family].items():
+    for family in costs.families:
+        for task, seconds in costs.evaluation[family].items():
             per_eval = seconds / speedup
             evals = counts.per_task[(family[0], task)]
             per_attack = per_eval * evals
@@ -387,28 +422,26 @@ def plan_sweep(cfg: SweepConfig, specs: list[TrialSpec], gpus: float = 8, gpu_sp
             lines.append(f"    {family[0]:12s} {family[1]:2d} {task:14s} {checkpoints[family]:11d} "
                          f"{evals:6.0f} {1000 * per_eval:8.2f} {per_attack:9.2f} {hours:10,.1f}")
     lines.append("    (ms/eval on the deepest model of the architecture: an upper estimate for shallower ones)")
+    return lines, attack_hours
 
+
+def _total_lines(cfg: SweepConfig, specs: list[TrialSpec], gpus: float, train_hours: float,
+                 attack_hours: float, longest: float) -> list[str]:
     total = train_hours + attack_hours
     train_wall = max(train_hours / gpus, longest)
     attack_wall = attack_hours / gpus
-    lines.append("")
-    lines.append(f"  total: {len(specs)} trials, {len(specs) * attacks_per_task * len(cfg.attack.tasks()):,} attacks")
-    lines.append(f"    GPU-hours: {train_hours:,.1f} training + {attack_hours:,.1f} attacks = {total:,.1f} "
-                 f"(training {100 * train_hours / max(total, 1e-12):.0f}%, "
-                 f"attacks {100 * attack_hours / max(total, 1e-12):.0f}%)")
-    lines.append(f"    wall time on {gpus:g} GPUs: {_duration(train_wall)} training (the longest trial alone: "
-                 f"{_duration(longest)}) + {_duration(attack_wall)} attacks = {_duration(train_wall + attack_wall)}")
+    attacks = len(specs) * cfg.attack.n_pairs * len(cfg.attack.resolved_lams()) * len(cfg.attack.tasks())
+    lines = [f"  total: {len(specs)} trials, {attacks:,} attacks",
+             f"    GPU-hours: {train_hours:,.1f} training + {attack_hours:,.1f} attacks = {total:,.1f} "
+             f"(training {100 * train_hours / max(total, 1e-12):.0f}%, "
+             f"attacks {100 * attack_hours / max(total, 1e-12):.0f}%)",
+             f"    wall time on {gpus:g} GPUs: {_duration(train_wall)} training (the longest trial alone: "
+             f"{_duration(longest)}) + {_duration(attack_wall)} attacks = {_duration(train_wall + attack_wall)}"]
     res = cfg.resources
     if res.gpus_per_trial and res.gpus_per_trial < 1:
         lines.append(f"    (trials ask for {res.gpus_per_trial:g} GPU: {int(1 / res.gpus_per_trial)} share a GPU, "
                      "which helps only while one trial leaves the GPU idle; the estimate assumes perfect packing)")
-    return "\n".join(lines)
-
-
-def _costliest(names: set[str], layers: int) -> str:
-    """The kind to time at a depth: the one whose decoder reads the most layers (the kinds'
-    objectives cost the same; Seatbelt's decoder input is L times wider)."""
-    return max(sorted(names), key=lambda name: len(kinds.get(name).decoded_layers(layers)))
+    return lines
 
 
 def _interpolate(points: dict[int, float], depth: int) -> float:

@@ -26,12 +26,12 @@ import ray
 import torch
 from ray import tune
 
-from models import ModelConfig, build_model, load_checkpoint, save_checkpoint
+from models import build_model, load_checkpoint, save_checkpoint
 from models.device import prepare_for_training
 from models.speed import TrainingPrecision, adam, configure_device
 from results import layout, schema
 from results.store import Store, local_tmp_dir
-from sweep.config import DataConfig, SweepConfig, TrainConfig
+from sweep.config import DataConfig, SweepConfig, TrainConfig, model_config_for
 from sweep.data import load_dataset
 from sweep.evaluate import evaluate
 from sweep.health import HealthConfig, verdict
@@ -107,24 +107,6 @@ def training_pixel_statistics(dataset) -> tuple[torch.Tensor, float]:
 def dataset_for(trial: TrialSpec, data: DataConfig):
     name = trial.dataset
     return cached_dataset(name, data.data_dirs.get(name), data.size, data.split_seed, data.held_out)
-
-
-def model_config_for(trial: TrialSpec, train: TrainConfig, dataset) -> ModelConfig:
-    return ModelConfig(
-        kind=trial.model,
-        architecture=train.architecture_for(trial.dataset),
-        channels=dataset.channels,
-        image_size=dataset.image_size,
-        z_dim=trial.z_dim,
-        layers=trial.layers,
-        beta=trial.beta,
-        likelihood=dataset.likelihood,
-        condition_on_x=train.condition_on_x,
-        free_bits=train.free_bits,
-        tc_estimator=train.tc_estimator,
-        dataset_size=len(dataset.train_indices),
-        hidden_dim=train.hidden_dim,
-    )
 
 
 def train_trial(config: dict[str, Any]) -> None:

@@ -74,6 +74,44 @@ def test_bad_value_error_lists_the_allowed_values():
         from_dict({"grid": {"datasets": ["imagenet"]}})
 
 
+DEEP = {"models": ["tcdlgm", "seatbelt"], "betas": [1.0, 4.0], "layers": [3]}  # every trial: L = 3
+
+
+@pytest.mark.parametrize("grid, free_bits", [
+    ({}, 0.5),
+    ({}, 2),
+    (DEEP, [0.5, 0.0, 1.0]),
+    (DEEP, [1, 0, 2]),
+])
+def test_free_bits_take_a_number_or_one_per_layer_and_reach_the_model(grid, free_bits):
+    from sweep.config import ModelData, model_config_for
+
+    cfg = from_dict({"grid": grid, "train": {"free_bits": free_bits}})
+    data = ModelData(channels=1, image_size=64, likelihood="bernoulli", train_size=1000)
+    for spec in expand_grid(cfg.grid):
+        model = model_config_for(spec, cfg.train, data).validate()
+        assert model.free_bits == free_bits
+        expected = [float(v) for v in free_bits] if isinstance(free_bits, list) else [float(free_bits)] * spec.layers
+        assert model.free_bits_per_layer == expected
+
+
+@pytest.mark.parametrize("grid, free_bits, words", [
+    ({}, -0.5, ">= 0"),
+    ({}, "1.0", ">= 0"),
+    ({}, True, ">= 0"),
+    (DEEP, [], "non-empty list"),
+    (DEEP, [0.5, -1.0, 0.0], ">= 0"),
+    (DEEP, [0.5, "x", 0.0], ">= 0"),
+    (DEEP, [0.5, 1.0], "has 2 values but trial dsprites_generated-tcdlgm-b1-L3-z10-s0 has layers = 3"),
+    ({"layers": [1, 2]}, [0.5, 1.0], "has 2 values but trial dsprites_generated-vae-b1-L1-z10-s0 has layers = 1"),
+])
+def test_free_bits_of_the_wrong_form_or_length_are_refused_by_name(grid, free_bits, words):
+    with pytest.raises(ConfigError) as error:
+        from_dict({"grid": grid, "train": {"free_bits": free_bits}})
+    message = str(error.value)
+    assert message.startswith(f"train.free_bits = {free_bits!r}: ") and words in message
+
+
 def test_toml_and_yaml_files_give_the_same_config(tmp_path):
     toml = tmp_path / "sweep.toml"
     toml.write_text('name = "mine"\n[grid]\nbetas = [1.0, 8.0]\nlayers = [1, 3]\n[attack]\nmodes = ["latent"]\n')
