@@ -33,7 +33,7 @@ def plugin_path(monkeypatch):
 def test_a_plugin_kind_is_one_registry_entry(plugin_path):
     from models import ModelConfig, build_model
     from sweep.config import from_dict
-    from sweep.trials import expand_grid
+    from sweep.config.trials import expand_grid
 
     cfg = from_dict({"plugins": ["betavae"], "grid": {"models": ["vae", "betavae"], "betas": [1.0, 4.0],
                                                       "layers": [1, 2], "z_dims": [4]}})

@@ -12,10 +12,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from sweep.cli import add_run_arguments, run_cli, run_options
+from sweep.cli.options import add_run_arguments, run_cli, run_options
 from sweep.config import SweepConfig, load_file
-from sweep.presets import PRESETS, preset
-from sweep.trials import TrialSpec, expand_grid
+from sweep.config.presets import PRESETS, preset
+from sweep.config.trials import TrialSpec, expand_grid
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     specs = expand_grid(cfg.grid)
     if args.plan:
-        from sweep.plan import plan_sweep
+        from sweep.cli.plan import plan_sweep
 
         print(describe(cfg, specs, listing=False))
         print()
@@ -121,14 +121,14 @@ def run(args: argparse.Namespace) -> int:
                          calibration_steps=args.calibration_steps))
         return 0
     if args.dry_run:
-        from sweep.pipeline import missing_data_paths
+        from sweep.cli.pipeline import missing_data_paths
 
         print(describe(cfg, specs))
         for problem in missing_data_paths(cfg):  # the sweep may be meant for another machine
             print(f"warning: {problem} (on this machine)", file=sys.stderr)
         return 0
 
-    from sweep.pipeline import run_pipeline
+    from sweep.cli.pipeline import run_pipeline
 
     out = args.out or str(Path("sweeps") / cfg.name)
     options = run_options(args, worker_env=tuple(args.worker_env), reuse_out=args.reuse_out,

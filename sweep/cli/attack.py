@@ -12,10 +12,10 @@ import sys
 
 from results import layout
 from results.store import Store
-from sweep.cli import RunOptions, add_run_arguments, run_cli, run_options
-from sweep.cluster import connect, shutdown
+from sweep.cli.options import RunOptions, add_run_arguments, run_cli, run_options
 from sweep.config import SweepConfig, read_results_config
-from sweep.lock import hold
+from sweep.infra.cluster import connect, shutdown
+from sweep.infra.lock import hold
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,9 +34,9 @@ def run(out: str, options: RunOptions) -> int:
 
 
 def _attack(cfg: SweepConfig, store: Store, options: RunOptions) -> int:
-    from sweep.fanout import run_attacks
-    from sweep.tracking import open_tracker
-    from sweep.training import finished_trials
+    from sweep.fanout.stage import run_attacks
+    from sweep.infra.tracking import open_tracker
+    from sweep.train.training import finished_trials
 
     tracker = None
     if options.tracking and store.exists(layout.TRACKING_JSON):  # a sweep run without MLflow has none

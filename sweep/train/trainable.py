@@ -32,11 +32,11 @@ from models.speed import TrainingPrecision, adam, configure_device
 from results import layout, schema
 from results.store import Store, local_tmp_dir
 from sweep.config import DataConfig, SweepConfig, TrainConfig, model_config_for
+from sweep.config.plugins import import_plugins
+from sweep.config.trials import TrialSpec
 from sweep.data import load_dataset
-from sweep.evaluate import evaluate
-from sweep.health import HealthConfig, verdict
-from sweep.plugins import import_plugins
-from sweep.trials import TrialSpec
+from sweep.train.evaluate import evaluate
+from sweep.train.health import HealthConfig, verdict
 
 MODEL_FILE = "model.pt"
 OPTIMIZER_FILE = "optimizer.pt"
