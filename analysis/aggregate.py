@@ -1,7 +1,7 @@
 """The paper's aggregations of the sweep's results.
 
 Only **healthy** trials enter an aggregate (``status == "ok"`` and ``health == "healthy"``, see
-``sweep.health``): a model that never left the mean-image plateau, or whose encoder collapsed,
+``sweep.train.health``): a model that never left the mean-image plateau, or whose encoder collapsed,
 looks robust for reasons that have nothing to do with robustness. ``left_out`` names the others
 and why; the claims (``analysis.claims``) say "not measured" where a side has no healthy trial.
 

@@ -747,8 +747,8 @@ def fig_reconstructions(
         f"Held-out inputs (the first input–target pairs' inputs) and their reconstructions (decoder mean at the "
         f"deterministic encoding), for {shown} of {total} attacked trials in {len(settings)} settings: one row per "
         "setting (model kind, β, L), its seeds side by side; the label under each seed gives that trial's health "
-        "(sweep.health; red: not healthy). A model on the mean-image plateau draws the same blur for every input. "
-        "Unhealthy trials appear only here and in the Training health table.",
+        "(sweep.train.health; red: not healthy). A model on the mean-image plateau draws the same blur for every "
+        "input. Unhealthy trials appear only here and in the Training health table.",
     )
 
 

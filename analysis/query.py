@@ -39,7 +39,7 @@ from results.schema import GRID_FIELDS
 
 __all__ = ["Clause", "parse_where", "to_mlflow_filter", "query_runs", "main"]
 
-GRID_PARAMS = (*GRID_FIELDS, "trial_id")  # the MLflow params of a trial's run (sweep.tracking)
+GRID_PARAMS = (*GRID_FIELDS, "trial_id")  # the MLflow params of a trial's run (sweep.infra.tracking)
 _PREFIXES = ("params", "metrics", "tags", "attributes")
 
 _TOKEN = re.compile(

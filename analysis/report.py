@@ -419,7 +419,7 @@ def _health_section(train: pd.DataFrame, excluded: pd.DataFrame, c: _Content) ->
             "Training health",
             "Every finished trial: held-out ELBO (nats per image) against the mean-image model's log-likelihood on the "
             "same images (the plateau where training starts), active units per layer (Burda et al. 2016: Cov_x(E_q[z]) "
-            "> 0.01), and the verdict of sweep.health. Only healthy trials enter the figures and the claims.",
+            "> 0.01), and the verdict of sweep.train.health. Only healthy trials enter the figures and the claims.",
             "<table><tr><th>trial</th><th>health</th><th>ELBO</th><th>mean image</th><th>active units</th>"
             f"<th>why</th></tr>{''.join(rows)}</table>"))
     unhealthy = excluded.loc[~excluded["health"].isin(["failed", "diverged"])] if not excluded.empty else excluded

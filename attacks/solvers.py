@@ -28,7 +28,7 @@ __all__ = ["SolveResult", "Solver", "ScipyLBFGSB", "SOLVERS", "get_solver", "sol
 class Solver(Protocol):
     name: str
     # True: solve() runs its problems together in one batch (a task gives it many pairs x
-    # lambdas, sweep.config / sweep.plan); False: one problem at a time (a task per pair).
+    # lambdas, sweep.config / sweep.cli.plan); False: one problem at a time (a task per pair).
     batched: bool
 
     def solve(self, objective: ObjectiveFn, d0: Tensor, lower: Tensor, upper: Tensor,

@@ -61,11 +61,11 @@ from models import build_model, load_checkpoint  # noqa: E402
 from results.schema import TRAIN_ELBO  # noqa: E402
 from results.vocabulary import DEFAULT_SIMILARITY, KL, LATENT  # noqa: E402
 from sweep.config import TrainConfig, model_config_for  # noqa: E402
-from sweep.evaluate import (active_units, elbo_parts, logvar_at_bound,  # noqa: E402
+from sweep.train.evaluate import (active_units, elbo_parts, logvar_at_bound,  # noqa: E402
                             mean_image_loglik, posteriors, recon_r2)
-from sweep.health import verdict  # noqa: E402
-from sweep.trainable import training_pixel_statistics  # noqa: E402
-from sweep.trials import TrialSpec  # noqa: E402
+from sweep.config.trials import TrialSpec  # noqa: E402
+from sweep.train.health import verdict  # noqa: E402
+from sweep.train.trainable import training_pixel_statistics  # noqa: E402
 
 MODES = tuple(DEFAULT_SIMILARITY.items())  # each mode with its default similarity: latent kl, output elbo
 MIN_PROBLEMS = 100          # problems per line the bar needs

@@ -51,10 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from results.store import Store
-    from sweep.cluster import connect, shutdown
     from sweep.config import read_results_config
-    from sweep.fanout import plan_tasks, run_tasks
-    from sweep.training import finished_trials
+    from sweep.fanout.stage import run_tasks
+    from sweep.fanout.tasks import plan_tasks
+    from sweep.infra.cluster import connect, shutdown
+    from sweep.train.training import finished_trials
 
     with tempfile.TemporaryDirectory(prefix="fanout-bench-") as tmp:
         scratch = Path(tmp)

@@ -15,9 +15,9 @@ On this 2-core CPU that is ~14 minutes per million images per model (one core ea
 2048), so the default run takes most of a day; ``--images`` shortens it, and a re-run resumes.
 Every ``--eval-every`` images it prints one curve line per model:
 
-* MIG on ``--eval-images`` held-out images (``sweep.evaluate.mig_factors``, Chen et al.'s four
+* MIG on ``--eval-images`` held-out images (``sweep.train.evaluate.mig_factors``, Chen et al.'s four
   factors: scale, orientation, x, y), and each factor's best I(z_j; v_k) in nats with its gap;
-* the held-out ELBO (``sweep.evaluate.elbo_parts``, nats per image) and recon_r2;
+* the held-out ELBO (``sweep.train.evaluate.elbo_parts``, nats per image) and recon_r2;
 * minutes so far.
 
 It writes under DIR, per model: ``<kind>-b<beta>.pt`` (the final model, loadable with
@@ -51,7 +51,7 @@ from models.device import prepare_for_training  # noqa: E402
 from models.speed import TrainingPrecision, adam, configure_device  # noqa: E402
 from results.schema import TRAIN_ELBO  # noqa: E402
 from sweep.data import load_dataset  # noqa: E402
-from sweep.evaluate import elbo_parts, mean_gap, mig_factors, posteriors, recon_r2  # noqa: E402
+from sweep.train.evaluate import elbo_parts, mean_gap, mig_factors, posteriors, recon_r2  # noqa: E402
 
 DATASET = "dsprites_generated"
 HELD_OUT = 0.05     # 36,864 held-out images, of which --eval-images are scored

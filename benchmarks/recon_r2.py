@@ -1,9 +1,9 @@
 """How much of the held-out pixel variance the models' reconstructions explain (``recon_r2``).
 
-``recon_r2`` = 1 − Σ‖rec(x) − x‖² / Σ‖mean image − x‖² (``sweep.evaluate.recon_r2``) is the
-health rule that serves every likelihood (``sweep.health``, ``min_recon_r2``). This prints it, per
+``recon_r2`` = 1 − Σ‖rec(x) − x‖² / Σ‖mean image − x‖² (``sweep.train.evaluate.recon_r2``) is the
+health rule that serves every likelihood (``sweep.train.health``, ``min_recon_r2``). This prints it, per
 model and number of training steps, with the held-out ELBO, its gain over the mean-image model,
-the active units and the sweep's verdict (``sweep.health.verdict``), then a summary line per step
+the active units and the sweep's verdict (``sweep.train.health.verdict``), then a summary line per step
 count: ``recon_r2`` min / median / max and how many models are healthy. The README's table
 ("Training and model health") comes from these three commands:
 
@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import build_model  # noqa: E402
 from results.schema import TRAIN_ELBO  # noqa: E402
-from sweep.health import HEALTHY, verdict  # noqa: E402
+from sweep.train.health import HEALTHY, verdict  # noqa: E402
 
 DSPRITES_MODELS = [("vae", 1.0, 1), ("tcvae", 1.0, 1), ("tcvae", 6.0, 1), ("tcdlgm", 1.0, 2),
                    ("tcdlgm", 6.0, 2), ("seatbelt", 1.0, 2), ("seatbelt", 6.0, 2)]
@@ -92,10 +92,10 @@ def _train(model, batches, optimizer, done: int, target: int) -> int:
 
 def dsprites(steps: list[int], seeds: list[int], offset: bool, results: dict) -> None:
     from sweep.config import model_config_for
-    from sweep.evaluate import evaluate
-    from sweep.presets import smoke
-    from sweep.trainable import cached_dataset, training_pixel_statistics
-    from sweep.trials import TrialSpec
+    from sweep.config.presets import smoke
+    from sweep.config.trials import TrialSpec
+    from sweep.train.evaluate import evaluate
+    from sweep.train.trainable import cached_dataset, training_pixel_statistics
 
     cfg = smoke()
     data = cached_dataset("dsprites_generated", None, cfg.data.size, cfg.data.split_seed, cfg.data.held_out)
@@ -121,9 +121,9 @@ def dsprites(steps: list[int], seeds: list[int], offset: bool, results: dict) ->
 
 def folder(steps: list[int], seeds: list[int], offset: bool, results: dict) -> None:
     from sweep.config import TrainConfig
+    from sweep.config.trials import TrialSpec
     from sweep.data import load_dataset
-    from sweep.trainable import _evaluate, model_config_for, training_pixel_statistics
-    from sweep.trials import TrialSpec
+    from sweep.train.trainable import _evaluate, model_config_for, training_pixel_statistics
 
     root = shapes_folder(Path(tempfile.mkdtemp()) / "shapes")
     data = load_dataset("folder", data_dir=root, seed=0, held_out=0.25)

@@ -9,7 +9,7 @@ after warm-up, twice:
 
 * ``float32``: float32 throughout with torch's default (foreach) Adam, the path before issue 24
   (with today's TC estimator, which is also cheaper in float32);
-* ``default``: what ``sweep.trainable`` runs, ``TrainingPrecision.choose(..., "auto")`` and
+* ``default``: what ``sweep.train.trainable`` runs, ``TrainingPrecision.choose(..., "auto")`` and
   ``models.speed.adam``.
 
 Each row gives images/s, the step's FLOPs (matmuls and convolutions, forward + backward,
@@ -89,7 +89,7 @@ def time_steps(model, x, precision: TrainingPrecision, optimizer, warmup: int, i
 def measure(arch: str, kind: str, layers: int, beta: float, x, path: str, args) -> dict:
     torch.manual_seed(0)
     model = build_model(ModelConfig(kind=kind, layers=layers, beta=beta, architecture=arch))
-    model = prepare_for_training(model, x.device).train()   # as sweep.trainable trains it
+    model = prepare_for_training(model, x.device).train()   # as sweep.train.trainable trains it
     if path == "float32":
         precision, optimizer = TrainingPrecision(None, "cpu"), torch.optim.Adam(model.parameters(), lr=1e-3)
     else:

@@ -4,7 +4,7 @@
 
 Trains the smoke sweep's models (its data, widths, batch, learning rate and steps; one thread
 each, ``--workers`` at a time) under four variants and prints, per variant, how many models
-are healthy (``sweep.health.verdict``, the sweep's rules), their held-out ELBO against the
+are healthy (``sweep.train.health.verdict``, the sweep's rules), their held-out ELBO against the
 mean-image model and the share of the held-out pixel variance their reconstructions explain
 (``recon_r2``):
 
@@ -38,11 +38,11 @@ def run_one(job: tuple[str, str, float, int, int, int]) -> dict:
     from models import build_model
     from results.schema import TRAIN_ELBO
     from sweep.config import model_config_for
-    from sweep.evaluate import evaluate
-    from sweep.health import verdict
-    from sweep.presets import smoke
-    from sweep.trainable import cached_dataset, training_pixel_statistics
-    from sweep.trials import TrialSpec
+    from sweep.config.presets import smoke
+    from sweep.config.trials import TrialSpec
+    from sweep.train.evaluate import evaluate
+    from sweep.train.health import verdict
+    from sweep.train.trainable import cached_dataset, training_pixel_statistics
 
     torch.set_num_threads(1)
     cfg = smoke()
@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    from sweep.presets import smoke
+    from sweep.config.presets import smoke
 
     steps = args.steps or smoke().train.steps
     jobs = [(v, k, b, L, s, steps) for v in args.variants for s in args.seeds for (k, b, L) in MODELS]

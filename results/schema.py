@@ -44,7 +44,7 @@ TRAIN = pa.schema(IDENTITY + [
     ("images_per_s", pa.float64()),
     ("precision", pa.string()),  # float32 | bfloat16: what autocast trained it in (models.speed)
     ("node_id", pa.string()),  # the Ray node that trained it
-    ("health", pa.string()),   # healthy | plateau | collapsed (sweep.health)
+    ("health", pa.string()),   # healthy | plateau | collapsed (sweep.train.health)
     ("health_reason", pa.string()),
     ("eval_images", pa.int64()),
     (TRAIN_ELBO, pa.float64()),

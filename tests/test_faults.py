@@ -255,11 +255,11 @@ def test_worker_killed_during_attacks_tasks_are_retried(sweep, tmp_path, ray_tmp
     sys.path.insert(0, str(Path(ray.__file__).parent / "thirdparty_files"))
     import psutil
 
-    from sweep.cluster import connect, shutdown
-    from sweep.config import from_dict
-    from sweep.fanout import run_attacks
     from results.store import Store
-    from sweep.training import finished_trials
+    from sweep.config import from_dict
+    from sweep.fanout.stage import run_attacks
+    from sweep.infra.cluster import connect, shutdown
+    from sweep.train.training import finished_trials
 
     out, _ = copy_sweep(sweep, tmp_path)
     shutil.rmtree(out / "attacks")
@@ -371,9 +371,9 @@ def test_corrupt_attack_part_and_checkpoints_are_reported_and_handled(sweep, tmp
 
 @pytest.mark.slow
 def test_results_folder_of_another_config_is_refused_unless_reused(sweep, tmp_path, ray_tmp):
-    from sweep.config import load_file
-    from sweep.pipeline import check_results_folder
     from results.store import Store
+    from sweep.cli.pipeline import check_results_folder
+    from sweep.config import load_file
 
     out = tmp_path / "out"
     out.mkdir()

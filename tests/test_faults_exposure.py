@@ -37,7 +37,7 @@ def local_ray():
 
     import ray
 
-    from sweep.cluster import connect, shutdown
+    from sweep.infra.cluster import connect, shutdown
     from tests.sweep_helpers import short_tmp_dir
 
     ray_tmp = short_tmp_dir()

@@ -34,7 +34,7 @@ def attack_task_nodes(address: str) -> set[str]:
     import ray
     from ray._private import state
 
-    from sweep.cluster import _keep_loopback
+    from sweep.infra.cluster import _keep_loopback
 
     _keep_loopback(address)
     ray.init(address=address, logging_level="WARNING", log_to_driver=False)

@@ -64,7 +64,7 @@ def test_plan_prints_trials_attacks_costs_and_gpu_hours(tmp_path):
 def test_gpu_requests_fall_back_to_cpu_only_when_no_gpu_can_ever_come(monkeypatch):
     import ray
 
-    import sweep.cluster as cluster
+    import sweep.infra.cluster as cluster
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})
     monkeypatch.setattr(cluster, "max_autoscaled", lambda resource: 16.0)  # a `ray up` cluster

@@ -277,8 +277,8 @@ def test_results_folder_lock_on_s3_is_a_conditional_write(s3_env, monkeypatch, c
     import socket as socket_module
 
     from models.errors import UserError
-    from sweep import lock
     from results.store import Store
+    from sweep.infra import lock
 
     store = Store(f"s3://{BUCKET}/sweeps/locked")
     with lock.hold(store) as record:

@@ -9,8 +9,8 @@ import pytest
 
 from models.errors import ConfigError
 from sweep.config import SweepConfig, from_dict, load_file
-from sweep.presets import paper, repro, repro_full, smoke
-from sweep.trials import expand_grid
+from sweep.config.presets import paper, repro, repro_full, smoke
+from sweep.config.trials import expand_grid
 
 
 def test_model_kinds_expand_only_where_they_exist():

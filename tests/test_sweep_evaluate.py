@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sweep.evaluate import mig
+from sweep.train.evaluate import mig
 
 
 def _grid(sizes, repeats):
@@ -106,7 +106,7 @@ class _Reconstructs:
 def test_recon_r2_against_closed_forms():
     """1 - sum ||rec(x) - x||^2 / sum ||m - x||^2, over batches: 1 for perfect reconstructions,
     0 for the mean image m, 1 - a^2 for rec = x + a (m - x), the same whatever the batch size."""
-    from sweep.evaluate import recon_r2
+    from sweep.train.evaluate import recon_r2
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(10, 1, 4, 4, generator=g)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from sweep.fanout import FanoutTiming
+from sweep.fanout.stage import FanoutTiming
 
 
 @pytest.mark.parametrize("tasks, slots, ideal", [
@@ -60,7 +60,7 @@ ROW = {"trial_id": "t1", "status": "ok", "dataset": "d", "model": "vae", "beta":
 
 
 def test_plan_attacks_only_the_pairs_no_file_covers(tmp_path):
-    from sweep.fanout import plan_tasks
+    from sweep.fanout.tasks import plan_tasks
 
     # written by an earlier run with 2 pairs per task, one file truncated since
     store = _store_with(tmp_path, {"latent-kl-p000-001.parquet": None,
@@ -76,7 +76,7 @@ def test_plan_attacks_only_the_pairs_no_file_covers(tmp_path):
 
 
 def test_default_task_size_follows_the_solver(tmp_path):
-    from sweep.fanout import plan_tasks
+    from sweep.fanout.tasks import plan_tasks
 
     store = _store_with(tmp_path, {})
     scipy_tasks, _ = plan_tasks(_config(n_pairs=4, pairs_per_task=None), {"t1": ROW}, store)
@@ -90,7 +90,7 @@ def test_task_size_asks_the_solver_what_it_is(tmp_path, monkeypatch):
     """A solver added to the registry under any name is asked whether it batches (its
     ``batched`` attribute), not recognised by the name "batched"."""
     from attacks import solvers
-    from sweep.fanout import plan_tasks
+    from sweep.fanout.tasks import plan_tasks
 
     class OneBatch(solvers.ScipyLBFGSB):
         name, batched = "my-lbfgs", True
@@ -104,7 +104,7 @@ def test_task_size_asks_the_solver_what_it_is(tmp_path, monkeypatch):
 
 def test_relpath_parses_back():
     from attacks.objectives import LATENT_SIMILARITIES
-    from sweep.fanout import AttackTask
+    from sweep.fanout.tasks import AttackTask
 
     for mode, similarity in [("latent", s) for s in LATENT_SIMILARITIES] + [("output", "elbo")]:
         task = AttackTask({"trial_id": "dsprites-seatbelt-b6-L2-z6-s0"}, mode, similarity, (7, 8, 9))

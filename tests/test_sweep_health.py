@@ -13,8 +13,8 @@ import torch
 from benchmarks.recon_r2 import shapes_folder
 from models import ModelConfig, build_model
 from sweep.data import load_dataset
-from sweep.evaluate import Posteriors, active_units, evaluate, logvar_at_bound, mean_image_loglik
-from sweep.health import COLLAPSED, HEALTHY, PLATEAU, HealthConfig, classify, verdict
+from sweep.train.evaluate import Posteriors, active_units, evaluate, logvar_at_bound, mean_image_loglik
+from sweep.train.health import COLLAPSED, HEALTHY, PLATEAU, HealthConfig, classify, verdict
 
 
 @pytest.fixture(scope="module")
@@ -234,8 +234,8 @@ def test_on_a_gaussian_folder_dataset_a_trained_model_is_healthy_and_an_untraine
     its evaluation and verdict) on a folder of grey shapes: 150 steps give a healthy β-TCDLGM,
     the same model untrained is on the plateau."""
     from sweep.config import TrainConfig
-    from sweep.trainable import _evaluate, model_config_for, training_pixel_statistics
-    from sweep.trials import TrialSpec
+    from sweep.config.trials import TrialSpec
+    from sweep.train.trainable import _evaluate, model_config_for, training_pixel_statistics
 
     data = load_dataset("folder", data_dir=shapes_folder(tmp_path / "shapes"), seed=0, held_out=0.25)
     assert data.likelihood == "gaussian"

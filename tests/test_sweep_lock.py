@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from models.errors import UserError
-from sweep.cluster import auto_address, probe
-from sweep.lock import LOCK_FILE, hold
-from sweep.progress import Progress
 from results.store import Store
+from sweep.infra.cluster import auto_address, probe
+from sweep.infra.lock import LOCK_FILE, hold
+from sweep.infra.progress import Progress
 
-HOLD = ("import sys, time\nfrom sweep.lock import hold\nfrom results.store import Store\n"
+HOLD = ("import sys, time\nfrom sweep.infra.lock import hold\nfrom results.store import Store\n"
         "with hold(Store(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(600)\n")
 
 

@@ -15,10 +15,10 @@ import torch
 
 from results import schema
 from sweep.config import load_file
-from sweep.plan import (calibrate_evaluations, evaluation_counts, evaluations_from_rows,
+from sweep.cli.plan import (calibrate_evaluations, evaluation_counts, evaluations_from_rows,
                         plan_sweep)
 from results.store import Store
-from sweep.trials import expand_grid
+from sweep.config.trials import expand_grid
 from tests.sweep_helpers import write_config
 
 CPU = torch.device("cpu")

@@ -28,8 +28,8 @@ import uuid
 from typing import Any, Iterator
 from urllib.parse import parse_qs
 
-from results.errors import UserError
 from results import layout
+from results.errors import UserError
 from results.store import Store
 
 LOCK_FILE = layout.LOCK

@@ -20,7 +20,7 @@ import numpy as np
 
 from results import layout
 from results.store import Store, local_tmp_dir
-from sweep.tracking import Tracker
+from sweep.infra.tracking import Tracker
 
 CHECKPOINT_DIR = "checkpoint"
 RECONSTRUCTIONS = "reconstructions.png"

@@ -15,13 +15,13 @@ from results import layout, records, schema
 from results.errors import UserError
 from results.store import Store
 from results.vocabulary import LATENT, OUTPUT
-from sweep import run_artifacts
-from sweep.cli import RunOptions
-from sweep.cluster import connect, place_on_gpus, shutdown
+from sweep.cli.options import RunOptions
 from sweep.config import SweepConfig
-from sweep.lock import hold
-from sweep.tracking import Tracker, open_tracker
-from sweep.trials import TrialSpec
+from sweep.config.trials import TrialSpec
+from sweep.infra import run_artifacts
+from sweep.infra.cluster import connect, place_on_gpus, shutdown
+from sweep.infra.lock import hold
+from sweep.infra.tracking import Tracker, open_tracker
 
 TRAIN_METRICS = (schema.TRAIN_ELBO, "elbo_mean_image", "recon_loglik", "recon_r2", "index_code_mi", "tc", "dim_kl",
                  "mig", "encoder_l2", "decoder_l2", "clean_loglik_mean", "noise_loglik_mean",
@@ -56,7 +56,7 @@ def _run_pipeline(cfg: SweepConfig, specs: list[TrialSpec], store: Store, option
         print(line, file=sys.stderr if line.startswith("warning") else sys.stdout, flush=True)
     status = "FAILED"
     try:
-        from sweep.training import finished_trials, run_training
+        from sweep.train.training import finished_trials, run_training
 
         run_training(cfg, specs, store, tracker)
         rows = finished_trials(store)
@@ -65,7 +65,7 @@ def _run_pipeline(cfg: SweepConfig, specs: list[TrialSpec], store: Store, option
             run_artifacts.log_checkpoints(tracker, store, rows)
         attack_failures: dict[str, str] = {}
         if options.attacks:
-            from sweep.fanout import run_attacks
+            from sweep.fanout.stage import run_attacks
 
             attack_failures = run_attacks(cfg, store, rows, tracker) or {}
             if tracker is not None:
@@ -214,7 +214,7 @@ def print_summary(cfg: SweepConfig, store: Store, specs: list[TrialSpec],
 
 
 def _attack_means(store: Store) -> dict[str, dict[str, float]]:
-    from sweep.fanout import read_attack_rows
+    from sweep.fanout.stage import read_attack_rows
 
     frame = read_attack_rows(store, ["trial_id", "mode", "objective"])
     if frame is None:

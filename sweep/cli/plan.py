@@ -32,8 +32,8 @@ from pathlib import Path
 
 from results import kinds
 from sweep.config import ModelData, SweepConfig, TrainConfig, model_config_for
+from sweep.config.trials import TrialSpec
 from sweep.data import dataset_spec
-from sweep.trials import TrialSpec
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def measure_step(cfg: SweepConfig, trial: TrialSpec, device, steps: int) -> floa
     from models.device import prepare_for_training
     from models.speed import TrainingPrecision, adam, configure_device
 
-    # Timed as sweep.trainable trains it (layout, precision, optimiser), so the plan's estimate
+    # Timed as sweep.train.trainable trains it (layout, precision, optimiser), so the plan's estimate
     # matches the real steps.
     configure_device(device)
     model = prepare_for_training(_model(cfg, trial), device)

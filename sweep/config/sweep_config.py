@@ -1,6 +1,6 @@
 """The typed sweep config: a grid declared as data, plus training, attack and resource settings.
 
-A config comes from a preset (``sweep.presets``) or a TOML/YAML file; both are plain data, parsed
+A config comes from a preset (``sweep.config.presets``) or a TOML/YAML file; both are plain data, parsed
 with ``tomllib`` / ``yaml.safe_load`` (never anything that executes code). ``validate`` imports
 the config's ``plugins``, then checks every field against the registries (model kinds,
 datasets, architectures, latent similarities) and raises ``ConfigError`` naming the field and
@@ -27,10 +27,10 @@ from results import validation as check
 from results.errors import ConfigError
 from results.records import GridConfig
 from results.store import Store
+from sweep.config.plugins import import_plugins
+from sweep.config.trials import TrialSpec, expand_grid
 from sweep.data import IMAGE_SIZE, dataset_names, dataset_spec
-from sweep.health import HealthConfig
-from sweep.plugins import import_plugins
-from sweep.trials import TrialSpec, expand_grid
+from sweep.train.health import HealthConfig
 
 AUTO = "auto"  # train.architecture: the dataset's own (its DatasetSpec.architecture)
 
@@ -89,7 +89,7 @@ class ModelData:
 
     @classmethod
     def planned(cls, name: str) -> "ModelData":
-        """For a cost estimate, without reading the dataset (``sweep.plan``): its registered
+        """For a cost estimate, without reading the dataset (``sweep.cli.plan``): its registered
         channels. The likelihood is only known once the images are read (binary ones are
         Bernoulli), so colour is taken as Gaussian and greyscale as Bernoulli; N is a stand-in.
         Neither changes what a training step costs."""
@@ -99,7 +99,7 @@ class ModelData:
 
 def model_config_for(trial: TrialSpec, train: TrainConfig, dataset) -> ModelConfig:
     """The model a trial trains: the one way from the sweep's configs to a ``ModelConfig``
-    (the trainable, ``sweep.plan`` and the benchmarks all build theirs here). ``dataset``: the
+    (the trainable, ``sweep.cli.plan`` and the benchmarks all build theirs here). ``dataset``: the
     loaded dataset, or its ``ModelData`` where none is loaded."""
     data = dataset if isinstance(dataset, ModelData) else ModelData.of(dataset)
     return ModelConfig(
@@ -146,7 +146,7 @@ class ResourceConfig:
 @dataclass
 class SweepConfig:
     name: str = "smoke"
-    plugins: list[str] = field(default_factory=list)  # modules imported first (sweep.plugins)
+    plugins: list[str] = field(default_factory=list)  # modules imported first (sweep.config.plugins)
     grid: GridConfig = field(default_factory=GridConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

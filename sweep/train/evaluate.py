@@ -2,7 +2,7 @@
 
 ELBO and its named parts against the mean-image model, the share of pixel variance the
 reconstructions explain, active units and log-variances at their bound per layer (the inputs of
-``sweep.health``), the noise robustness of the paper's Fig. 7,
+``sweep.train.health``), the noise robustness of the paper's Fig. 7,
 the weight norms of its Table 1, and the MIG disentanglement score where the dataset has
 ground-truth factors.
 """

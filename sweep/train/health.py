@@ -4,7 +4,7 @@ A model that did not learn still gets attacked, and its numbers look like result
 stuck on the mean image is perfectly robust to noise, and an encoder whose variances froze at
 their bound makes the KL between two posteriors, hence Δ_latent, as large as one likes. The
 analysis therefore draws no conclusion from a trial that is not ``healthy``; this module gives
-the verdict from the evaluation columns of its ``train/`` row (``sweep.evaluate``):
+the verdict from the evaluation columns of its ``train/`` row (``sweep.train.evaluate``):
 
 * ``collapsed``: the encoder tells the decoder nothing, i.e. no active unit (Burda et al. 2016)
   in any layer the decoder reads; or none in the layer β acts on (a hierarchy's top layer z^L,

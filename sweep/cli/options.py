@@ -15,7 +15,7 @@ from results.errors import UserError
 class RunOptions:
     """How a sweep (or its attack stage) runs, as its command line says."""
 
-    cluster: str = "auto"             # auto | local | a Ray address (sweep.cluster.connect)
+    cluster: str = "auto"             # auto | local | a Ray address (sweep.infra.cluster.connect)
     num_cpus: int | None = None       # of a local Ray instance (None: all)
     ray_temp_dir: str | None = None   # of a local Ray instance
     worker_env: tuple[str, ...] = ()  # more environment variables every Ray worker gets

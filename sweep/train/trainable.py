@@ -32,11 +32,11 @@ from models.speed import TrainingPrecision, adam, configure_device
 from results import layout, schema
 from results.store import Store, local_tmp_dir
 from sweep.config import DataConfig, SweepConfig, TrainConfig, model_config_for
+from sweep.config.plugins import import_plugins
+from sweep.config.trials import TrialSpec
 from sweep.data import load_dataset
-from sweep.evaluate import evaluate
-from sweep.health import HealthConfig, verdict
-from sweep.plugins import import_plugins
-from sweep.trials import TrialSpec
+from sweep.train.evaluate import evaluate
+from sweep.train.health import HealthConfig, verdict
 
 MODEL_FILE = "model.pt"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -113,74 +113,102 @@ def train_trial(config: dict[str, Any]) -> None:
     """Tune function trainable; ``config`` is one trial's ``TrialSetup.param_space``."""
     import_plugins(config.get("plugins", ()))  # before any kind, dataset or architecture is named
     setup = TrialSetup.from_dict(config)
-    trial, train = setup.trial, setup.train
     store = Store(setup.out)
-    if _already_finished(store, trial.trial_id):
+    if _already_finished(store, setup.trial.trial_id):
         # A driver killed after this trial wrote its results resumes it as unfinished:
         # report and stop rather than train it again.
-        tune.report({"step": train.steps, "status": "ok"})
+        tune.report({"step": setup.train.steps, "status": "ok"})
         return
     torch.set_num_threads(max(1, int(setup.cpus)))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dataset = dataset_for(trial, setup.data)
+    dataset = dataset_for(setup.trial, setup.data)
+    run = _start(setup, dataset, device)
+    if _train(setup, dataset, run, device):  # False: it diverged, and says so in its train row
+        _finish(setup, store, dataset, run)
 
-    model = build_model(model_config_for(trial, train, dataset))
+
+@dataclass
+class _Run:
+    """What the steps of ``train_trial`` hand on: the model, its optimiser and precision, and how
+    far training got (``seconds``: training time so far, a resumed trial's earlier runs included)."""
+
+    model: Any
+    optimizer: Any
+    precision: TrainingPrecision
+    step: int = 0
+    seconds: float = 0.0
+
+
+def _start(setup: TrialSetup, dataset, device: torch.device) -> _Run:
+    """A new model and optimiser, or the ones of the trial's latest Tune checkpoint."""
+    train = setup.train
+    model = build_model(model_config_for(setup.trial, train, dataset))
     model.set_mean_image(training_pixel_statistics(dataset)[0])
     model = prepare_for_training(model, device)   # channels_last for conv nets (issue 15)
     precision = TrainingPrecision.choose(model, device, train.precision)
     configure_device(device)
     lr = setup.learning_rate()
-    optimizer = adam(model.parameters(), lr, device)
-    step, seconds = 0, 0.0
+    run = _Run(model, adam(model.parameters(), lr, device), precision)
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
-            model, step, extra = load_checkpoint(Path(folder) / MODEL_FILE, map_location=device)
-            model = prepare_for_training(model, device)
-            model.train()
-            optimizer = adam(model.parameters(), lr, device)
-            optimizer.load_state_dict(torch.load(Path(folder) / OPTIMIZER_FILE, weights_only=True))
-            seconds = extra.get("seconds", 0.0)
+            model, run.step, extra = load_checkpoint(Path(folder) / MODEL_FILE, map_location=device)
+            run.model = prepare_for_training(model, device)
+            run.model.train()
+            run.optimizer = adam(run.model.parameters(), lr, device)
+            run.optimizer.load_state_dict(torch.load(Path(folder) / OPTIMIZER_FILE, weights_only=True))
+            run.seconds = extra.get("seconds", 0.0)
+    return run
 
+
+def _train(setup: TrialSetup, dataset, run: _Run, device: torch.device) -> bool:
+    """Train to ``train.steps``, reporting and checkpointing to Tune; False if the loss diverged."""
+    trial, train, model, optimizer = setup.trial, setup.train, run.model, run.optimizer
     # The batch stream is a function of (seed, step), so a resumed trial sees the batches it
     # would have seen without the interruption.
-    generator = torch.Generator().manual_seed(trial.seed * 1_000_003 + step)
-    torch.manual_seed(trial.seed * 7919 + step)
+    generator = torch.Generator().manual_seed(trial.seed * 1_000_003 + run.step)
+    torch.manual_seed(trial.seed * 7919 + run.step)
     started = time.perf_counter()
-    while step < train.steps:
+    while run.step < train.steps:
         x = dataset.sample_batch(generator, train.batch_size, split="train").to(device)
-        with precision.autocast():
+        with run.precision.autocast():
             out = model.objective(x)
         if not torch.isfinite(out.loss):
-            _finish_diverged(setup, step, seconds + time.perf_counter() - started, float(out.loss))
-            return
+            _finish_diverged(setup, run.step, run.seconds + time.perf_counter() - started, float(out.loss))
+            return False
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
-        step += 1
+        run.step += 1
+        step = run.step
         if step % train.report_every == 0 or step % train.checkpoint_every == 0:
             metrics = {"step": step, "loss": float(out.loss),
                        **{f"train_{k}": float(v) for k, v in out.parts.items()}}
             if step % train.checkpoint_every == 0 and step < train.steps:
-                elapsed = seconds + time.perf_counter() - started
+                elapsed = run.seconds + time.perf_counter() - started
                 with tempfile.TemporaryDirectory(dir=local_tmp_dir()) as folder:
                     _save(folder, model, optimizer, step, elapsed)
                     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
             else:
                 tune.report(metrics)
+    run.seconds += time.perf_counter() - started
+    return True
 
-    seconds += time.perf_counter() - started
+
+def _finish(setup: TrialSetup, store: Store, dataset, run: _Run) -> None:
+    """Evaluate the trained model and write its results: model file, noise rows, train row last."""
+    trial, train, step, seconds = setup.trial, setup.train, run.step, run.seconds
     images_per_s = (train.steps * train.batch_size) / max(seconds, 1e-9)
-    row, noise_rows = _evaluate(model, dataset, train, trial, setup.data.split_seed)
+    row, noise_rows = _evaluate(run.model, dataset, train, trial, setup.data.split_seed)
     if not all(math.isfinite(v) for v in (row[schema.TRAIN_ELBO], row["recon_loglik"])):
         _finish_diverged(setup, step, seconds, row[schema.TRAIN_ELBO], what="held-out ELBO")
         return
-    row["health"], row["health_reason"] = verdict(row, model, setup.health)
-    row.update(setup.identity, status="ok", reason="", steps=step, seconds=seconds,
-               images_per_s=images_per_s, precision=precision.name, node_id=ray.get_runtime_context().get_node_id())
+    row["health"], row["health_reason"] = verdict(row, run.model, setup.health)
+    row.update(setup.identity, status="ok", reason="", steps=step, seconds=seconds, images_per_s=images_per_s,
+               precision=run.precision.name, node_id=ray.get_runtime_context().get_node_id())
 
     with tempfile.TemporaryDirectory(dir=local_tmp_dir()) as folder:
-        _save(folder, model, optimizer, step, seconds)
+        _save(folder, run.model, run.optimizer, step, seconds)
         store.upload_file(Path(folder) / MODEL_FILE, layout.checkpoint_file(trial.trial_id))
         store.write_table(layout.noise_file(trial.trial_id),
                           schema.table([{**setup.identity, **r} for r in noise_rows], schema.NOISE))

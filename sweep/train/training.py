@@ -17,9 +17,9 @@ from ray import tune  # noqa: E402
 from results import layout, schema
 from results.store import Store, local_tmp_dir
 from sweep.config import SweepConfig
-from sweep.progress import Progress
-from sweep.tracking import Tracker
-from sweep.trials import TrialSpec
+from sweep.config.trials import TrialSpec
+from sweep.infra.progress import Progress
+from sweep.infra.tracking import Tracker
 
 TUNE_NAME = layout.TUNE
 
@@ -81,7 +81,7 @@ def run_training(cfg: SweepConfig, specs: list[TrialSpec], store: Store, tracker
 
 
 def _trainable(cfg: SweepConfig):
-    from sweep.trainable import train_trial  # torch, imported when a stage trains
+    from sweep.train.trainable import train_trial  # torch, imported when a stage trains
 
     res = cfg.resources
     return tune.with_resources(train_trial, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial,
@@ -89,7 +89,7 @@ def _trainable(cfg: SweepConfig):
 
 
 def _new_tuner(cfg: SweepConfig, pending: list[TrialSpec], store: Store) -> tune.Tuner:
-    from sweep.trainable import TrialSetup
+    from sweep.train.trainable import TrialSetup
 
     res = cfg.resources
     return tune.Tuner(

@@ -8,15 +8,10 @@ from __future__ import annotations
 import dataclasses
 
 from attacks.config import AttackConfig
-from sweep.config import (
-    DataConfig,
-    ResourceConfig,
-    GridConfig,
-    SweepConfig,
-    TrainConfig,
-)
 from models.errors import ConfigError
 from results.kinds import BUILT_IN
+from results.records import GridConfig
+from sweep.config.sweep_config import DataConfig, ResourceConfig, SweepConfig, TrainConfig
 
 
 def _paper_kinds() -> list[str]:
