@@ -134,9 +134,9 @@ def test_the_driver_chains_each_pairs_lambdas():
     model = LinearGaussianVAE()
     src, tgt = images(2, 20), images(2, 21)
     lams = [0.0, 0.25, 1.0, 4.0, 16.0]
-    common = dict(maxiter=500, maxfun=1000, lams=tuple(lams))
+    common = dict(maxiter=500, maxfun=1000, lams=tuple(lams), solver="scipy")
     args = (model, src, tgt, [7, 8], [1, 2], [3, 4], lams, "latent", "kl")
-    cold, _ = run_attacks(*args, AttackConfig(**common), seed=5)
+    cold, _ = run_attacks(*args, AttackConfig(**common, warm_start=()), seed=5)
     warm, _ = run_attacks(*args, AttackConfig(**common, warm_start=("latent",), warm_chain=2), seed=5)
     # a mode not listed starts cold
     other, _ = run_attacks(*args, AttackConfig(**common, warm_start=("output",), warm_chain=2), seed=5)

@@ -35,9 +35,13 @@ def identity(cfg, trial: int) -> dict:
             "beta": 1.0, "layers": 1, "z_dim": 4, "seed": 0}
 
 
-def attack_row(cfg, trial: int, mode: str, evaluations: int, solver: str = "scipy") -> dict:
+def other_solver(cfg) -> str:
+    return "scipy" if cfg.attack.solver == "batched" else "batched"
+
+
+def attack_row(cfg, trial: int, mode: str, evaluations: int, solver: str | None = None) -> dict:
     return {**identity(cfg, trial), "mode": mode, "similarity": "kl" if mode == "latent" else "elbo",
-            "pair": 0, "lam": 1.0, "solver": solver, "iterations": evaluations - 1,
+            "pair": 0, "lam": 1.0, "solver": solver or cfg.attack.solver, "iterations": evaluations - 1,
             "evaluations": evaluations, "seconds": 0.1}
 
 
@@ -70,7 +74,7 @@ def test_plan_uses_the_mean_of_the_sweeps_attack_rows_and_says_so(tmp_path, cfg)
     rows = [attack_row(cfg, 0, "latent", 10), attack_row(cfg, 0, "latent", 21),
             attack_row(cfg, 1, "latent", 41), attack_row(cfg, 0, "output", 60),
             attack_row(cfg, 1, "output", 81),
-            attack_row(cfg, 1, "latent", 5000, solver="batched")]  # another solver: left out
+            attack_row(cfg, 1, "latent", 5000, solver=other_solver(cfg))]  # another solver: left out
     store.write_table("attacks/t0/latent.parquet", schema.table(rows[:2], schema.ATTACKS))
     store.write_table("attacks/t1/all.parquet", schema.table(rows[2:], schema.ATTACKS))
     write_old_attack_file(store, cfg, "attacks/t9/latent.parquet")  # no evaluations: skipped
@@ -80,7 +84,7 @@ def test_plan_uses_the_mean_of_the_sweeps_attack_rows_and_says_so(tmp_path, cfg)
 
     text = plan_sweep(cfg, expand_grid(cfg.grid), gpus=2, out=str(tmp_path / "out"))
     assert ("evaluations per attack: measured: the mean over this sweep's 5 attack rows "
-            f"({store.uri_of('attacks')}, solver scipy)") in text
+            f"({store.uri_of('attacks')}, solver {cfg.attack.solver})") in text
     assert "calibrated" not in text
     assert evals_column(text) == {"latent/kl": 24.0, "output/elbo": 70.0}  # 70.5 printed as %.0f
     assert re.search(r"GPU-hours: [\d.,]+ training \+ [\d.,]+ attacks = [\d.,]+ "
@@ -109,11 +113,11 @@ def test_no_usable_rows_falls_back_to_calibration(tmp_path, cfg, case):
             write_old_attack_file(store, cfg, "attacks/t0.parquet")
         elif case == "another solver":
             store.write_table("attacks/t0.parquet", schema.table(
-                [attack_row(cfg, 0, m, 10, solver="batched") for m in ("latent", "output")], schema.ATTACKS))
+                [attack_row(cfg, 0, m, 10, solver=other_solver(cfg)) for m in ("latent", "output")], schema.ATTACKS))
     counts, why_not = evaluations_from_rows(cfg, str(out))
     assert counts is None
     expected = {"other config": "holds another sweep config's results (fingerprint 0123456789abcdef",
-                "no folder": "no results folder"}.get(case, "has no attack rows with evaluations (solver scipy)")
+                "no folder": "no results folder"}.get(case, f"has no attack rows with evaluations (solver {cfg.attack.solver})")
     assert expected in why_not
 
     counts = evaluation_counts(cfg, ["mlp"], CPU, out=str(out), calibration_steps=2)
@@ -128,7 +132,7 @@ def test_calibration_gives_a_positive_count_per_architecture_and_mode_and_the_pl
     assert all(math.isfinite(v) and v >= 1 for v in counts.per_task.values())
     # the tiny config stops at maxiter 8: a mean of at most a few evaluations per iteration
     assert all(v <= 8 * cfg.attack.maxiter for v in counts.per_task.values())
-    assert "trained 2 steps on generated dSprites, solver scipy" in counts.source
+    assert f"trained 2 steps on generated dSprites, solver {cfg.attack.solver}" in counts.source
 
     text = plan_sweep(cfg, expand_grid(cfg.grid), gpus=2, out=str(tmp_path / "nowhere"), calibration_steps=2)
     assert (f"evaluations per attack: calibrated (no results folder {tmp_path / 'nowhere'}): "
