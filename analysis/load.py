@@ -48,7 +48,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from analysis.errors import AnalysisError, AnalysisWarning
-from results import layout, schema
+from results import layout, records, schema
 from results.errors import UserError
 from results.store import Store
 
@@ -316,8 +316,12 @@ def read_tracking(out_dir: Location) -> dict | None:
 
 
 def read_sweep_config(out_dir: Location) -> dict | None:
-    """``sweep.json`` (the resolved config, ``results.records``), None if absent."""
-    return _read_json(results_dir(out_dir), layout.SWEEP_JSON, "sweep's resolved config")
+    """``sweep.json`` (the resolved config, ``results.records``), None if absent. The units it
+    records for the sweep's similarities are registered here, so a plugin similarity's Δ is
+    labelled in its unit without importing the plugin."""
+    config = _read_json(results_dir(out_dir), layout.SWEEP_JSON, "sweep's resolved config")
+    records.register_recorded_units(config)
+    return config
 
 
 def iter_gallery_images(row: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:

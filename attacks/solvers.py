@@ -19,7 +19,7 @@ from torch import Tensor
 
 from attacks.lbfgsb import BatchedLBFGSB
 from attacks.result import NONFINITE_VALUE, ObjectiveFn, SolveResult
-from attacks.warm import COLD, solve_order, successors
+from attacks.warm import COLD, solve_order, start_from, successors
 from results.errors import ConfigError
 
 __all__ = ["SolveResult", "Solver", "ScipyLBFGSB", "SOLVERS", "get_solver", "solves_in_batches", "ObjectiveFn"]
@@ -71,8 +71,9 @@ class ScipyLBFGSB:
             lo = lower[p].detach().double().cpu().numpy().ravel()
             hi = upper[p].detach().double().cpu().numpy().ravel()
             prev = COLD if after is None else int(after[p])
-            begin = d0[p].detach().double().cpu().numpy().ravel() if prev == COLD else finals.pop(prev)
-            start = np.clip(begin, lo, hi)
+            start = np.clip(d0[p].detach().double().cpu().numpy().ravel(), lo, hi)
+            if prev != COLD:
+                start = start_from(np.clip(finals.pop(prev), lo, hi), start)
 
             def fun(v: np.ndarray, p=p):
                 d = torch.as_tensor(v, dtype=dtype, device=device).reshape((1,) + shape)

@@ -17,11 +17,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from results import kinds, layout
+from results import kinds, layout, vocabulary
 from results.errors import UserError
 from results.store import Store
 
 FINGERPRINT = "fingerprint"
+SIMILARITY_UNITS = "similarity_units"
 TRACKING_KEYS = ("tracking_uri", "experiment_name", "experiment_id", "parent_run_id")
 
 
@@ -37,18 +38,31 @@ class GridConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
 
 
-def sweep_record(config: dict[str, Any], fingerprint: str) -> dict[str, Any]:
-    """What ``sweep.json`` holds: the config with its fingerprint. The config must have a
-    ``name`` and a ``grid`` of exactly ``GridConfig``'s fields."""
+def sweep_record(config: dict[str, Any], fingerprint: str,
+                 units: dict[str, str] | None = None) -> dict[str, Any]:
+    """What ``sweep.json`` holds: the config with its fingerprint and, if given, the unit of
+    each attack similarity it uses (so the analysis labels a plugin similarity without
+    importing the plugin). The config must have a ``name`` and a ``grid`` of exactly
+    ``GridConfig``'s fields."""
     grid = config.get("grid")
     axes = {f.name for f in dataclasses.fields(GridConfig)}
     if not isinstance(config.get("name"), str) or not isinstance(grid, dict) or set(grid) != axes:
         raise ValueError(f"a sweep record needs a name and a grid with the fields {sorted(axes)}")
-    return {**config, FINGERPRINT: fingerprint}
+    return {**config, FINGERPRINT: fingerprint, **({SIMILARITY_UNITS: dict(units)} if units else {})}
 
 
-def write_sweep(store: Store, config: dict[str, Any], fingerprint: str) -> None:
-    store.write_json(layout.SWEEP_JSON, sweep_record(config, fingerprint))
+def write_sweep(store: Store, config: dict[str, Any], fingerprint: str,
+                units: dict[str, str] | None = None) -> None:
+    store.write_json(layout.SWEEP_JSON, sweep_record(config, fingerprint, units))
+
+
+def register_recorded_units(record: Any) -> None:
+    """Register the similarity units a ``sweep.json`` record carries that this process does
+    not know yet (a plugin similarity whose module is not imported here)."""
+    units = record.get(SIMILARITY_UNITS) if isinstance(record, dict) else None
+    for name, unit in (units.items() if isinstance(units, dict) else ()):
+        if name not in vocabulary.similarity_names() and isinstance(unit, str) and unit:
+            vocabulary.register_similarity_unit(name, unit)
 
 
 def read_sweep(store: Store) -> tuple[dict[str, Any], str | None]:
@@ -64,6 +78,7 @@ def read_sweep(store: Store) -> tuple[dict[str, Any], str | None]:
     if not isinstance(record, dict):
         raise UserError(f"{where} should hold a JSON object, found {type(record).__name__}")
     record = dict(record)
+    record.pop(SIMILARITY_UNITS, None)   # derived from the config, not part of it
     return record, record.pop(FINGERPRINT, None)
 
 

@@ -77,6 +77,40 @@ def lambda_paths(pairs: int, lams: list[float], n: int = 40, seed: int = 0):
 LAMS = [0.0, 0.1, 0.3, 1.0, 3.0]
 
 
+def kinked_paths(lams: list[float], n: int = 30):
+    """Δ_λ(d) = ½‖d − t‖² + λ‖d‖ on the box [0, 1]^n, as an attack's distance term: its minimiser
+    is (1 − λ/‖t‖)·t for λ < ‖t‖ and exactly d = 0, the kink, for λ >= ‖t‖."""
+    t = torch.linspace(0.05, 0.3, n, dtype=torch.float64)
+    lam = torch.tensor(lams, dtype=torch.float64)
+
+    def objective(d, idx):
+        idx = torch.as_tensor(list(idx))
+        return 0.5 * ((d - t) ** 2).sum(1) + lam[idx] * torch.linalg.vector_norm(d, dim=1)
+
+    P = len(lams)
+    return objective, torch.zeros(P, n, dtype=torch.float64), torch.ones(P, n, dtype=torch.float64), t
+
+
+@pytest.mark.parametrize("solver", ["scipy", "batched"])
+def test_a_neighbour_that_stayed_at_zero_gives_a_cold_start(solver):
+    """A warm start from a larger λ whose attack did not pay (its end is d = 0) is no warm start:
+    the problem starts from its own d0, exactly as a cold run solves it, and reaches the
+    closed-form minimiser; a neighbour that moved away from 0 is still followed."""
+    lams = [100.0, 0.5, 0.2]             # ‖t‖ ≈ 1.0: d* = 0 at λ = 100, away from 0 below
+    objective, lo, hi, t = kinked_paths(lams)
+    d0 = torch.full((3, t.numel()), 1e-3, dtype=torch.float64)
+    cfg = AttackConfig(memory=5, factr=1e1, pgtol=1e-9)
+    after = warm_start_predecessors([0] * 3, [0] * 3, lams, 3)     # 100 -> 0.5 -> 0.2
+    warm = get_solver(solver).solve(objective, d0, lo, hi, cfg, after=after)
+    cold = get_solver(solver).solve(objective, d0, lo, hi, cfg)
+    assert float(warm.d[0].abs().max()) < 1e-6                       # the kink
+    assert warm.evaluations[1] == cold.evaluations[1] and torch.equal(warm.d[1], cold.d[1])
+    for p, lam in ((1, 0.5), (2, 0.2)):
+        want = (1 - lam / float(t.norm())) * t
+        assert torch.allclose(warm.d[p], want, atol=1e-5), p
+    assert warm.evaluations[2] < cold.evaluations[2]                 # followed its neighbour
+
+
 def test_scipy_warm_start_is_scipy_from_the_previous_solution():
     """Problem by problem, the solver's result is scipy.optimize's L-BFGS-B started from the
     clipped end point of the problem before it in the chain (an independent computation)."""
@@ -94,9 +128,11 @@ def test_scipy_warm_start_is_scipy_from_the_previous_solution():
 
     ends = {}
     for p in solve_order(after, P).tolist():
-        start = d0[p].numpy() if after[p] == COLD else ends[int(after[p])]
         bounds = scipy.optimize.Bounds(lo[p].numpy(), hi[p].numpy())
-        r = scipy.optimize.minimize(fun, np.clip(start, bounds.lb, bounds.ub), args=(p,), jac=True,
+        start = np.clip(d0[p].numpy(), bounds.lb, bounds.ub)
+        if after[p] != COLD and np.linalg.norm(ends[int(after[p])]) > np.linalg.norm(start):
+            start = ends[int(after[p])]   # the neighbour's minimum, unless it stayed at 0
+        r = scipy.optimize.minimize(fun, start, args=(p,), jac=True,
                                     method="L-BFGS-B", bounds=bounds,
                                     options=dict(maxcor=5, ftol=1e7 * np.finfo(float).eps, gtol=1e-6))
         ends[p] = np.clip(r.x, bounds.lb, bounds.ub)

@@ -4,6 +4,7 @@ of model kinds, the folder's encodings beside their parsers, and no import circl
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import subprocess
 import sys
@@ -216,3 +217,22 @@ def test_no_mode_or_similarity_literal_outside_the_vocabulary():
             found += [f"{path.relative_to(REPO)}:{line}: {word!r}" for line, word in lines]
     assert not found, ("mode or similarity literals outside results/vocabulary.py (use its constants, "
                        "or results.schema.TRAIN_ELBO for the held-out ELBO column):\n" + "\n".join(found))
+
+
+def test_sweep_json_carries_similarity_units_for_an_analysis_without_the_plugin(tmp_path, monkeypatch):
+    """The sweep records each similarity's unit in sweep.json; the analysis, which never imports
+    a plugin (it would pull in torch), registers the ones it does not know from there, and
+    reading the config back for a resume ignores them."""
+    from analysis.load import read_sweep_config
+    from results import records, vocabulary
+    from results.store import Store
+
+    monkeypatch.setattr(vocabulary, "_UNITS", dict(vocabulary._UNITS))   # forget it afterwards
+    config = {"name": "s", "grid": dataclasses.asdict(records.GridConfig())}
+    store = Store(str(tmp_path))
+    records.write_sweep(store, config, "f" * 16, {"kl": "nats", "plugin_sim": "pixel L1 distance"})
+    with pytest.raises(vocabulary.UnknownSimilarity):
+        vocabulary.unit_of("plugin_sim")
+    read_sweep_config(str(tmp_path))
+    assert vocabulary.unit_of("plugin_sim") == "pixel L1 distance" and vocabulary.unit_of("kl") == "nats"
+    assert records.read_sweep(store) == (config, "f" * 16)

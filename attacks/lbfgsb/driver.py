@@ -21,7 +21,7 @@ from attacks.lbfgsb.slots import (_DIRECTION, _SEARCH, _START, _Slots, _follow_f
                                   _history_pass, _projected_gradient_norm, _store_products)
 from attacks.lbfgsb.subspace import subspace_step
 from attacks.result import NONFINITE_VALUE, ObjectiveFn, SolveResult
-from attacks.warm import COLD, successors
+from attacks.warm import COLD, start_from, successors
 
 # scipy's messages (task and task_msg of setulb, as scipy.optimize.minimize reports them)
 MSG_FTOL = "CONVERGENCE: RELATIVE REDUCTION OF F <= FACTR*EPSMCH"
@@ -185,7 +185,8 @@ class _Run:
             self.res_conv[p] = int(code) in _CONVERGED
             nxt = self.successor.get(int(p))
             if nxt is not None:   # its warm start: this end point, first in the queue
-                self.x0[nxt] = torch.minimum(torch.maximum(s.x[int(slot)], self.lo[nxt]), self.hi[nxt])
+                end = torch.minimum(torch.maximum(s.x[int(slot)], self.lo[nxt]), self.hi[nxt])
+                self.x0[nxt] = start_from(end, self.x0[nxt])
                 self.ready.appendleft(nxt)
         s.pid[done] = -1
         self.admit(s, np.flatnonzero(s.pid < 0))

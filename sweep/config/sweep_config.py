@@ -22,7 +22,7 @@ import yaml
 
 from attacks.config import AttackConfig
 from models.config import ARCHITECTURES, PRECISIONS, TC_ESTIMATORS, ModelConfig
-from results import kinds, layout, records
+from results import kinds, layout, records, vocabulary
 from results import validation as check
 from results.errors import ConfigError
 from results.records import GridConfig
@@ -176,7 +176,8 @@ class SweepConfig:
 
     def save(self, store: Store) -> None:
         """Write ``sweep.json`` (the contract's shape, ``results.records``) into a results folder."""
-        records.write_sweep(store, self.to_dict(), self.fingerprint())
+        units = {sim: vocabulary.unit_of(sim) for _, sim in self.attack.tasks()}
+        records.write_sweep(store, self.to_dict(), self.fingerprint(), units)
 
 
 def read_results_config(store: Store) -> SweepConfig:
