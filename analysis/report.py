@@ -61,6 +61,7 @@ REPORT_ATTACK_COLUMNS = [
     "lam", "objective", "distortion_l2", "adv_target_l2", "target_nll", "selected", "auddc", "auddc_reason",
     # issue 23's columns (null in older attack files: what reads them says so and skips)
     "distance", "objective_se", "delta_minimised", "delta_clean", "worse_than_clean", "budget_50", "budget_90",
+    "iterations",   # the sanity table's share stopped at maxiter
 ]
 NOISE_READ_COLUMNS = [*TRIAL_FIELDS, "sigma", "sample", "loglik"]
 
@@ -262,7 +263,7 @@ def _render(out: Store, dest: Path) -> None:
 
     _draw_figures(out, dest, f, c, draw)
     _claims_section(f, dest, c)
-    _sanity_section(f.attacks, c)
+    _sanity_section(f.attacks, c, _attack_maxiter(config))
     _thesis_section(f.attacks_h, f.train_h, similarity.get(LATENT), dest, c, draw)
     norms = agg.weight_norm_table(f.train_h)
     if not norms.empty:
@@ -321,10 +322,16 @@ def _claims_section(f: _Frames, dest: Path, c: _Content) -> None:
                         words + _claims_html(claims)))
 
 
-def _sanity_section(attacks: pd.DataFrame, c: _Content) -> None:
+def _attack_maxiter(config: dict | None) -> int | None:
+    """The sweep's attack iteration limit from ``sweep.json``, None if it does not say."""
+    value = ((config or {}).get("attack") or {}).get("maxiter")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _sanity_section(attacks: pd.DataFrame, c: _Content, maxiter: int | None = None) -> None:
     """The attack-path sanity table (``analysis.sanity``), right after the claims, on every
     attacked trial: a solver that stopped short shows on any model, healthy or not."""
-    table = sanity.attack_sanity(attacks)
+    table = sanity.attack_sanity(attacks, maxiter)
     if table.empty:
         return
     words = sanity.findings(table)
@@ -335,11 +342,13 @@ def _sanity_section(attacks: pd.DataFrame, c: _Content) -> None:
         f"<tr><td>{html.escape(str(r.mode))}</td><td>{r.pairs}</td><td>{r.lam_points}</td><td>{r.passing}</td>"
         f"<td class='{'bad' if r.below_bar else 'ok'}'>{100 * r.passing_share:.1f}%</td>"
         f"<td>{'–' if not np.isfinite(r.worse_than_clean) else int(r.worse_than_clean)}</td>"
-        f"<td>{_num(r.objective_over_minimised)}</td><td>{r.clean_fallback}</td></tr>" for r in table.itertuples())
+        f"<td>{_num(r.objective_over_minimised)}</td><td>{r.clean_fallback}</td>"
+        f"<td>{'–' if not np.isfinite(r.at_maxiter) else f'{100 * r.at_maxiter:.2f}%'}</td></tr>"
+        for r in table.itertuples())
     body = ("".join(f"<p>{html.escape(s)}</p>" for s in words)
             + "<table><tr><th>mode</th><th>pairs</th><th>λ-points</th><th>passing</th><th>share</th>"
             "<th>flagged worse than clean</th><th>median reported Δ / solver's Δ</th>"
-            f"<th>checked against Δ at the largest λ</th></tr>{rows}</table>")
+            f"<th>checked against Δ at the largest λ</th><th>stopped at maxiter</th></tr>{rows}</table>")
     c.tables.insert(1 if c.tables and c.tables[0][0].startswith("The paper") else 0,
                     ("Attack sanity", _sanity_caption(), body))
 
@@ -351,7 +360,8 @@ def _sanity_caption() -> str:
             "the largest Δ of the pair at a smaller λ. 'Flagged worse than clean': rows the attack step marked "
             "worse_than_clean (Δ above delta_clean + 3 Monte-Carlo standard errors). Median reported Δ / solver's "
             "Δ (output attack): the Δ on fresh noise draws over the Δ on the draws the solver minimised; above 1, "
-            "the distortion is tuned to the solver's own draws.")
+            "the distortion is tuned to the solver's own draws. Stopped at maxiter: attacks that hit the sweep's "
+            "iteration limit (attack.maxiter) instead of a tolerance; their Δ is an upper bound on the minimum.")
 
 
 def _normalise_train(train: pd.DataFrame, notes: list[str]) -> pd.DataFrame:

@@ -32,7 +32,7 @@ SLACK = 0.05      # relative slack of both bounds
 PASS_BAR = 0.98   # a mode below this share of passing λ-points is called out in the report
 
 _SANITY_COLUMNS = ["mode", "pairs", "lam_points", "passing", "passing_share", "below_bar", "clean_fallback",
-                   "worse_than_clean", "objective_over_minimised"]
+                   "worse_than_clean", "objective_over_minimised", "at_maxiter"]
 
 
 def _numeric(frame: pd.DataFrame, column: str) -> pd.Series:
@@ -86,12 +86,22 @@ def _objective_over_minimised(rows: pd.DataFrame) -> float:
     return float(ratio.median()) if ratio.size else float("nan")
 
 
-def attack_sanity(attacks: pd.DataFrame) -> pd.DataFrame:
+def _at_maxiter(rows: pd.DataFrame, maxiter: int | None) -> float:
+    """The share of attacks that stopped on the iteration limit rather than a tolerance (their Δ
+    is an upper bound on the minimum); NaN without the limit or the ``iterations`` column."""
+    iterations = _numeric(rows, "iterations")
+    if maxiter is None or not iterations.notna().any():
+        return float("nan")
+    return float((iterations.dropna() >= maxiter).mean())
+
+
+def attack_sanity(attacks: pd.DataFrame, maxiter: int | None = None) -> pd.DataFrame:
     """Per attack mode (latent first): ``pairs``, ``lam_points``, ``passing`` (λ-points that pass
     ``path_checks``), ``passing_share``, ``below_bar`` (share < ``PASS_BAR``), ``clean_fallback``
     (λ-points checked against the pair's Δ at its largest λ, ``delta_clean`` being null),
     ``worse_than_clean`` (rows the attack step flagged; NaN when the column is null) and
-    ``objective_over_minimised`` (output attacks only: the median reported Δ / solver's Δ)."""
+    ``objective_over_minimised`` (output attacks only: the median reported Δ / solver's Δ) and
+    ``at_maxiter`` (the share of attacks stopped by ``maxiter``, the sweep's iteration limit)."""
     points = path_checks(attacks)
     if points.empty or "mode" not in points.columns:
         return pd.DataFrame(columns=_SANITY_COLUMNS)
@@ -108,6 +118,7 @@ def attack_sanity(attacks: pd.DataFrame) -> pd.DataFrame:
             "passing": int(mine["passes"].sum()), "passing_share": share, "below_bar": share < PASS_BAR,
             "clean_fallback": int(mine["clean_fallback"].sum()), "worse_than_clean": _worse_than_clean(rows),
             "objective_over_minimised": _objective_over_minimised(rows) if mode == OUTPUT else float("nan"),
+            "at_maxiter": _at_maxiter(rows, maxiter),
         })
     return pd.DataFrame(out, columns=_SANITY_COLUMNS)
 

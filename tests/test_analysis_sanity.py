@@ -80,6 +80,16 @@ def test_attack_sanity_per_mode_by_hand():
     assert any(w.startswith("4 latent λ-points have no delta_clean") for w in words)
 
 
+def test_the_share_of_attacks_stopped_at_maxiter():
+    """Counted by hand: 2 of the 4 rows reached the limit of 100 (one went past it, as scipy's
+    maxfun can); without the limit or the column the share is unknown, not 0."""
+    rows = pd.DataFrame(_pair("t", "latent", 0, [0.0, 1.0, 2.0, 4.0], [1.0, 1.0, 1.0, 1.0], 1.0))
+    rows["iterations"] = [100, 7, 101, 99]
+    assert sanity.attack_sanity(rows, maxiter=100).loc[0, "at_maxiter"] == 0.5
+    assert math.isnan(sanity.attack_sanity(rows).loc[0, "at_maxiter"])
+    assert math.isnan(sanity.attack_sanity(rows.drop(columns=["iterations"]), maxiter=100).loc[0, "at_maxiter"])
+
+
 def test_the_bar_is_98_percent():
     """49 of 50 λ-points pass: 98%, not below the bar; 48 of 50: below."""
     lams = list(range(50))

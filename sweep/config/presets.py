@@ -11,6 +11,7 @@ from attacks.config import AttackConfig
 from models.errors import ConfigError
 from results.kinds import BUILT_IN
 from results.records import GridConfig
+from results.vocabulary import MODES
 from sweep.config.sweep_config import DataConfig, ResourceConfig, SweepConfig, TrainConfig
 
 
@@ -89,7 +90,7 @@ def repro() -> SweepConfig:
         ),
         # 21 lambdas (0 and 2^c for 20 c evenly spaced in [-20, 20]), not the paper's 51, each
         # attack run to the solver's tolerance: 51 would take the attack stage past the hour
-        attack=AttackConfig(n_pairs=10, n_lambdas=21),
+        attack=AttackConfig(n_pairs=10, n_lambdas=21, solver="batched", warm_start=MODES),
         resources=ResourceConfig(pairs_per_task=10),
     )
 
