@@ -11,11 +11,11 @@ flight for the batched solver and stop one bad minimum from spreading down the w
 A problem's start depends only on its pair, its λ and the grid, never on how problems were
 batched into tasks or slots (a task always holds every λ of its pairs).
 
-It is a per-mode choice (``AttackConfig.warm_start``, both modes by default with the batched
-solver). On the bar of ``benchmarks/attack.py`` (docs/PERFORMANCE.md, "Attacks") warm starts
+It is a per-mode choice (``AttackConfig.warm_start``; the ``repro`` preset warm-starts both
+modes with the batched solver). On the bar of ``benchmarks/attack.py`` (docs/PERFORMANCE.md, "Attacks") warm starts
 reach a minimised objective at or below scipy's cold one in half of the problems or more, in
 both modes, at a third to a half of the evaluations. A start is warm only where the neighbour's
-attack paid (``start_from``). The paper starts every λ at d0: ``warm_start = []``.
+attack paid (``start_from``). The paper starts every λ at d0: ``warm_start = []``, the default.
 """
 
 from __future__ import annotations

@@ -190,7 +190,11 @@ def read_results_config(store: Store) -> SweepConfig:
 
 
 def from_dict(data: dict[str, Any], where: str = "config") -> SweepConfig:
-    """Build a config from plain data, refusing unknown sections and fields by name."""
+    """Build a config from plain data, refusing unknown sections and fields by name. A
+    ``sweep.json`` record without its fingerprint reads back too: its similarity units are
+    derived from the config, not part of it."""
+    if isinstance(data, dict) and records.SIMILARITY_UNITS in data:
+        data = {k: v for k, v in data.items() if k != records.SIMILARITY_UNITS}
     check.known_fields(where, data, check.field_names(SweepConfig))
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
