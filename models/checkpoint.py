@@ -26,7 +26,10 @@ from models.hierarchical import HierarchicalVAE, build_model
 FORMAT = "seatbelt-vae-checkpoint"
 # 2: the decoder's mean-image offset and the anchored conditional priors (version 1 files
 # would load into a different model)
-VERSION = 2
+# 3: ModelConfig.encoder_input (default centred); a version 2 file was trained on 2x - 1 and
+# loads as the model it is, with encoder_input "symmetric"
+VERSION = 3
+READABLE = (2, 3)
 
 
 def save_checkpoint(path: str | os.PathLike, model: HierarchicalVAE, step: int,
@@ -80,11 +83,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> tuple
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a {FORMAT} file (a bare state dict or another "
                               "program's file?): point to a checkpoint written by save_checkpoint")
-    if payload.get("version") != VERSION:
+    if payload.get("version") not in READABLE:
         raise CheckpointError(f"checkpoint {path} has format version {payload.get('version')!r}, "
-                              f"this code reads version {VERSION}: use the matching code version")
+                              f"this code reads versions {', '.join(map(str, READABLE))}: use the "
+                              "matching code version")
     try:
-        model = build_model(ModelConfig.from_dict(payload["config"]))
+        config = payload["config"]
+        if payload["version"] == 2 and isinstance(config, dict):
+            config = {"encoder_input": "symmetric", **config}
+        model = build_model(ModelConfig.from_dict(config))
         model.load_state_dict(payload["state_dict"])
     except (ConfigError, KeyError, RuntimeError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} does not fit this code's models "

@@ -19,6 +19,11 @@ from results import validation as check
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 TC_ESTIMATORS = ("mws", "mss")
+# What the image encoder reads (``HierarchicalVAE.encoder_input``): the pixels minus the training
+# data's mean image, the pixels as they are (Chen et al.'s code), or 2x - 1 (the paper's [-1, 1];
+# what checkpoints of format version 2 were trained on). See docs/MODELS.md for the measurement
+# that chose "centred": a constant input shared by every image kills most first-layer ReLUs.
+ENCODER_INPUTS = ("centred", "pixels", "symmetric")
 # What a model trains in (models.speed): auto picks bf16 autocast where it was measured faster.
 PRECISIONS = ("auto", "float32", "bfloat16")
 
@@ -57,6 +62,7 @@ class ModelConfig:
     dataset_size: int = 737280        # N of the training set, used by the TC estimators
     hidden_dim: int | None = None     # None: the beta-TCVAE paper widths; int: shrink (smoke runs)
     chain_hidden_dim: int | None = None  # latent-chain MLP width; None: hidden_dim or 256
+    encoder_input: str = "centred"    # centred (x - mean image) | pixels (x) | symmetric (2x - 1)
 
     # ---------------------------------------------------------------- derived values
     @property
@@ -91,6 +97,7 @@ class ModelConfig:
         check.flag("model.condition_on_x", self.condition_on_x)
         self._validate_free_bits()
         check.one_of("model.tc_estimator", self.tc_estimator, TC_ESTIMATORS)
+        check.one_of("model.encoder_input", self.encoder_input, ENCODER_INPUTS)
         check.integer("model.dataset_size", self.dataset_size, 1)
         for name in ("hidden_dim", "chain_hidden_dim"):
             if getattr(self, name) is not None:

@@ -44,7 +44,7 @@ TRAIN = pa.schema(IDENTITY + [
     ("images_per_s", pa.float64()),
     ("precision", pa.string()),  # float32 | bfloat16: what autocast trained it in (models.speed)
     ("node_id", pa.string()),  # the Ray node that trained it
-    ("health", pa.string()),   # healthy | plateau | collapsed (sweep.train.health)
+    ("health", pa.string()),   # healthy | plateau | crippled | collapsed (sweep.train.health)
     ("health_reason", pa.string()),
     ("eval_images", pa.int64()),
     (TRAIN_ELBO, pa.float64()),
@@ -54,6 +54,7 @@ TRAIN = pa.schema(IDENTITY + [
     ("kl_layers", pa.list_(pa.float64())),
     ("active_units", pa.list_(pa.int64())),
     ("logvar_at_bound", pa.list_(pa.float64())),
+    ("dead_first_layer", pa.float64()),  # share of the encoder's first-layer units never active
     ("index_code_mi", pa.float64()),
     ("tc", pa.float64()),
     ("dim_kl", pa.float64()),

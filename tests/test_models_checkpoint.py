@@ -16,6 +16,7 @@ def _trained_model(arch="conv"):
     torch.manual_seed(0)
     model = build_model(ModelConfig(kind="seatbelt", layers=2, beta=4.0, z_dim=3, hidden_dim=16,
                                     architecture=arch, likelihood="gaussian", dataset_size=100))
+    model.set_mean_image(torch.rand(1, 64, 64, generator=torch.Generator().manual_seed(3)))  # the centred input's too
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.rand(8, 1, 64, 64)
     for _ in range(2):   # moves weights and batch-norm running statistics off their init
@@ -77,6 +78,24 @@ def test_truncated_file(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="trunc.pt"):
         load_checkpoint(path)
+
+
+def test_a_version_2_file_loads_as_the_model_it_was_trained_as(tmp_path):
+    """Format version 2 predates ``encoder_input``: its encoders were trained on 2x - 1, so it
+    loads with encoder_input "symmetric" and encodes exactly as it did."""
+    torch.manual_seed(0)
+    config = ModelConfig(kind="tcvae", beta=4.0, z_dim=3, hidden_dim=16, encoder_input="symmetric")
+    model = build_model(config).eval()
+    legacy = {k: v for k, v in config.to_dict().items() if k != "encoder_input"}
+    path = tmp_path / "v2.pt"
+    torch.save({"format": "seatbelt-vae-checkpoint", "version": 2, "config": legacy,
+                "state_dict": model.state_dict(), "step": 7, "extra": {}}, path)
+    loaded, step, _ = load_checkpoint(path)
+    assert step == 7 and loaded.cfg.encoder_input == "symmetric"
+    x = torch.rand(4, 1, 64, 64, generator=torch.Generator().manual_seed(1)).round()
+    with torch.no_grad():   # the encoder reads 2x - 1, computed here by hand
+        features = model.inference.encoder(2.0 * x - 1.0)
+        assert torch.equal(loaded.encode(x, sample=False).features, features)
 
 
 def test_foreign_files(tmp_path):

@@ -88,9 +88,29 @@ def test_encode_modes():
         assert not torch.allclose(s1.z[0], s2.z[0])
         noisy = model.encode(x, sample=False, input_noise_std=1.0)
         assert not torch.allclose(noisy.posteriors[0].mean, det.posteriors[0].mean)
-        # the model scales pixels to [-1, 1] itself: an all-0.5 image is a zero encoder input
+        # the model centres pixels on the training mean image itself: that image is a zero input
+        mean = _x(1, seed=7)[0]
+        model.set_mean_image(mean)
         h = model.inference.encoder(torch.zeros(1, 1, 64, 64))
-        torch.testing.assert_close(model.encode(torch.full((1, 1, 64, 64), 0.5), sample=False).features, h)
+        torch.testing.assert_close(model.encode(mean[None], sample=False).features, h)
+
+
+@pytest.mark.parametrize("encoder_input,expected", [
+    ("centred", lambda x, mean: x - mean), ("pixels", lambda x, mean: x), ("symmetric", lambda x, mean: 2 * x - 1)])
+def test_encoder_inputs_and_the_noise_test_in_the_papers_units(encoder_input, expected):
+    """Each input is what its name says; the noise test's sigma is in the paper's [-1, 1] units
+    whatever the input: on a pixel-scaled input it adds sigma / 2, since 2(x + e/2) - 1 = (2x - 1) + e."""
+    model = _model("tcvae", 1, encoder_input=encoder_input)
+    x, mean = _x(), _x(1, seed=7)[0]
+    model.set_mean_image(mean)
+    torch.testing.assert_close(model.encoder_input(x), expected(x, mean))
+    sigma = 0.7
+    torch.manual_seed(11)
+    noisy = model.encoder_input(x, sigma)
+    torch.manual_seed(11)
+    e = sigma * torch.randn_like(x)          # the paper's noise on 2x - 1
+    scale = 1.0 if encoder_input == "symmetric" else 0.5
+    torch.testing.assert_close(noisy, expected(x, mean) + scale * e)
 
 
 @pytest.mark.parametrize("likelihood,scale", [("bernoulli", None), ("gaussian", None), ("gaussian", 0.1)])

@@ -178,8 +178,11 @@ def test_results_folders_keep_their_fingerprint_when_fields_are_added():
     Expectation over K = 4 draws reported on 32 (issue 23) and health gained ``min_recon_r2``,
     so a folder attacked the old way is refused rather than mixed with new rows; then from
     df37f63fc7bf1d43 when ``train.precision`` (default auto: bf16 where measured faster, issue 24)
-    was added, since a default-width model may now train in bf16."""
-    assert SweepConfig().fingerprint() == "dc1c193aafdb5ea7"
+    was added, since a default-width model may now train in bf16; then from dc1c193aafdb5ea7 when
+    ``train.encoder_input`` (default centred, where the models trained on the paper's 2x - 1 with
+    most of their encoder's first layer dead, issue 31) and ``health.max_dead_first_layer`` were
+    added: every model changes, and a folder of the old models is refused rather than mixed."""
+    assert SweepConfig().fingerprint() == "14108e55d3f51a93"
     warm = from_dict({"attack": {"warm_start": ["latent"]}})
     assert warm.fingerprint() != SweepConfig().fingerprint()
     assert from_dict({"attack": {"warm_start": ["latent"], "warm_chain": 3}}).fingerprint() != warm.fingerprint()

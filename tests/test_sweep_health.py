@@ -13,8 +13,9 @@ import torch
 from benchmarks.recon_r2 import shapes_folder
 from models import ModelConfig, build_model
 from sweep.data import load_dataset
-from sweep.train.evaluate import Posteriors, active_units, evaluate, logvar_at_bound, mean_image_loglik
-from sweep.train.health import COLLAPSED, HEALTHY, PLATEAU, HealthConfig, classify, verdict
+from sweep.train.evaluate import (Posteriors, active_units, dead_first_layer, evaluate, logvar_at_bound,
+                                  mean_image_loglik)
+from sweep.train.health import COLLAPSED, CRIPPLED, HEALTHY, PLATEAU, HealthConfig, classify, verdict
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +137,86 @@ def test_a_collapsed_model_is_named_collapsed_and_the_report_measures_nothing_on
     assert sorted(agg.left_out(pd.read_parquet(out / "train"))["trial_id"]) == sorted([collapsed, top_collapsed])
 
 
+def _kill(units: torch.Tensor, bias: torch.Tensor, share: float) -> int:
+    """Make the first ``share`` of a layer's units negative on any image: a bias of -1e4 under
+    inputs of at most a few hundred. Returns how many were killed."""
+    n = round(share * len(bias))
+    with torch.no_grad():
+        bias[:n] = -1e4
+    return n
+
+
+def test_a_model_whose_first_layer_is_killed_is_crippled_and_the_report_names_it(dsprites, tmp_path):
+    from analysis.report import build_report
+    from analysis.synthetic import trial_id, write_synthetic_results
+    from results import schema
+
+    data, mean, scale, images = dsprites
+    model = _model("tcvae", 1, data, mean)
+    first = model.inference.encoder[1]
+    assert isinstance(first, torch.nn.Linear)
+    assert dead_first_layer(model, images, 256) == 0.0        # alive at initialisation
+    killed = _kill(first.weight, first.bias, 0.75)
+    with torch.no_grad():   # an encoder whose code varies with x on the units left (not collapsed)
+        model.inference.head.weight.mul_(20.0)
+    row, _ = evaluate(model, images, mean, scale, noise_sigmas=[1.0], noise_samples=16, batch_size=256, seed=0)
+    assert row["dead_first_layer"] == killed / first.out_features
+    health, reason = verdict({**row, "elbo": -100.0}, model)   # however good its ELBO
+    assert health == CRIPPLED and reason.startswith("75% of the encoder's first-layer units never activate")
+
+    out = tmp_path / "out"
+    write_synthetic_results(out, datasets=("d",), grid=[("vae", 1.0, 1), ("tcvae", 1.0, 1), ("tcvae", 10.0, 1)],
+                            pairs=3, n_lam=6)
+    crippled = trial_id("d", "tcvae", 10.0, 1, 10, 0)
+    identity = dict(sweep="synthetic", trial_id=crippled, dataset="d", model="tcvae", beta=10.0, layers=1,
+                    z_dim=10, seed=0, status="ok", reason="")
+    import pyarrow.parquet as pq
+    pq.write_table(schema.table([{**row, **identity, "health": health, "health_reason": reason}], schema.TRAIN),
+                   out / "train" / f"{crippled}.parquet")
+    report = build_report(out, log_to_mlflow=False)
+    page = (report / "index.html").read_text(encoding="utf-8")
+    assert f"{crippled} (crippled)" in page and "first-layer units never activate" in page
+
+
+def test_dead_first_layer_counts_channels_of_a_conv_net_and_a_plugin_encoder(dsprites):
+    """A channel is dead when the ReLU after the first convolution (past its batch norm) is zero
+    at every position of every image; an encoder with a functional ReLU is read at its first
+    layer's output."""
+    from models import register_architecture
+    from models.config import ARCHITECTURES
+    from models.networks import Architecture
+
+    data, mean, scale, images = dsprites
+    torch.manual_seed(0)
+    conv = build_model(ModelConfig(kind="vae", architecture="conv", z_dim=6, hidden_dim=32)).eval()
+    conv.set_mean_image(mean)
+    norm = conv.inference.encoder[1]
+    assert isinstance(norm, torch.nn.BatchNorm2d) and dead_first_layer(conv, images, 256) == 0.0
+    killed = _kill(norm.weight, norm.bias, 0.5)
+    assert dead_first_layer(conv, images, 256) == killed / norm.num_features
+
+    class FunctionalReLU(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first, self.second = torch.nn.Linear(64 * 64, 40), torch.nn.Linear(40, 16)
+
+        def forward(self, x):
+            return torch.nn.functional.relu(self.second(torch.nn.functional.relu(self.first(x.flatten(1)))))
+
+    def functional(cfg, decoder_in):
+        return Architecture(FunctionalReLU(), 16, torch.nn.Sequential(
+            torch.nn.Linear(decoder_in, 64 * 64), torch.nn.Unflatten(1, (1, 64, 64))))
+
+    register_architecture("functional-relu-test", functional)
+    try:
+        plugin = build_model(ModelConfig(kind="vae", architecture="functional-relu-test", z_dim=6)).eval()
+        first = plugin.inference.encoder.first
+        killed = _kill(first.weight, first.bias, 0.25)
+        assert dead_first_layer(plugin, images, 256) == killed / 40
+    finally:
+        ARCHITECTURES.pop("functional-relu-test")
+
+
 def test_a_mean_image_decoder_over_an_active_encoder_is_a_plateau(dsprites):
     data, mean, scale, images = dsprites
     model = _model("tcvae", 1, data, mean)
@@ -167,6 +248,13 @@ def test_classify_thresholds():
     low = classify({**base, "elbo": -100.0, "recon_r2": bar - 0.01}, [0])
     assert low[0] == PLATEAU and "of the held-out pixel variance" in low[1]
     assert classify({**base, "elbo": -100.0, "recon_r2": float("nan")}, [0])[0] == HEALTHY  # an older row
+    # more than max_dead_first_layer of the encoder's first layer dead: crippled (not in older rows)
+    assert classify({**base, "elbo": -100.0, "dead_first_layer": 0.5}, [0])[0] == HEALTHY
+    dead = classify({**base, "elbo": -100.0, "dead_first_layer": 0.51}, [0])
+    assert dead[0] == CRIPPLED and dead[1].startswith("51% of the encoder's first-layer units never activate")
+    assert classify({**base, "elbo": -100.0, "dead_first_layer": float("nan")}, [0])[0] == HEALTHY
+    assert classify({**base, "elbo": -100.0, "dead_first_layer": 0.9}, [0],
+                    HealthConfig(max_dead_first_layer=0.95))[0] == HEALTHY
 
 
 def test_a_top_layer_without_active_unit_is_collapsed_where_beta_acts_on_it():
@@ -263,6 +351,10 @@ def test_on_a_gaussian_folder_dataset_a_trained_model_is_healthy_and_an_untraine
 
     optimizer = torch.optim.Adam(model.parameters(), lr=train.lr)
     generator = torch.Generator().manual_seed(0)
+    # The training's noise seeded here, not left to what the evaluations above drew: with the
+    # centred encoder input this recipe leaves more than 1% of z1's log-variances at their lower
+    # bound (frozen) on 2 of 12 seeds (issue 31's note), so the outcome is pinned, not drawn.
+    torch.manual_seed(0)
     model.train()
     for _ in range(train.steps):
         loss = model.objective(data.sample_batch(generator, train.batch_size, split="train")).loss

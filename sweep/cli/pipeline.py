@@ -24,7 +24,7 @@ from sweep.infra.lock import hold
 from sweep.infra.tracking import Tracker, open_tracker
 
 TRAIN_METRICS = (schema.TRAIN_ELBO, "elbo_mean_image", "recon_loglik", "recon_r2", "index_code_mi", "tc", "dim_kl",
-                 "mig", "encoder_l2", "decoder_l2", "clean_loglik_mean", "noise_loglik_mean",
+                 "mig", "dead_first_layer", "encoder_l2", "decoder_l2", "clean_loglik_mean", "noise_loglik_mean",
                  "noise_loglik_median", "eval_images", "mig_images", "steps", "seconds", "images_per_s")
 # list columns of a train row, logged as one metric per layer: kl_layer_1, active_units_layer_1, ...
 TRAIN_LAYER_METRICS = {"kl_layers": "kl_layer", "active_units": "active_units_layer",

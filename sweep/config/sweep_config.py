@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from attacks.config import AttackConfig
-from models.config import ARCHITECTURES, PRECISIONS, TC_ESTIMATORS, ModelConfig
+from models.config import ARCHITECTURES, ENCODER_INPUTS, PRECISIONS, TC_ESTIMATORS, ModelConfig
 from results import kinds, layout, records, vocabulary
 from results import validation as check
 from results.errors import ConfigError
@@ -60,6 +60,9 @@ class TrainConfig:
     architecture: str = AUTO  # a registered architecture, or auto: mlp for dSprites, conv for the others
     hidden_dim: int | None = None  # None: the beta-TCVAE paper's widths
     condition_on_x: bool = False  # the paper's chain q(z^{i+1}|z^i); True: 2021's q(z^{i+1} | z^i, x)
+    # what the image encoder reads: centred (x - the training mean image), pixels (x) or
+    # symmetric (the paper's 2x - 1, which kills most of an MLP's first layer: docs/MODELS.md)
+    encoder_input: str = "centred"
     checkpoint_every: int = 500  # steps between Tune checkpoints
     report_every: int = 50  # steps between metric reports (training curves)
     eval_size: int = 1024  # held-out images (a seeded random sample) for ELBO, TC, noise, health
@@ -116,6 +119,7 @@ def model_config_for(trial: TrialSpec, train: TrainConfig, dataset) -> ModelConf
         tc_estimator=train.tc_estimator,
         dataset_size=data.train_size,
         hidden_dim=train.hidden_dim,
+        encoder_input=train.encoder_input,
     )
 
 
@@ -295,6 +299,7 @@ def _validate_train(train: TrainConfig) -> None:
                      also="(nats; a number for every layer, or a list of one per layer)")
     check.one_of("train.tc_estimator", train.tc_estimator, TC_ESTIMATORS)
     check.one_of("train.precision", train.precision, PRECISIONS)
+    check.one_of("train.encoder_input", train.encoder_input, ENCODER_INPUTS)
     check.one_of("train.architecture", train.architecture, (AUTO, *ARCHITECTURES))
     if train.hidden_dim is not None:
         check.integer("train.hidden_dim", train.hidden_dim, 1, also="or left out for the paper's widths")
@@ -307,7 +312,7 @@ def _validate_train(train: TrainConfig) -> None:
 
 
 def _validate_health_and_resources(health: HealthConfig, res: ResourceConfig) -> None:
-    for name in ("min_elbo_gain", "min_recon_r2", "max_logvar_at_bound"):
+    for name in ("min_elbo_gain", "min_recon_r2", "max_logvar_at_bound", "max_dead_first_layer"):
         check.number(f"health.{name}", getattr(health, name), 0.0)
     for name in ("cpus_per_trial", "cpus_per_attack_task"):
         check.number(f"resources.{name}", getattr(res, name), 0.0, strict=True)

@@ -1,9 +1,9 @@
 """What the sweep measures on every trained model, on held-out data.
 
 ELBO and its named parts against the mean-image model, the share of pixel variance the
-reconstructions explain, active units and log-variances at their bound per layer (the inputs of
-``sweep.train.health``), the noise robustness of the paper's Fig. 7,
-the weight norms of its Table 1, and the MIG disentanglement score where the dataset has
+reconstructions explain, active units and log-variances at their bound per layer, the dead share
+of the encoder's first layer (the inputs of ``sweep.train.health``), the noise robustness of the
+paper's Fig. 7, the weight norms of its Table 1, and the MIG disentanglement score where the dataset has
 ground-truth factors.
 """
 
@@ -94,6 +94,47 @@ def posteriors(model: torch.nn.Module, images: torch.Tensor, batch_size: int) ->
             prior_logvars[i].append(model.prior(i, encoding.z[i + 1]).logvar.double().cpu())
     return Posteriors([torch.cat(m) for m in means], [torch.cat(v) for v in logvars],
                       [torch.cat(v) for v in prior_logvars])
+
+
+@torch.no_grad()
+def dead_first_layer(model: torch.nn.Module, images: torch.Tensor, batch_size: int) -> float:
+    """Share of the image encoder's first-layer units (neurons, or channels of a convolution)
+    that never activate on ``images``: dead ReLUs, which pass no gradient and never train again.
+
+    The first layer is the encoder's first Linear or convolution; a unit is active on an image
+    when the first ReLU module after that layer (past a batch norm, say) is positive for it at
+    some position. An encoder whose ReLU is not a module (``F.relu`` in a plugin's forward) is
+    read at the layer's own output, pre-activation > 0, the same test for a ReLU right after it."""
+    layer, relu = _first_layer_and_relu(model.inference.encoder)
+    if layer is None:
+        return float("nan")
+    alive: torch.Tensor | None = None
+
+    def record(_module, _inputs, output):
+        nonlocal alive
+        # [B, units] or [B, channels, ...]: a unit is alive if positive anywhere in the batch
+        positive = (output > 0).transpose(0, 1).flatten(1).any(dim=1)
+        alive = positive if alive is None else alive | positive
+
+    handle = (relu or layer).register_forward_hook(record)
+    try:
+        for start in range(0, len(images), batch_size):
+            model.encode(images[start : start + batch_size], sample=False)
+    finally:
+        handle.remove()
+    return float(1.0 - alive.double().mean()) if alive is not None else float("nan")
+
+
+def _first_layer_and_relu(encoder: torch.nn.Module):
+    """(the first Linear / convolution, the first ReLU module after it or None), in the order
+    the modules were defined (``Module.modules``: a Sequential's order)."""
+    layer = None
+    for module in encoder.modules():
+        if layer is None and isinstance(module, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)):
+            layer = module
+        elif layer is not None and isinstance(module, (torch.nn.ReLU, torch.nn.ReLU6)):
+            return layer, module
+    return layer, None
 
 
 def active_units(post: Posteriors, threshold: float = ACTIVE_UNIT_THRESHOLD) -> list[int]:
@@ -274,6 +315,7 @@ def evaluate(
         "kl_layers": [parts[f"kl_{i}"] for i in range(1, layers + 1)],
         "active_units": active_units(post),
         "logvar_at_bound": logvar_at_bound(post),
+        "dead_first_layer": dead_first_layer(model, images, batch_size),
         "index_code_mi": parts["index_code_mi"],
         "tc": parts["tc"],
         "dim_kl": parts["dim_kl"],

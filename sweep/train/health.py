@@ -12,6 +12,11 @@ the verdict from the evaluation columns of its ``train/`` row (``sweep.train.eva
   β then weighs a layer that carries nothing, and the trial says nothing about β; or, in some
   layer, more than ``max_logvar_at_bound`` of the log-variances sit at the model's bound, where
   they no longer train (a frozen posterior).
+* ``crippled``: more than ``max_dead_first_layer`` of the image encoder's first-layer units
+  never activate on the evaluation images (dead ReLUs: they pass no gradient, so they never
+  train again). The encoder then runs on the few that are left; with the paper's 2x - 1 input
+  that was 84-94% dead in every MLP (issue 31), and such a model is not the architecture the
+  trial names.
 * ``plateau``: the model did not leave the mean-image model (every pixel independent, the
   data's mean image as parameter: where training starts). Its reconstructions explain less
   than ``min_recon_r2`` of the held-out pixel variance around the mean image (``recon_r2``, a
@@ -23,7 +28,7 @@ the verdict from the evaluation columns of its ``train/`` row (``sweep.train.eva
 * ``healthy``: none of these.
 
 Collapse is tested first: a constant encoder with a mean-image decoder is both, and collapse is
-its cause.
+its cause; then a crippled encoder, which may be why a model stayed on the plateau.
 """
 
 from __future__ import annotations
@@ -34,8 +39,8 @@ from typing import Any, Sequence
 
 from results.schema import TRAIN_ELBO
 
-HEALTHY, PLATEAU, COLLAPSED = "healthy", "plateau", "collapsed"
-HEALTH_VALUES = (HEALTHY, PLATEAU, COLLAPSED)
+HEALTHY, PLATEAU, CRIPPLED, COLLAPSED = "healthy", "plateau", "crippled", "collapsed"
+HEALTH_VALUES = (HEALTHY, PLATEAU, CRIPPLED, COLLAPSED)
 
 
 @dataclass
@@ -43,19 +48,19 @@ class HealthConfig:
     min_elbo_gain: float = 0.25        # Bernoulli: fraction of |mean-image log-likelihood| the ELBO must gain
     min_recon_r2: float = 0.2          # share of held-out pixel variance (around the mean image) to explain
     max_logvar_at_bound: float = 0.01  # fraction of a layer's log-variances allowed at the bound
+    max_dead_first_layer: float = 0.5  # fraction of the encoder's first-layer units allowed dead
 
 
 def classify(row: dict[str, Any], decoded_layers: Sequence[int], config: HealthConfig | None = None,
              *, beta_layer: int | None = None, likelihood: str = "bernoulli") -> tuple[str, str]:
     """(health, reason) of a trial from its evaluation columns: ``elbo``, ``elbo_mean_image``,
-    ``recon_r2`` (its rule is skipped where the row has none: rows of older versions),
-    ``active_units`` and ``logvar_at_bound`` (lists, layer 1 first). ``decoded_layers``: the
+    ``recon_r2`` and ``dead_first_layer`` (their rules are skipped where the row has none: rows
+    of older versions), ``active_units`` and ``logvar_at_bound`` (lists, layer 1 first). ``decoded_layers``: the
     0-based layers the decoder reads (``model.decoded_layers``); ``beta_layer``: the one β acts
     on (``model.beta_layer``); ``likelihood``: the model's, "bernoulli" or "gaussian"."""
     config = config or HealthConfig()
     elbo, baseline = float(row[TRAIN_ELBO]), float(row["elbo_mean_image"])
-    r2 = row.get("recon_r2")
-    r2 = None if r2 is None or (isinstance(r2, float) and math.isnan(r2)) else float(r2)
+    r2 = _number(row.get("recon_r2"))
     units, at_bound = list(row["active_units"]), list(row["logvar_at_bound"])
     unit_text = f"active units {' | '.join(str(u) for u in units)}"
     r2_text = "" if r2 is None else f"; reconstructions explain {r2:.0%} of the pixel variance"
@@ -65,6 +70,10 @@ def classify(row: dict[str, Any], decoded_layers: Sequence[int], config: HealthC
     collapse = _collapse(units, at_bound, decoded_layers, beta_layer, config)
     if collapse:
         return COLLAPSED, f"{collapse}; {summary}"
+    dead = _number(row.get("dead_first_layer"))
+    if dead is not None and dead > config.max_dead_first_layer:
+        return CRIPPLED, (f"{dead:.0%} of the encoder's first-layer units never activate (allowed "
+                          f"{config.max_dead_first_layer:.0%}); {summary}")
     plateau = _plateau(elbo, baseline, r2, likelihood, config)
     if plateau:
         return PLATEAU, f"{plateau}; {unit_text}"
@@ -106,6 +115,11 @@ def _plateau(elbo: float, baseline: float, r2: float | None, likelihood: str,
         return (f"reconstructions explain {r2:.0%} of the held-out pixel variance around the mean "
                 f"image (needs >= {config.min_recon_r2:.0%})")
     return ""
+
+
+def _number(value: Any) -> float | None:
+    """A column's value as a float, or None where the row has none (missing or NaN)."""
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
 def _gain(elbo: float, baseline: float) -> float:
