@@ -100,13 +100,17 @@ def _add_band(x: Tensor, i0: int, diag: float, partner: float) -> None:
             x[-1, :, 0] += partner
 
 
-# Elements of one [rows, D, B] chunk: the two buffers (1 MiB each in float32) stay in a CPU core's
-# L2 cache between the chunk's passes; on a GPU, chunks large enough to keep it busy.
+# Elements of one [rows, D, B] chunk: on a CPU, per thread (each takes its share of every pass), the
+# two buffers (1 MiB each in float32) stay in the core's L2 cache between the chunk's passes; on a
+# GPU, chunks large enough to keep it busy.
 CHUNK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 24}
 
 
 def _chunk_rows(batch: int, dims: int, device: torch.device) -> int:
-    return max(1, min(batch, CHUNK_ELEMENTS.get(device.type, 1 << 24) // (batch * dims)))
+    elements = CHUNK_ELEMENTS.get(device.type, 1 << 24)
+    if device.type == "cpu":
+        elements *= torch.get_num_threads()
+    return max(1, min(batch, elements // (batch * dims)))
 
 
 # exp of a float32 below -87.3 (a denormal or zero result) takes a slow path on x86 CPUs, ~100x
