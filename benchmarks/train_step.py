@@ -19,6 +19,16 @@ before and after the row's steps. It ends with one line
 per architecture for the beta-TCVAE step:
 
     speedup <arch>: <X>x over fp32 (<new> ms vs <old> ms per step, <P>% of the bf16 peak)
+
+and then with the throughput anchor of issue 32: the beta-TCVAE (beta = 6) MLP at batch 2048 on
+the default path, on 1 thread and on 2 (``--anchor-only`` prints just these two lines):
+
+    throughput mlp-b2048: <N> images/s on 1 thread (<P>% of the bf16 peak), TC <T>% of the step
+    throughput mlp-b2048: <N2> images/s on 2 threads
+
+TC is the share of the step spent in ``decompose_top_kl`` (forward + backward): the step's
+median time against that of the same step with it replaced by a stub (same model, batch and
+optimiser, the two interleaved).
 """
 
 from __future__ import annotations
@@ -33,12 +43,15 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from models import ModelConfig, build_model  # noqa: E402
+from models import ModelConfig, build_model, hierarchical  # noqa: E402
 from models.device import prepare_for_training  # noqa: E402
+from models.distributions import Gaussian  # noqa: E402
 from models.speed import TrainingPrecision, adam  # noqa: E402
+from models.tc import TopKL  # noqa: E402
 
 KINDS = [("vae", 1, 1.0), ("tcvae", 1, 4.0), ("tcdlgm", 3, 4.0), ("seatbelt", 3, 4.0)]
 SPEEDUP_KIND = "tcvae"
+ANCHOR_BATCH, ANCHOR_BETA = 2048, 6.0
 
 
 def step_flops(model, x) -> int:
@@ -102,6 +115,61 @@ def measure(arch: str, kind: str, layers: int, beta: float, x, path: str, args) 
                 flops=flops, peak=peak, peak16=peak16)
 
 
+def _no_tc(z, q, dataset_size, estimator):
+    """decompose_top_kl's stand-in for timing a step without it: the same KL, TC = 0."""
+    kl = q.log_prob(z) - Gaussian.standard_like(z).log_prob(z)
+    zero = torch.zeros_like(kl)
+    return TopKL(kl, zero, zero)
+
+
+def anchor(threads: list[int], warmup: int, iters: int) -> None:
+    """The issue-32 throughput lines (module docstring)."""
+    x = (torch.rand(ANCHOR_BATCH, 1, 64, 64, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind="tcvae", layers=1, beta=ANCHOR_BETA, architecture="mlp"))
+    model = prepare_for_training(model, x.device).train()
+    precision, optimizer = TrainingPrecision.choose(model, x.device, "auto"), adam(model.parameters(), 1e-3, x.device)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with precision.autocast():
+            loss = model.objective(x).loss
+        loss.backward()
+        optimizer.step()
+
+    def timed() -> float:
+        started = time.perf_counter()
+        step()
+        return time.perf_counter() - started
+
+    with precision.autocast():
+        flops = step_flops(model, x)
+    real = hierarchical.decompose_top_kl
+    results = {}
+    for n in threads:
+        torch.set_num_threads(n)
+        for _ in range(warmup):
+            step()
+        with_tc, without_tc = [], []
+        for _ in range(iters):
+            with_tc.append(timed())
+            if n == threads[0]:
+                hierarchical.decompose_top_kl = _no_tc
+                try:
+                    without_tc.append(timed())
+                finally:
+                    hierarchical.decompose_top_kl = real
+        peak16 = float(np.median([matmul_rate(*(torch.randn(2048, 2048).bfloat16() for _ in range(2)))
+                                  for _ in range(3)]))
+        results[n] = (float(np.median(with_tc)), float(np.median(without_tc)) if without_tc else None, peak16)
+    for n, (sec, sec_without, peak16) in results.items():
+        line = f"throughput mlp-b{ANCHOR_BATCH}: {ANCHOR_BATCH / sec:,.0f} images/s on {n} thread{'s' * (n > 1)}"
+        if sec_without is not None:
+            line += (f" ({100 * flops / sec / peak16:.0f}% of the bf16 peak), "
+                     f"TC {100 * max(0.0, sec - sec_without) / sec:.0f}% of the step")
+        print(line, flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch-size", type=int, default=256)
@@ -112,7 +180,12 @@ def main() -> None:
     ap.add_argument("--kinds", default=",".join(k for k, _, _ in KINDS))
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads (default: torch's choice); the peaks use the same")
+    ap.add_argument("--anchor-only", action="store_true",
+                    help="print only the two issue-32 throughput lines (batch 2048, 1 and 2 threads)")
     args = ap.parse_args()
+    if args.anchor_only:
+        anchor([1, 2], args.warmup, args.iters)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -140,6 +213,7 @@ def main() -> None:
         share = 100 * new["flops"] / new["sec"] / new["peak16"]
         print(f"speedup {new['arch']}: {old['sec'] / new['sec']:.2f}x over fp32 ({new['sec'] * 1e3:.0f} ms vs "
               f"{old['sec'] * 1e3:.0f} ms per step, {share:.0f}% of the bf16 peak)")
+    anchor([1, 2], args.warmup, args.iters)
 
 
 if __name__ == "__main__":

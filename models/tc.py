@@ -48,52 +48,164 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from models.distributions import LOG_2PI, Gaussian
 from models.errors import ConfigError
 
 
-def mws_log_weights(batch: int, dataset_size: int, like: Tensor) -> Tensor:
-    return torch.full((batch, batch), -math.log(batch * dataset_size), dtype=like.dtype, device=like.device)
-
-
-def mss_log_weights(batch: int, dataset_size: int, like: Tensor) -> Tensor:
+def log_weight_parts(estimator: str, batch: int, dataset_size: int) -> tuple[float, float, float]:
+    """The [B, B] log weight matrix as three numbers: its value off the band, and what the
+    diagonal and the cyclic super-diagonal (j = i + 1 mod B) add to it."""
+    if estimator == "mws":
+        return -math.log(batch * dataset_size), 0.0, 0.0
+    if estimator != "mss":
+        raise ValueError(f"tc_estimator={estimator!r}: use 'mws' or 'mss'")
     n, m = dataset_size, batch - 1
     if m < 1:
         raise ValueError("tc_estimator='mss' needs a batch of at least 2 samples")
     if m > n:
         raise ConfigError(f"dataset_size={n} is smaller than the batch ({batch}) minus one: "
                           "set dataset_size to the number of training images")
-    w = torch.full((batch, batch), 1.0 / m, dtype=torch.float64)
-    idx = torch.arange(batch)
-    w[idx, (idx + 1) % batch] = (n - m) / (n * m)   # the same-stratum partner
-    w[idx, idx] = 1.0 / n                           # the sample's own point
-    return w.log().to(dtype=like.dtype, device=like.device)
+    off = -math.log(m)
+    partner = math.log((n - m) / (n * m)) if n > m else -math.inf   # the same-stratum partner
+    return off, -math.log(n) - off, partner - off                     # own point: 1/N
 
 
-ESTIMATORS = {"mws": mws_log_weights, "mss": mss_log_weights}
+def log_weights(estimator: str, batch: int, dataset_size: int, like: Tensor) -> Tensor:
+    """The [B, B] log weight matrix, dtype and device of ``like``."""
+    off, diag, partner = log_weight_parts(estimator, batch, dataset_size)
+    w = torch.full((batch, batch), off, dtype=like.dtype, device=like.device)
+    _add_band(w[:, None], 0, diag, partner)
+    return w
+
+
+def mws_log_weights(batch: int, dataset_size: int, like: Tensor) -> Tensor:
+    return log_weights("mws", batch, dataset_size, like)
+
+
+def mss_log_weights(batch: int, dataset_size: int, like: Tensor) -> Tensor:
+    return log_weights("mss", batch, dataset_size, like)
+
+
+def _add_band(x: Tensor, i0: int, diag: float, partner: float) -> None:
+    """x [rows, K, B] holds rows i0 .. i0 + rows - 1 (first axis) of a [B, K, B] array: add diag
+    at j = i and partner at j = i + 1 mod B (last axis), in place."""
+    b = x.shape[2]
+    if diag != 0.0:
+        torch.diagonal(x, offset=i0, dim1=0, dim2=2).add_(diag)
+    if partner != 0.0:
+        torch.diagonal(x, offset=i0 + 1, dim1=0, dim2=2).add_(partner)
+        if i0 + x.shape[0] == b:
+            x[-1, :, 0] += partner
+
+
+# Elements of one [rows, D, B] chunk: on a CPU, per thread (each takes its share of every pass), the
+# two buffers (1 MiB each in float32) stay in the core's L2 cache between the chunk's passes; on a
+# GPU, chunks large enough to keep it busy.
+CHUNK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 24}
+
+
+def _chunk_rows(batch: int, dims: int, device: torch.device) -> int:
+    elements = CHUNK_ELEMENTS.get(device.type, 1 << 24)
+    if device.type == "cpu":
+        elements *= torch.get_num_threads()
+    return max(1, min(batch, elements // (batch * dims)))
+
+
+# exp of a float32 below -87.3 (a denormal or zero result) takes a slow path on x86 CPUs, ~100x
+# slower (docs/PERFORMANCE.md), and most pairs (i, j) of narrow posteriors are that far below the
+# row's maximum. Arguments are raised to this floor first: it changes a log-sum-exp by at most
+# B e^-60 (1e-23 at B = 2048) relative, and the softmax weights by as little.
+EXP_FLOOR = -60.0
+
+
+def _exp_shifted_(x: Tensor, shift: Tensor) -> Tensor:
+    """exp(x - shift) in place, arguments raised to EXP_FLOOR."""
+    return x.sub_(shift).clamp_min_(EXP_FLOOR).exp_()
+
+
+def _logsumexp_(x: Tensor, dim: int) -> Tensor:
+    """logsumexp over dim (max-shifted, arguments floored at EXP_FLOOR); overwrites x."""
+    top = x.amax(dim, keepdim=True)
+    return _exp_shifted_(x, top).sum(dim).log_().add_(top.squeeze(dim))
+
+
+class _AggregateLogDensities(torch.autograd.Function):
+    """(logsumexp_j [b_ij + log q(z_i | u_j)], sum_d logsumexp_j [b_ij + log q(z_{i,d} | u_j)])
+    with b the band of the log weights (``_add_band``), a few rows i at a time: [rows, D, B]
+    buffers instead of [B, B, D]. The joint log density [B, B] is the sum over d of the
+    marginals', each from z - m directly (no expanded square to cancel), and is kept for the
+    backward, which recomputes each chunk of the marginals for their softmax weights over j."""
+
+    @staticmethod
+    def _chunk(z, mean_t, std_t, log_norm_t, i0, u, out):
+        # u <- (z_i - m_j) / std_j, out <- log q(z_{i,d} | u_j), both [rows, D, B]
+        torch.sub(z[i0:i0 + u.shape[0], :, None], mean_t[None], out=u).mul_(std_t[None])
+        torch.addcmul(log_norm_t[None], u, u, value=-0.5, out=out)
+
+    @staticmethod
+    def forward(ctx, z, mean, logvar, diag, partner):
+        z = z.contiguous()
+        mean_t = mean.t().contiguous()                                  # [D, B], j last
+        std_t = torch.exp(-0.5 * logvar).t().contiguous()
+        log_norm_t = (-0.5 * (LOG_2PI + logvar)).t().contiguous()
+        b, d = z.shape
+        rows = _chunk_rows(b, d, z.device)
+        u_buf, out_buf = z.new_empty(rows, d, b), z.new_empty(rows, d, b)
+        joint, lse_dims = z.new_empty(b, b), z.new_empty(b, d)
+        for i0 in range(0, b, rows):
+            u, out = u_buf[:b - i0], out_buf[:b - i0]                  # the last may be short
+            i1 = i0 + u.shape[0]
+            _AggregateLogDensities._chunk(z, mean_t, std_t, log_norm_t, i0, u, out)
+            torch.sum(out, 1, out=joint[i0:i1])
+            _add_band(out, i0, diag, partner)
+            lse_dims[i0:i1] = _logsumexp_(out, 2)
+        _add_band(joint[:, None], 0, diag, partner)
+        lse_joint = _logsumexp_(joint.clone(), 1)
+        ctx.save_for_backward(z, mean_t, std_t, log_norm_t, joint, lse_joint, lse_dims)
+        ctx.band, ctx.rows = (diag, partner), rows
+        return lse_joint, lse_dims.sum(1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_joint, grad_dims):
+        z, mean_t, std_t, log_norm_t, joint, lse_joint, lse_dims = ctx.saved_tensors
+        b, d = z.shape
+        rows = ctx.rows
+        u_buf, w_buf = z.new_empty(rows, d, b), z.new_empty(rows, d, b)
+        # d loss / d log q(z_{i,d} | u_j): both softmaxes over j, each times its output's grad
+        w_joint = _exp_shifted_(joint - lse_joint[:, None], 0.0).mul_(grad_joint[:, None])   # [B, B]
+        grad_dims = grad_dims[:, None, None]
+        lse_dims = lse_dims[..., None]
+        grad_z = torch.empty_like(z)
+        sum_w, sum_wu, sum_wu2 = z.new_zeros(d, b), z.new_zeros(d, b), z.new_zeros(d, b)
+        for i0 in range(0, b, rows):
+            u, w = u_buf[:b - i0], w_buf[:b - i0]
+            i1 = i0 + u.shape[0]
+            _AggregateLogDensities._chunk(z, mean_t, std_t, log_norm_t, i0, u, w)
+            _add_band(w, i0, *ctx.band)
+            _exp_shifted_(w, lse_dims[i0:i1]).mul_(grad_dims[i0:i1]).add_(w_joint[i0:i1, None])
+            sum_w += w.sum(0)
+            w.mul_(u).mul_(std_t[None])                                   # ... (z - m) / var
+            grad_z[i0:i1] = w.sum(2)
+            sum_wu += w.sum(0)
+            sum_wu2 += w.mul_(u).sum(0)
+        # d/dlogvar_j of log q(z|u_j) is ((z - m)^2 / var - 1) / 2; sum_wu2 has one 1/std too many
+        grad_logvar = 0.5 * (sum_wu2 / std_t.clamp_min(torch.finfo(z.dtype).tiny) - sum_w)
+        return grad_z.neg_(), sum_wu.t(), grad_logvar.t(), None, None
 
 
 def aggregate_log_densities(z: Tensor, q: Gaussian, dataset_size: int, estimator: str) -> tuple[Tensor, Tensor]:
     """(log q(z_i), log prod_d q(z_{i,d})) for every sample of the batch, each [B].
 
-    One [B, B, D] pass, for the per-dimension marginals (a fused multiply-add of the squared
-    differences). The joint density's quadratic form sums over d, so it is three [B, D] x [D, B]
-    matmuls of the expanded square, taken in float64 because the expansion cancels (a precision
-    e^10 times z^2 ~ 10 is 2e5 in float32). About 40% less time than summing the [B, B, D]
-    matrix (forward + backward, B = 256, D = 10, one core), and the training step is ~15% TC.
+    One pass over rows of the batch (``_AggregateLogDensities``) gives both; no [B, B, D] tensor
+    is held, forward or backward. The weight matrix is a constant (taken out of the log-sum-exps)
+    plus a band on the diagonal and super-diagonal (``log_weight_parts``).
     """
-    logw = ESTIMATORS[estimator](z.shape[0], dataset_size, z)     # [B, B]
-    precision = torch.exp(-q.logvar)                              # [B, D], of posterior j
-    log_norm = -0.5 * (LOG_2PI + q.logvar)                        # [B, D]
-    z64, m64, p64 = z.double(), q.mean.double(), precision.double()
-    quadratic = (z64 * z64) @ p64.t() - 2.0 * z64 @ (p64 * m64).t() + (p64 * m64 * m64).sum(1)[None]
-    joint = (log_norm.double().sum(1)[None] - 0.5 * quadratic).to(z.dtype)   # [B, B]
-    log_qz = torch.logsumexp(joint + logw, dim=1)
-    diff = z[:, None, :] - q.mean[None]                           # [B, B, D]
-    per_dim = torch.addcmul(log_norm[None] + logw[..., None], diff * diff, precision[None], value=-0.5)
-    log_prod_qzd = torch.logsumexp(per_dim, dim=1).sum(1)
-    return log_qz, log_prod_qzd
+    off, diag, partner = log_weight_parts(estimator, z.shape[0], dataset_size)
+    log_qz, log_prod_qzd = _AggregateLogDensities.apply(z, q.mean, q.logvar, diag, partner)
+    return log_qz + off, log_prod_qzd + z.shape[1] * off
 
 
 @dataclass

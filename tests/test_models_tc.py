@@ -10,10 +10,7 @@ import torch
 from torch.distributions import Normal
 
 from models.distributions import Gaussian
-from models.tc import aggregate_log_densities, decompose_top_kl, mss_log_weights
-
-
-
+from models.tc import aggregate_log_densities, decompose_top_kl, log_weights, mss_log_weights
 
 GRID = torch.linspace(-2.0, 2.0, 4)
 
@@ -130,3 +127,68 @@ def test_mss_rejects_batches_it_cannot_weight():
         mss_log_weights(10, 5, torch.zeros(()))
     with pytest.raises(ValueError):
         mss_log_weights(1, 5, torch.zeros(()))
+
+
+def _naive_weights(b, n, estimator):
+    """The weight matrix of the module docstring, float64."""
+    if estimator == "mws":
+        return torch.full((b, b), 1.0 / (b * n), dtype=torch.float64)
+    m = b - 1
+    w = torch.full((b, b), 1.0 / m, dtype=torch.float64)
+    i = torch.arange(b)
+    w[i, (i + 1) % b] = (n - m) / (n * m)
+    w[i, i] = 1.0 / n
+    return w
+
+
+def _naive_aggregate(z, mean, logvar, n, estimator, grad_out, block=64):
+    """(log q(z_i), log prod_d q(z_{i,d})) and the gradients of <grad_out, both> with respect to
+    (z, mean, logvar), from the explicit [rows, B, D] Gaussian log densities and torch.logsumexp,
+    over blocks of rows so that B = 2048 fits in memory."""
+    logw = _naive_weights(z.shape[0], n, estimator).log()
+    mean, logvar = mean.detach().requires_grad_(), logvar.detach().requires_grad_()
+    outs, grads_z = [], []
+    for i in range(0, z.shape[0], block):
+        zi = z[i:i + block].detach().requires_grad_()
+        ld = -0.5 * (math.log(2 * math.pi) + logvar[None] + (zi[:, None] - mean[None]) ** 2 / logvar.exp()[None])
+        wi = logw[i:i + block]
+        out = (torch.logsumexp(wi + ld.sum(2), 1), torch.logsumexp(wi[..., None] + ld, 1).sum(1))
+        ((out[0] * grad_out[0][i:i + block]).sum() + (out[1] * grad_out[1][i:i + block]).sum()).backward()
+        outs.append(torch.stack([o.detach() for o in out]))
+        grads_z.append(zi.grad)
+    return torch.cat(outs, 1), (torch.cat(grads_z), mean.grad, logvar.grad)
+
+
+def _rel_err(actual, expected):
+    return ((actual - expected).abs().max() / expected.abs().max()).item()
+
+
+@pytest.mark.parametrize("estimator", ["mws", "mss"])
+@pytest.mark.parametrize("b", [2, 256, 2048])
+def test_aggregate_densities_match_the_naive_computation(b, estimator):
+    """Values and gradients (float64) against the explicit [B, B, D] computation, for posteriors
+    as a trained encoder gives (narrow active dimensions, collapsed ones at the prior) and a few
+    samples far from every posterior (where most exp arguments underflow)."""
+    g = torch.Generator().manual_seed(b)
+    d, n = 10, 737_280
+    mean = torch.randn(b, d, generator=g, dtype=torch.float64)
+    logvar = torch.cat([-6 + torch.randn(b, 5, generator=g, dtype=torch.float64),
+                        0.1 * torch.randn(b, d - 5, generator=g, dtype=torch.float64)], 1)
+    z = mean + (0.5 * logvar).exp() * torch.randn(b, d, generator=g, dtype=torch.float64)
+    z[: max(1, b // 100)] += 8.0
+    grad_out = torch.randn(2, b, generator=g, dtype=torch.float64)
+    expected, expected_grads = _naive_aggregate(z, mean, logvar, n, estimator, grad_out)
+
+    inputs = [t.clone().requires_grad_() for t in (z, mean, logvar)]
+    log_qz, log_prod = aggregate_log_densities(inputs[0], Gaussian(inputs[1], inputs[2]), n, estimator)
+    grads = torch.autograd.grad([log_qz, log_prod], inputs, list(grad_out))
+    assert _rel_err(log_qz, expected[0]) < 1e-5 and _rel_err(log_prod, expected[1]) < 1e-5
+    for actual, wanted in zip(grads, expected_grads):
+        assert _rel_err(actual, wanted) < 1e-5
+
+
+@pytest.mark.parametrize("estimator", ["mws", "mss"])
+def test_log_weights_are_the_derivations_matrix(estimator):
+    for b, n in ((2, 1), (2, 40), (7, 6), (7, 40)):   # n = b - 1: the MSS partner's weight is 0
+        torch.testing.assert_close(log_weights(estimator, b, n, torch.zeros((), dtype=torch.float64)).exp(),
+                                   _naive_weights(b, n, estimator), rtol=1e-12, atol=0)
