@@ -3,28 +3,35 @@ group: the CLI and its local Ray instance) at seeded random moments across its l
 resumed with the same command each time; at the end the results are checked.
 
     python benchmarks/resume_soak.py [--store local|s3] [--kills 10] [--seed 0] [--lives 1]
-                                     [--resume-timeout 240] [--kill-when random|trials:N] [--keep DIR]
+                                     [--resume-timeout 240] [--kill-when random|trials:N|torn]
+                                     [--keep DIR]
 
 ``--store s3`` starts a moto S3 server on 127.0.0.1 (``pip install 'moto[server]'``) and puts
-the results folder in a bucket there. Each kill lands a seeded random number of seconds
-(``--min-delay`` .. ``--max-delay``) after that run started, wherever the sweep then is:
-starting Ray, restoring Tune's experiment, training a trial, between trials, attacking,
-writing the report; each kill line says where (trials finished, attack files, report).
-``--kill-when trials:N`` instead kills once N trials have written their rows (the moment
-tests/test_scaleout_s3.py kills at), one kill per life. ``--lives N`` repeats the whole life N
-times (a failure rate); the last line gives the count with a 95% Wilson interval.
+the results folder in a bucket there. The sweep: 5 trials (vae; tcvae, seatbelt x 2 betas) of
+``--steps`` steps, ``--max-concurrent 1``, GPUs asked for and dropped (no GPU here), 24 attack
+tasks, the report. Each kill lands a seeded random number of seconds (``--min-delay`` ..
+``--max-delay``) after that run started, wherever the sweep then is: starting Ray, restoring
+Tune's experiment, training a trial, between trials, attacking, writing the report; each kill
+line says where (rows and files written, and Tune's saved state: trials, searcher).
 
-The last run of a life (no kill) must finish within ``--resume-timeout`` seconds; so must every
-run that was not killed. A run that does not is a hang: the driver is asked for a dump of its
-threads, Tune's trials and searcher and Ray's placement groups (SIGUSR2 with
-SEATBELT_DEBUG_DUMP, see sweep/infra/debug_dump.py), the experiment state files are copied
-beside it, and the process group is killed.
+``--kill-when trials:N`` instead kills once N trials have written their rows (the moment
+tests/test_scaleout_s3.py kills at), once per life; ``--kill-when torn`` kills the moment the
+results folder holds a torn Tune state (the searcher counting as running a trial the trial list
+has ended or lacks: the state that made resumes hang), once per life. ``--lives N`` repeats the
+whole life N times (a failure rate): the last line gives it with a 95% Wilson interval, over the
+lives that were killed as asked (a life whose sweep ended before its kill is counted apart).
+
+Every run that is not killed must finish within ``--resume-timeout`` seconds. One that does not is
+a hang: the driver is asked for its dump (SIGUSR2 with SEATBELT_DEBUG_DUMP, see
+sweep/infra/debug_dump.py: threads, Tune's trials and searcher, Ray's resources and placement
+groups), Tune's state files are copied beside it, and the process group is killed.
 
 Checked at the end of each life: exactly one ``train/`` row per trial, all ok; one attack row per
 (trial, mode, similarity, pair, lambda); finished trials never retrained (the ``train/`` and
 ``checkpoints/`` files seen at any kill are unchanged at the end); every checkpoint loads; MLflow
-holds exactly one closed (FINISHED) run per trial and one FINISHED parent run. Exit status 0
-if every life passed.
+holds exactly one closed (FINISHED) run per trial and one FINISHED parent run. Exit status 0 if
+every life passed. Each life's folder (runs' output, Tune state at each kill, the dump) is kept
+with ``--keep DIR``, or when a life failed.
 """
 
 from __future__ import annotations
@@ -353,7 +360,7 @@ def check(life: Life) -> None:
 def soak(store: str = "local", kills: int = 10, seed: int = 0, lives: int = 1, timeout: float = 240,
          kill_when: str = "random", min_delay: float = 4, max_delay: float = 40, max_concurrent: int = 1,
          work: Path | None = None, extra_env: dict[str, str] | None = None, models: str = '["vae", "tcvae", "seatbelt"]',
-         steps: int = 60, log=print, jitter: float = 0.0) -> list[Life]:
+         steps: int = 200, log=print, jitter: float = 0.0) -> list[Life]:
     """Run ``lives`` lives of the soak; returns them, each with its ``problems`` (empty: passed)."""
     work = Path(work or tempfile.mkdtemp(prefix="soak"))
     work.mkdir(parents=True, exist_ok=True)
@@ -373,7 +380,10 @@ def soak(store: str = "local", kills: int = 10, seed: int = 0, lives: int = 1, t
             env = {**os.environ, **s3_env, **(extra_env or {}), "SEATBELT_TMP": str(folder / "scratch"),
                    "SEATBELT_DEBUG_DUMP": str(folder / "dump.txt")}
             env.pop("RAY_ADDRESS", None)
-            trials = len(json.loads(models)) * 2
+            from sweep.config import load_file
+            from sweep.config.trials import expand_grid
+
+            trials = len(expand_grid(load_file(str(config)).grid))
             life = Life(number, folder, out, uri, command, env, trials, attacks_per_trial=2 * 3 * 2)
             started = time.monotonic()
             try:
@@ -403,7 +413,7 @@ def main() -> int:
     parser.add_argument("--min-delay", type=float, default=4)
     parser.add_argument("--max-delay", type=float, default=40)
     parser.add_argument("--max-concurrent", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=60, help="training steps per trial")
+    parser.add_argument("--steps", type=int, default=200, help="training steps per trial")
     parser.add_argument("--models", default='["vae", "tcvae", "seatbelt"]', help="JSON list of model kinds")
     parser.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temp one, removed)")
     args = parser.parse_args()
@@ -412,10 +422,15 @@ def main() -> int:
                  args.min_delay, args.max_delay, args.max_concurrent, work, models=args.models,
                  steps=args.steps, log=lambda line: print(line, flush=True), jitter=args.jitter)
     failed = [life for life in lives if life.problems]
+    short = [life for life in lives if len(life.kills) < args.kills and not life.hang]
+    counted = [life for life in lives if life not in short]
+    bad = [life for life in counted if life.problems]
     hangs = sum(life.hang for life in lives)
-    low, high = wilson(len(failed), len(lives))
-    print(f"{len(lives) - len(failed)}/{len(lives)} lives passed; {len(failed)} failed ({hangs} hangs); "
-          f"failure rate {len(failed) / max(1, len(lives)):.2f}, 95% Wilson interval [{low:.2f}, {high:.2f}]")
+    low, high = wilson(len(bad), len(counted))
+    if short:
+        print(f"{len(short)} of {len(lives)} lives ended before their {args.kills} kill(s) (not counted below)")
+    print(f"{len(counted) - len(bad)}/{len(counted)} killed lives passed; {len(bad)} failed ({hangs} hangs); "
+          f"failure rate {len(bad) / max(1, len(counted)):.2f}, 95% Wilson interval [{low:.2f}, {high:.2f}]")
     if args.keep is None and not failed:
         shutil.rmtree(work, ignore_errors=True)
     elif failed:

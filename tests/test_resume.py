@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -79,6 +80,38 @@ def tear_searcher_state(tune: Path) -> str:
     state["_live_trials"] = {ahead}
     path.write_bytes(cloudpickle.dumps(state))
     return ahead
+
+
+def test_prepare_restore_drops_the_searcher_state_and_starts_anew_without_a_readable_state(tmp_path, capsys):
+    from results.store import Store
+    from sweep.train.training import prepare_restore
+
+    store = Store(tmp_path / "out")
+    trial = json.dumps({"trial_id": "abcde_00000", "status": "RUNNING"})
+
+    def experiment(*states: tuple[str, bytes]) -> None:
+        store.delete_dir("tune")
+        store.write_bytes("tune/tuner.pkl", b"tuner")
+        store.write_bytes("tune/basic-variant-state-2026-01-01_00-00-00.json", b"searcher")
+        store.write_bytes("tune/train_trial_abcde_00000/checkpoint_000000/model.pt", b"model")
+        for name, data in states:
+            store.write_bytes(f"tune/{name}", data)
+
+    good = json.dumps({"trial_data": [[trial, "{}"]], "runner_data": {}}).encode()
+    experiment(("experiment_state-2026-01-01_00-00-00.json", b"{trun"),  # an older, torn one
+               ("experiment_state-2026-01-01_00-01-00.json", good))
+    assert prepare_restore(store)
+    assert store.exists("tune/tuner.pkl") and store.exists("tune/train_trial_abcde_00000/checkpoint_000000/model.pt")
+    assert not any("basic-variant-state" in f for f in store.list_files("tune"))
+
+    for states, why in (((), "has no saved state"),
+                        ((("experiment_state-2026-01-01_00-00-00.json", good[:40]),), "has an unreadable state file"),
+                        ((("experiment_state-2026-01-01_00-00-00.json", b'{"trial_data": []}'),),
+                         "has no trial saved yet")):
+        experiment(*states)
+        assert not prepare_restore(store)
+        assert why in capsys.readouterr().out
+        assert not store.exists("tune")  # started anew
 
 
 @pytest.mark.slow
