@@ -3,16 +3,20 @@ group: the CLI and its local Ray instance) at seeded random moments across its l
 resumed with the same command each time; at the end the results are checked.
 
     python benchmarks/resume_soak.py [--store local|s3] [--kills 10] [--seed 0] [--lives 1]
-                                     [--resume-timeout 240] [--kill-when random|trials:N|torn]
+                                     [--resume-timeout 240] [--kill-when random|time|trials:N|torn]
                                      [--keep DIR]
 
 ``--store s3`` starts a moto S3 server on 127.0.0.1 (``pip install 'moto[server]'``) and puts
 the results folder in a bucket there. The sweep: 5 trials (vae; tcvae, seatbelt x 2 betas) of
-``--steps`` steps, ``--max-concurrent 1``, GPUs asked for and dropped (no GPU here), 24 attack
-tasks, the report. Each kill lands a seeded random number of seconds (``--min-delay`` ..
-``--max-delay``) after that run started, wherever the sweep then is: starting Ray, restoring
-Tune's experiment, training a trial, between trials, attacking, writing the report; each kill
-line says where (rows and files written, and Tune's saved state: trials, searcher).
+``--steps`` steps, ``--max-concurrent 1``, GPUs asked for and dropped (no GPU here), 20 attack
+tasks, the report. The kills' moments are seeded random points across the sweep's life, counted
+in progress (a unit per trial trained, as many for the attacks, a half for the report; odds 0.6
+in training, 0.25 in the attacks, 0.15 in the report), sorted:
+a run is killed 0-3 s after the sweep reaches its moment (training the next trial, between
+trials, attacking, writing the report), or, when the sweep has passed it already,
+``--min-delay`` .. ``--max-delay`` s into the run (starting Ray, restoring Tune's experiment).
+Each kill line says where it landed (rows and files written, and Tune's saved state: trials,
+searcher). ``--kill-when time`` kills every run ``--min-delay`` .. ``--max-delay`` s in.
 
 ``--kill-when trials:N`` instead kills once N trials have written their rows (the moment
 tests/test_scaleout_s3.py kills at), once per life; ``--kill-when torn`` kills the moment the
@@ -59,6 +63,7 @@ from tests.sweep_helpers import sweep_command, write_config  # noqa: E402
 
 BUCKET = "soak"
 KEY = ["trial_id", "mode", "similarity", "pair", "lam"]
+TASKS_PER_TRIAL = 2 * 2  # attack files per trial: (latent kl, output) x 2 pairs, one pair per task
 
 
 def wilson(failures: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -246,26 +251,56 @@ def describe_state(experiment: bytes | None, searcher: bytes | None) -> tuple[st
     return text, stale
 
 
+def progress(life: Life) -> float:
+    """How far the sweep is, in units: one per trial trained, the attacks as many units as there
+    are trials, one for the report."""
+    files = {folder: versions(life.out, folder) for folder in ("train", "attacks", "report")}
+    trained = sum(p.endswith(".parquet") for p in files["train"])
+    attacked = sum(p.endswith(".parquet") for p in files["attacks"]) / (life.trials * TASKS_PER_TRIAL)
+    return trained + life.trials * min(1.0, attacked) + any(p.endswith("index.html") for p in files["report"])
+
+
 def run_life(life: Life, kills: int, rng: random.Random, kill_when: str, min_delay: float,
              max_delay: float, timeout: float, log, jitter: float = 0.0) -> None:
+    # random: the kills' moments across the life, as progress (seeded, sorted): in training
+    # (progress 0..trials) with odds 0.6, in the attacks (trials..2 trials) 0.25, in the report
+    # (the last half unit) 0.15. A kill whose moment the sweep has passed already when a run
+    # starts lands min_delay..max_delay s into that run (starting Ray, restoring Tune's
+    # experiment); otherwise 0-3 s after the moment is reached (training the next trial,
+    # between trials, attacking, writing the report).
+    def moment() -> float:
+        phase = rng.choices(((0, life.trials), (life.trials, 2 * life.trials),
+                             (2 * life.trials, 2 * life.trials + 0.5)), weights=(0.6, 0.25, 0.15))[0]
+        return rng.uniform(*phase)
+
+    targets = sorted(moment() for _ in range(kills))
     attempt = 0
     while True:
         attempt += 1
         killing = len(life.kills) < kills
+        target = targets[len(life.kills)] if killing else None
         delay = rng.uniform(min_delay, max_delay)
+        after = rng.uniform(0, 3)
+        # random: a moment the sweep has passed already is hit by time, early in this run
+        by_time = killing and kill_when == "random" and progress(life) >= target
+        reached_at = None
         process = start(life, attempt)
         started = time.monotonic()
         killed = False
         while process.poll() is None:
             elapsed = time.monotonic() - started
-            if killing and kill_when.startswith("trials:"):
+            if killing and kill_when == "random":
+                if not by_time and reached_at is None and progress(life) >= target:
+                    reached_at = elapsed
+                due = elapsed >= delay if by_time else (reached_at is not None and elapsed >= reached_at + after)
+            elif killing and kill_when.startswith("trials:"):
                 due = len([p for p in versions(life.out, "train") if p.endswith(".parquet")]) >= int(kill_when[7:])
                 if due and jitter:
                     time.sleep(rng.uniform(0, jitter))
             elif killing and kill_when == "torn":  # the moment a kill leaves a torn state
                 due = bool(store_tune_state(life.out)[1])
             else:
-                due = killing and elapsed >= delay
+                due = killing and elapsed >= delay  # time: min_delay..max_delay s into each run
             if due:
                 kill_group(process)
                 killed = True
@@ -275,7 +310,8 @@ def run_life(life: Life, kills: int, rng: random.Random, kill_when: str, min_del
                 life.seen.update({k: v for k, v in seen.items() if k not in life.seen})
                 name = f"kill-{len(life.kills) + 1:02d}"
                 keep_state(life, name)
-                life.kills.append(f"kill {len(life.kills) + 1} at {elapsed:5.1f} s: {where(life.out)}; "
+                aim = f" (progress {target:.2f})" if kill_when == "random" else ""
+                life.kills.append(f"kill {len(life.kills) + 1} at {elapsed:5.1f} s{aim}: {where(life.out)}; "
                                   f"{tune_state(life.folder / name)[0]}")
                 log(f"  life {life.number} {life.kills[-1]}")
                 break
@@ -358,9 +394,9 @@ def check(life: Life) -> None:
 
 
 def soak(store: str = "local", kills: int = 10, seed: int = 0, lives: int = 1, timeout: float = 240,
-         kill_when: str = "random", min_delay: float = 4, max_delay: float = 40, max_concurrent: int = 1,
+         kill_when: str = "random", min_delay: float = 3, max_delay: float = 12, max_concurrent: int = 1,
          work: Path | None = None, extra_env: dict[str, str] | None = None, models: str = '["vae", "tcvae", "seatbelt"]',
-         steps: int = 200, log=print, jitter: float = 0.0) -> list[Life]:
+         steps: int = 300, log=print, jitter: float = 0.0) -> list[Life]:
     """Run ``lives`` lives of the soak; returns them, each with its ``problems`` (empty: passed)."""
     work = Path(work or tempfile.mkdtemp(prefix="soak"))
     work.mkdir(parents=True, exist_ok=True)
@@ -370,7 +406,8 @@ def soak(store: str = "local", kills: int = 10, seed: int = 0, lives: int = 1, t
         for number in range(1, lives + 1):
             folder = work / f"life-{number:03d}"
             folder.mkdir()
-            config = write_config(folder, name="soak", models=models, steps=steps, checkpoint_every=20)
+            config = write_config(folder, name="soak", models=models, steps=steps,
+                                  checkpoint_every=max(20, steps // 10))
             out = f"s3://{BUCKET}/{folder.name}-{seed}" if store == "s3" else str(folder / "out")
             uri = f"sqlite:///{folder}/mlflow.db"
             ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
@@ -406,14 +443,16 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lives", type=int, default=1)
     parser.add_argument("--resume-timeout", type=float, default=240)
-    parser.add_argument("--kill-when", default="random", help="random; trials:N (once N trials wrote their rows); torn (once the store holds "
+    parser.add_argument("--kill-when", default="random", help="random (moments across the life); time (min-delay..max-delay s into each run); "
+                             "trials:N (once N trials wrote their rows); torn (once the store holds "
                              "an experiment state whose searcher counts a trial the trial list has ended)")
     parser.add_argument("--jitter", type=float, default=0.0,
                         help="with trials:N, kill a seeded random 0..JITTER s after the Nth row appears")
-    parser.add_argument("--min-delay", type=float, default=4)
-    parser.add_argument("--max-delay", type=float, default=40)
+    parser.add_argument("--min-delay", type=float, default=3)
+    parser.add_argument("--max-delay", type=float, default=12)
     parser.add_argument("--max-concurrent", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=200, help="training steps per trial")
+    parser.add_argument("--steps", type=int, default=300,
+                        help="training steps per trial (a Tune checkpoint every steps/10, at least 20)")
     parser.add_argument("--models", default='["vae", "tcvae", "seatbelt"]', help="JSON list of model kinds")
     parser.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temp one, removed)")
     args = parser.parse_args()
