@@ -25,6 +25,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -44,6 +45,7 @@ KEY = ["trial_id", "mode", "similarity", "pair", "lam"]
 def soak_module():
     spec = importlib.util.spec_from_file_location("resume_soak", ROOT / "benchmarks" / "resume_soak.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
