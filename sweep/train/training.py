@@ -100,8 +100,8 @@ def prepare_restore(store: Store) -> bool:
     say too. Its files are removed: the restored experiment finishes the trials its list holds
     (from their checkpoints) and hands out none, and the rest of the grid runs in a new
     experiment (run_training). An experiment killed before its first save (or with no trial
-    saved yet), or whose newest state file is unreadable, is not resumed but started anew (finished trials stay finished:
-    their rows are in ``train/``).
+    saved yet), or whose newest state file is unreadable, is not resumed but started anew
+    (finished trials stay finished: their rows are in ``train/``).
     """
     files = [f for f in store.list_files(TUNE_NAME) if f.count("/") == 1]
     states = sorted(f for f in files if posixpath.basename(f).startswith("experiment_state-"))
