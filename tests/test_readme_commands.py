@@ -135,11 +135,12 @@ def _plan(cmd: Command) -> list[dict]:
         return jobs
     if tool == "python" and len(words) >= 2 and words[1].endswith(".py"):
         script = words[1]
+        at = str(ROOT / script)  # the helper runs in an empty folder: the repository's copy
         jobs = [{"kind": "local", "check": "exists", "path": script},
-                {"kind": "helper", "job": {"mode": "help", "script": script, "argv": ["--help"],
+                {"kind": "helper", "job": {"mode": "help", "script": at, "argv": ["--help"],
                                            "names": [] if cmd.fenced else _options(words[2:])}}]
         if cmd.fenced:
-            jobs.append({"kind": "helper", "job": {"mode": "parse", "script": script, "argv": words[2:]}})
+            jobs.append({"kind": "helper", "job": {"mode": "parse", "script": at, "argv": words[2:]}})
         return jobs
     if words[:2] == ["pip", "install"]:
         return [{"kind": "local", "check": "pip", "args": words[2:]}]

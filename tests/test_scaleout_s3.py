@@ -196,14 +196,14 @@ def mlflow_server(backend_uri: str, artifacts: str, env: dict[str, str], log: Pa
 # --- the tests -------------------------------------------------------------------------------
 
 
-# Known intermittent: in about one full-suite run in three on the 2-core machine, the resumed
-# sweep's Tune controller sits idle in TuneController._update_trial_queue with a trial left to
-# run, until the timeout (not root-caused yet; alone the test passes). A second run is allowed so
-# that this open bug does not block every other change; the hang is cut short at 300 s.
-@pytest.mark.flaky(reruns=1)
+# Issue 33: this test kills the sweep just after a trial ended, when Tune uploads its trial list
+# and its searcher state as two objects; a kill between the two used to leave a torn pair whose
+# restored searcher never handed out another trial (a silent hang). The resume now removes the
+# searcher state (sweep/train/training.prepare_restore); tests/test_resume.py makes the torn
+# state on purpose, and benchmarks/resume_soak.py kills sweeps at random moments.
 def test_sweep_on_s3_resumes_and_reports_from_the_bucket(tmp_path, s3_env, ray_tmp):
     config = write_config(tmp_path, name="s3tiny", models=MODELS, steps=40, checkpoint_every=20)
-    folder = f"sweeps/s3tiny-{tmp_path.name}"   # its own folder on a rerun (the bucket is shared)
+    folder = f"sweeps/s3tiny-{tmp_path.name}"   # its own folder (the bucket is shared by the module)
     out, uri = f"s3://{BUCKET}/{folder}", f"sqlite:///{tmp_path}/mlflow.db"
     # GPUs asked for on a local cluster without any: a warning, and the work runs on CPUs.
     command = sweep_command(config, Path("unused"), uri, "--max-concurrent", "1",
@@ -225,7 +225,7 @@ def test_sweep_on_s3_resumes_and_reports_from_the_bucket(tmp_path, s3_env, ray_t
     assert 2 <= len(finished_before) < len(TRIALS)
     assert s3_files(f"{folder}/tune"), "Tune's experiment state is not in the bucket"
 
-    result = run_cli_in_group(command, tmp_path, s3_env, timeout=300)
+    result = run_cli_in_group(command, tmp_path, s3_env, timeout=180)  # a hang shows in minutes
     assert "resuming the interrupted Tune experiment at s3://" in result.stdout
     assert "asked for GPUs, but this Ray cluster has none" in result.stderr
     assert "run on CPUs" in result.stderr

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import posixpath
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from results import layout, schema
 from results.store import Store, local_tmp_dir
 from sweep.config import SweepConfig
 from sweep.config.trials import TrialSpec
+from sweep.infra import debug_dump
 from sweep.infra.progress import Progress
 from sweep.infra.tracking import Tracker
 
@@ -53,8 +56,9 @@ def run_training(cfg: SweepConfig, specs: list[TrialSpec], store: Store, tracker
         return
 
     _TRACKER = tracker
+    debug_dump.install()
     experiment = store.uri_of(TUNE_NAME)
-    restore = tune.Tuner.can_restore(experiment)
+    restore = tune.Tuner.can_restore(experiment) and prepare_restore(store)
     if restore:
         print(f"training: resuming the interrupted Tune experiment at {experiment}")
     else:
@@ -72,12 +76,53 @@ def run_training(cfg: SweepConfig, specs: list[TrialSpec], store: Store, tracker
             pending = [s for s in specs if s.trial_id not in done]
             if not pending:
                 return
+            store.delete(f"{TUNE_NAME}/tuner.pkl")  # first: a folder left half-deleted is not restored
             store.delete_dir(TUNE_NAME)
             _PROGRESS.progress.note(f"training: {len(pending)} of {len(specs)} trials to run")
         _record_failures(cfg, store, _new_tuner(cfg, pending, store).fit())
     finally:
         _PROGRESS.close()
         _PROGRESS = None
+
+
+def prepare_restore(store: Store) -> bool:
+    """Whether the interrupted Tune experiment in ``tune/`` can be resumed; made safe first.
+
+    Tune (Ray 2.60) keeps an experiment's trial list (``experiment_state-*.json``) and its
+    searcher (``basic-variant-state-*.json``) in two files, uploaded to the results folder one
+    beside the other after each save. A kill between the two uploads leaves them torn: the
+    searcher counts as running a trial that the trial list has ended or does not hold (seen in
+    an S3 bucket for 0.1-0.25 s at every trial boundary). Restored, such a searcher never sees
+    that trial end, so with ``max_concurrent_trials`` it never hands out another one, and Tune's
+    controller waits in ``_update_trial_queue`` forever with trials left (issue 33).
+
+    The searcher only says which grid points are left to hand out, which the ``train/`` rows
+    say too. Its files are removed: the restored experiment finishes the trials its list holds
+    (from their checkpoints) and hands out none, and the rest of the grid runs in a new
+    experiment (run_training). An experiment killed before its first save (or with no trial
+    saved yet), or whose newest state file is unreadable, is not resumed but started anew
+    (finished trials stay finished: their rows are in ``train/``).
+    """
+    files = [f for f in store.list_files(TUNE_NAME) if f.count("/") == 1]
+    states = sorted(f for f in files if posixpath.basename(f).startswith("experiment_state-"))
+    problem = None if states else "has no saved state (killed before its first save)"
+    if states:
+        try:
+            state = json.loads(store.read_bytes(states[-1]))  # the file Tune would restore from
+            if not state.get("trial_data"):
+                problem = "has no trial saved yet"
+        except (ValueError, OSError, AttributeError) as exc:
+            problem = f"has an unreadable state file ({posixpath.basename(states[-1])}: {str(exc)[:100]})"
+    if problem:
+        print(f"training: the interrupted Tune experiment at {store.uri_of(TUNE_NAME)} {problem}; "
+              "starting it anew", flush=True)
+        store.delete(f"{TUNE_NAME}/tuner.pkl")  # first: a folder left half-deleted is not restored
+        store.delete_dir(TUNE_NAME)
+        return False
+    for relpath in files:
+        if posixpath.basename(relpath).startswith("basic-variant-state-"):
+            store.delete(relpath)
+    return True
 
 
 def _trainable(cfg: SweepConfig):
