@@ -47,6 +47,7 @@ from results.schema import TRAIN_ELBO  # noqa: E402
 from sweep.data import load_dataset  # noqa: E402
 from recon_r2 import shapes_folder  # noqa: E402
 from sweep.train.evaluate import dead_first_layer, elbo_parts, recon_r2  # noqa: E402
+from train_step import train_step  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -110,11 +111,7 @@ def run(job: tuple[str, str, int, int | None, str]) -> dict:
         if step == steps:
             break
         x = data.sample_batch(batches, setup.batch_size).to(device)
-        with precision.autocast():
-            loss = model.objective(x).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, x, precision, optimizer)
     point = score(model, images, factors, mean_image, data, device) if data.factor_sizes else \
         _score_without_factors(model, images, mean_image)
     model = model.cpu().eval()

@@ -52,6 +52,7 @@ from models.speed import TrainingPrecision, adam, configure_device  # noqa: E402
 from results.schema import TRAIN_ELBO  # noqa: E402
 from sweep.data import load_dataset  # noqa: E402
 from sweep.train.evaluate import elbo_parts, mean_gap, mig_factors, posteriors, recon_r2  # noqa: E402
+from train_step import train_step  # noqa: E402
 
 DATASET = "dsprites_generated"
 HELD_OUT = 0.05     # 36,864 held-out images, of which --eval-images are scored
@@ -116,11 +117,7 @@ def train(recipe: Recipe) -> dict:
     next_eval = (seen // recipe.eval_every + 1) * recipe.eval_every
     while seen < recipe.images:
         x = data.sample_batch(batches, recipe.batch_size).to(device)
-        with precision.autocast():
-            loss = model.objective(x).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, x, precision, optimizer)
         seen += recipe.batch_size
         if seen >= next_eval or seen >= recipe.images:
             next_eval += recipe.eval_every

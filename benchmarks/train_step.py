@@ -54,6 +54,16 @@ SPEEDUP_KIND = "tcvae"
 ANCHOR_BATCH, ANCHOR_BETA = 2048, 6.0
 
 
+def train_step(model, x, precision: TrainingPrecision, optimizer) -> None:
+    """One training step as the sweep takes it: objective under the precision's autocast,
+    backward, Adam."""
+    optimizer.zero_grad(set_to_none=True)
+    with precision.autocast():
+        loss = model.objective(x).loss
+    loss.backward()
+    optimizer.step()
+
+
 def step_flops(model, x) -> int:
     counter = FlopCounterMode(display=False)
     with counter:
@@ -78,11 +88,7 @@ def time_steps(model, x, precision: TrainingPrecision, optimizer, warmup: int, i
     a16, b16 = a32.bfloat16(), b32.bfloat16()
 
     def step():
-        optimizer.zero_grad(set_to_none=True)
-        with precision.autocast():
-            loss = model.objective(x).loss
-        loss.backward()
-        optimizer.step()
+        train_step(model, x, precision, optimizer)
 
     def peaks():
         return [matmul_rate(a32, b32) for _ in range(3)], [matmul_rate(a16, b16) for _ in range(3)]
@@ -131,11 +137,7 @@ def anchor(threads: list[int], warmup: int, iters: int) -> None:
     precision, optimizer = TrainingPrecision.choose(model, x.device, "auto"), adam(model.parameters(), 1e-3, x.device)
 
     def step():
-        optimizer.zero_grad(set_to_none=True)
-        with precision.autocast():
-            loss = model.objective(x).loss
-        loss.backward()
-        optimizer.step()
+        train_step(model, x, precision, optimizer)
 
     def timed() -> float:
         started = time.perf_counter()
