@@ -48,7 +48,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -59,7 +58,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.sweep_helpers import sweep_command, write_config  # noqa: E402
+from tests.sweep_helpers import moto_s3, sweep_command, write_config  # noqa: E402
 
 BUCKET = "soak"
 KEY = ["trial_id", "mode", "similarity", "pair", "lam"]
@@ -74,41 +73,6 @@ def wilson(failures: int, n: int, z: float = 1.96) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def moto_s3():
-    """A moto S3 server on 127.0.0.1 with one bucket; yields the environment naming it."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    import logging
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-           "AWS_EC2_METADATA_DISABLED": "true", "MLFLOW_S3_ENDPOINT_URL": f"http://{host}:{port}"}
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)  # for pyarrow and boto3 in this process
-    try:
-        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket=BUCKET)
-        yield env
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        server.stop()
 
 
 # --- the results folder, local or in the bucket ---------------------------------------------
@@ -402,7 +366,7 @@ def soak(store: str = "local", kills: int = 10, seed: int = 0, lives: int = 1, t
     work.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     done: list[Life] = []
-    with (moto_s3() if store == "s3" else contextlib.nullcontext({})) as s3_env:
+    with (moto_s3(BUCKET) if store == "s3" else contextlib.nullcontext({})) as s3_env:
         for number in range(1, lives + 1):
             folder = work / f"life-{number:03d}"
             folder.mkdir()
