@@ -47,14 +47,29 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
+
+def _pin_blas_threads(argv: list[str]) -> None:
+    """numpy's and scipy's OpenBLAS (scipy's L-BFGS-B calls it) to ``--threads`` threads, before
+    they load. A Ray task with 1 CPU gets OMP_NUM_THREADS=1, which OpenBLAS reads too; without
+    it scipy ran its BLAS on both cores here (141% CPU for a "1-thread" run)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--threads", type=int, default=1)
+    threads = str(pre.parse_known_args(argv)[0].threads)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, threads)
+
+
+_pin_blas_threads(sys.argv[1:])
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -388,7 +403,7 @@ def parse_args(argv):
     ap.add_argument("--atol", type=float, default=1e-4)
     ap.add_argument("--protocol-atol", type=float, default=1e-3,
                     help="nats added to both reported Δ of a protocol ratio")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (a Ray attack task has 1 CPU)")
+    ap.add_argument("--threads", type=int, default=1, help="torch and BLAS threads (a Ray attack task has 1 CPU)")
     ap.add_argument("--per-line", type=int, default=MIN_PROBLEMS,
                     help="problems of the ulp floor per line, split over the line's models, a "
                          "seeded uniform sample over pairs and λ")
