@@ -392,6 +392,8 @@ def parse_args(argv):
     ap.add_argument("--models-per-set", type=int, default=None,
                     help="a seeded sample of this many checkpoints per set, spread over the model kinds")
     ap.add_argument("--architectures", nargs="+", default=["mlp", "conv"])
+    ap.add_argument("--modes", nargs="+", choices=list(MODE_NAMES), default=list(MODE_NAMES),
+                    help="attack modes measured (a line is one mode)")
     ap.add_argument("--only", nargs="+", help="checkpoints whose file name contains one of these")
     ap.add_argument("--train-steps", type=int, default=300,
                     help="Adam steps for a model trained here (no checkpoint of an architecture)")
@@ -559,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
         per_model = -(-args.per_line // len(models))
         # a seeded uniform sample over pairs and λ (a stride would see the same few λ of every pair)
         sample = np.sort(np.random.default_rng(0).choice(P, min(per_model, P), replace=False))
-        for mode, sim in MODES:
+        for mode, sim in ((m, s) for m, s in MODES if m in args.modes):
             key = (label, mode)
             line = lines[key] = Line()
             for name, model in models:
