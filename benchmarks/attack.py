@@ -36,7 +36,10 @@ the envelope (``attacks.envelope``), as the sweep's attacks do.
 It ends with ``summary <line> <mode>: ...`` (1), ``protocol <line> <mode>: speed <X>x, median
 ratio <Z>, within 5% <W>%, worst <V>x`` (2, 3) and ``bar <line> <mode>: pass`` or ``FAIL
 (reasons)`` for each line, where ``<line>`` is the architecture, or ``<set>/<architecture>``
-when there is more than one set; it exits 1 if any line fails.
+when there is more than one set; it exits 1 if any line fails. ``reported <line> <mode>`` lines
+(information) put the batched solver cold, and with ``--protocol-floor`` scipy from another
+random start, through bar (2)'s figures: does a protocol miss come from the solver or the warm
+start?
 
     python benchmarks/attack.py --checkpoints smoke=sweeps/smoke/checkpoints repro=sweeps/repro/checkpoints --models-per-set 12
     python benchmarks/attack.py                                      # trains its models
