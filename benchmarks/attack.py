@@ -117,8 +117,8 @@ class UlpNudgedScipy(ScipyLBFGSB):
 
 class RestartedScipy(ScipyLBFGSB):
     """scipy from another random start, drawn as d0 is (U(-init_scale, init_scale), clipped to
-    the box) from ``start_seed``, one per problem (d0 is one per pair): the same problem and noise, only the starting point differs,
-    as a warm start's does (``--protocol-floor``)."""
+    the box) from ``start_seed``, one per problem (d0 is one per pair): the same problem and
+    noise, only the starting point differs, as a warm start's does (``--protocol-floor``)."""
 
     name = "scipy-restart"
     start_seed = 1
@@ -241,15 +241,11 @@ def subset(problems, idx: np.ndarray):
     return x[t], xt[t], lam[t], [si[i] for i in idx], [ti[i] for i in idx]
 
 
-def run(model, problems, mode, sim, cfg, device="cpu", seed=0, start_seed=None):
+def run(model, problems, mode, sim, cfg, device="cpu", seed=0):
     """(the objective the solver minimised [P], wall seconds, SolveResult) of one
-    ``attack_problems`` call; ``start_seed`` replaces the random start d0 alone (the noise
-    draws stay those of ``seed``)."""
+    ``attack_problems`` call."""
     x, xt, lam, si, ti = problems
     model = model.to(device)
-    if start_seed is not None:
-        cfg = dataclasses.replace(cfg, solver=RestartedScipy.name)
-        RestartedScipy.start_seed = start_seed
     t0 = time.perf_counter()
     outcome = attack_problems(model, x.to(device), xt.to(device), lam.to(device), mode, sim,
                               cfg, si, ti, seed=seed)
@@ -488,8 +484,8 @@ def measure_model(args, line: Line, name: str, model, problems, sample, mode: st
     line.proto_report.append(o_proto.objective.double().numpy())
     line.cold_report.append(o_cold.objective.double().numpy())
     if args.protocol_floor:   # what a start other than d0 alone does to scipy's reported Δ
-        line.restart_report.append(run(model, problems, mode, sim, scipy_cfg, start_seed=1)[2]
-                                   .objective.double().numpy())
+        restart_cfg = dataclasses.replace(scipy_cfg, solver=RestartedScipy.name)
+        line.restart_report.append(run(model, problems, mode, sim, restart_cfg)[2].objective.double().numpy())
     for key, seconds, outcome in (("ref", t_ref, o_ref), ("cold", t_cold, o_cold), ("proto", t_proto, o_proto)):
         getattr(line, f"t_{key}").append(seconds / P)
         getattr(line, f"ev_{key}").append(outcome.result.evaluations.mean())
