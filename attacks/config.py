@@ -50,6 +50,9 @@ class AttackConfig:
                                            #   its pair's solution at the λ above it
                                            #   (attacks.warm); the paper starts every λ at d0
     warm_chain: int = 9                    # λ per warm-start chain (1: every start is cold)
+    polish: tuple[str, ...] = ()           # modes whose every end is solved once more, from
+                                           #   itself with a fresh history, the lower kept
+                                           #   (attacks.polish); none in the paper's protocol
     output_mc_samples: int = 4             # K: noise draws the output attack minimises the mean
                                            #   over (EOT; README "Attacks" for the measurement)
     output_report_samples: int = 32        # fresh draws its reported Δ (and standard error) uses
@@ -76,6 +79,8 @@ class AttackConfig:
         check.values_from("attack.warm_start", self.warm_start, MODES, distinct=True, empty_ok=True,
                           also="(the modes whose λ paths are warm-started; [] for none)")
         check.integer("attack.warm_chain", self.warm_chain, 1, also="(λ per chain; 1 = every start cold)")
+        check.values_from("attack.polish", self.polish, MODES, distinct=True, empty_ok=True,
+                          also="(the modes whose ends are solved once more; [] for none)")
         check.number("attack.init_scale", self.init_scale, 0.0)
         check.integer("attack.output_mc_samples", self.output_mc_samples, 1)
         check.integer("attack.output_report_samples", self.output_report_samples, 2,

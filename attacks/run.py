@@ -27,6 +27,7 @@ from attacks.config import OUTPUT_SIMILARITIES, AttackConfig
 from attacks.envelope import best_on_path
 from attacks.metrics import auddc_with_reason, distortion_budget, select_shown_lambda
 from attacks.objectives import LATENT_SIMILARITIES, build_objective, sample_encoder_noise
+from attacks.polish import restarted_from_ends
 from attacks.solvers import SolveResult, get_solver
 from attacks.warm import warm_start_predecessors
 from results import schema
@@ -141,8 +142,10 @@ def attack_problems(model, x: Tensor, x_target: Tensor, lams: Tensor, mode: str,
     """Solve P independent problems (row p: source x[p], target x_target[p], λ lams[p]).
 
     In the modes of ``config.warm_start`` a problem starts from the solution of its pair's next
-    larger λ (``attacks.warm``), else every problem from its random d0. Each λ then takes the
-    best of its pair's solutions and d = 0 (``attacks.envelope``). The output attack
+    larger λ (``attacks.warm``), else every problem from its random d0; in the modes of
+    ``config.polish`` every end is then solved once more from itself (``attacks.polish``).
+    Each λ then takes the best of its pair's solutions and d = 0 (``attacks.envelope``). The
+    output attack
     minimises the mean over ``output_mc_samples`` fixed draws and is reported on
     ``output_report_samples`` fresh ones; the latent attack is deterministic and reported on the
     objective it minimised.
@@ -159,7 +162,10 @@ def attack_problems(model, x: Tensor, x_target: Tensor, lams: Tensor, mode: str,
     d0 = torch.minimum(torch.maximum(d0, lower), upper).to(x.dtype)
     after = (warm_start_predecessors(source_indices, target_indices, lams.tolist(), config.warm_chain)
              if mode in config.warm_start else None)
-    result = get_solver(config.solver).solve(objective, d0, lower, upper, config, after=after)
+    solver = get_solver(config.solver)
+    result = solver.solve(objective, d0, lower, upper, config, after=after)
+    if mode in config.polish:
+        result = restarted_from_ends(solver, objective, result, lower, upper, config)
     d, from_path = best_on_path(objective, result.d, source_indices, target_indices)
     report = objective
     if mode == OUTPUT:

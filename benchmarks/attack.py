@@ -39,7 +39,8 @@ ratio <Z>, within 5% <W>%, worst <V>x`` (2, 3) and ``bar <line> <mode>: pass`` o
 when there is more than one set; it exits 1 if any line fails. ``reported <line> <mode>`` lines
 (information) put the batched solver cold, and with ``--protocol-floor`` scipy from another
 random start, through bar (2)'s figures: does a protocol miss come from the solver or the warm
-start?
+start? With ``--protocol-polish`` the protocol also solves every end once more from itself
+(``attacks.polish``) and the ``reported`` line adds it without that.
 
     python benchmarks/attack.py --checkpoints smoke=sweeps/smoke/checkpoints repro=sweeps/repro/checkpoints --models-per-set 12
     python benchmarks/attack.py                                      # trains its models
@@ -271,6 +272,7 @@ class Line:
     proto_report: list = field(default_factory=list)  # the protocol, reported Δ
     cold_report: list = field(default_factory=list)   # batched cold + envelope, reported Δ
     restart_report: list = field(default_factory=list)  # scipy cold from another d0 (--protocol-floor)
+    unpolished_report: list = field(default_factory=list)  # the protocol without --protocol-polish
     t_ref: list = field(default_factory=list)
     t_cold: list = field(default_factory=list)
     t_proto: list = field(default_factory=list)
@@ -363,8 +365,8 @@ def score_solver(line: Line, rtol: float, atol: float) -> SolverVerdict:
 
 def protocol_ratios(line: Line, atol: float, run: str = "proto") -> np.ndarray:
     """A run's reported Δ over scipy cold's, per (pair, λ), each with ``atol`` added: the
-    protocol's (``proto``), the batched solver cold (``cold``) or scipy from another random
-    start (``restart``)."""
+    protocol's (``proto``), the batched solver cold (``cold``), scipy from another random
+    start (``restart``) or the protocol without its polish (``unpolished``)."""
     return (line.cat(f"{run}_report") + atol) / (line.cat("ref_report") + atol)
 
 
@@ -412,6 +414,9 @@ def parse_args(argv):
                     help="modes the batched protocol warm-starts along the λ path")
     ap.add_argument("--protocol-chain", type=int, default=AttackConfig.warm_chain,
                     help="λ per warm-start chain in the protocol")
+    ap.add_argument("--protocol-polish", nargs="*", choices=list(MODE_NAMES), default=[],
+                    help="modes whose ends the protocol solves once more from themselves "
+                         "(AttackConfig.polish); each also runs unpolished, for information")
     ap.add_argument("--batch-history", type=int, default=None,
                     help="batched solver's L-BFGS memory (AttackConfig.batch_history)")
     ap.add_argument("--floors", nargs="*", choices=list(FLOORS), default=["ulp"],
@@ -445,7 +450,7 @@ def prepare(args):
     print(f"setup {time.perf_counter() - t0:.0f}s; {len(problems[0])} problems per (model, mode) "
           f"= {args.n_pairs} pairs x {args.n_lambdas} λ; torch threads={args.threads}; "
           f"maxiter {args.maxiter}; protocol: batched, warm {args.protocol_warm_modes or 'none'}, "
-          f"chain {args.protocol_chain}; GPU: {torch.cuda.get_device_name() if gpu else 'none'}")
+          f"chain {args.protocol_chain}, polish {args.protocol_polish or 'none'}; GPU: {torch.cuda.get_device_name() if gpu else 'none'}")
     for (set_name, arch), models in groups.items():
         for name, model in models:
             print(f"  {set_name} {arch} {name}: {health(model, dataset)}")
@@ -470,11 +475,17 @@ def measure_model(args, line: Line, name: str, model, problems, sample, mode: st
         line.floor[floor].append(again)
     cold_cfg = AttackConfig(solver="batched", maxiter=args.maxiter, batch_history=args.batch_history)
     cold, t_cold, o_cold = run(model, problems, mode, sim, cold_cfg)
+    proto_cfg = cold_cfg
     if mode in args.protocol_warm_modes:
-        proto_cfg = dataclasses.replace(cold_cfg, warm_start=(mode,), warm_chain=args.protocol_chain)
+        proto_cfg = dataclasses.replace(proto_cfg, warm_start=(mode,), warm_chain=args.protocol_chain)
+    if mode in args.protocol_polish:   # information: the same protocol without its polish
+        unpolished = o_cold if proto_cfg is cold_cfg else run(model, problems, mode, sim, proto_cfg)[2]
+        line.unpolished_report.append(unpolished.objective.double().numpy())
+        proto_cfg = dataclasses.replace(proto_cfg, polish=(mode,))
+    if proto_cfg is cold_cfg:   # the protocol is the cold batched run
+        t_proto, o_proto = t_cold, o_cold
+    else:
         _, t_proto, o_proto = run(model, problems, mode, sim, proto_cfg)
-    else:   # the protocol is the cold batched run
-        proto_cfg, t_proto, o_proto = cold_cfg, t_cold, o_cold
     if torch.cuda.is_available():
         line.t_gpu.append(run(model, problems, mode, sim, proto_cfg, "cuda")[1] / P)
     line.ref.append(ref)
@@ -525,8 +536,8 @@ def print_tables(args, lines: dict, solver: dict, protocol: dict) -> None:
               f"({100 * v.floor_minus_2se:.1f}%) | {100 * v.at_or_below:.0f}% | {v.median_ratio:.4f} | "
               f"{v.worst_ratio:.3f} | {seed} |")
     print(f"\n(2) The protocol (batched, warm {args.protocol_warm_modes or 'none'}, chain "
-          f"{args.protocol_chain}, envelope) against scipy cold with the envelope: reported Δ per "
-          f"(pair, λ), ratio (Δ + {args.protocol_atol:g}) / (Δ_ref + {args.protocol_atol:g})\n")
+          f"{args.protocol_chain}, polish {args.protocol_polish or 'none'}, envelope) against scipy "
+          f"cold with the envelope: reported Δ per (pair, λ), ratio (Δ + {args.protocol_atol:g}) / (Δ_ref + {args.protocol_atol:g})\n")
     print("| line | mode | points | median ratio | within 5% | above 1.5x | worst | at or below |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for key, line in lines.items():
@@ -576,7 +587,9 @@ def main(argv: list[str] | None = None) -> int:
     for (label, mode), line in lines.items():   # information: where the protocol's misses come from
         print(f"reported {label} {mode}: batched cold {ratio_figures(protocol_ratios(line, args.protocol_atol, 'cold'))}"
               + (f"; scipy from another start {ratio_figures(protocol_ratios(line, args.protocol_atol, 'restart'))}"
-                 if line.restart_report else ""))
+                 if line.restart_report else "")
+              + (f"; the protocol without polish {ratio_figures(protocol_ratios(line, args.protocol_atol, 'unpolished'))}"
+                 if line.unpolished_report else ""))
     failed_any = False
     for key in lines:
         failed = ([f"solver: {f}" for f in solver[key].failures()]

@@ -171,6 +171,8 @@ class SweepConfig:
         if not content["attack"]["warm_start"]:  # likewise for folders from before warm starts
             content["attack"].pop("warm_start")
             content["attack"].pop("warm_chain")
+        if not content["attack"]["polish"]:  # likewise for folders from before polishing
+            content["attack"].pop("polish")
         text = json.dumps(content, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

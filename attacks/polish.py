@@ -1,0 +1,40 @@
+"""A second L-BFGS-B run from every problem's end, with a fresh history; the lower end is kept.
+
+In the modes of ``AttackConfig.polish`` the solver runs twice: as configured (cold or warm
+starts), then once more from each problem's end point with no curvature pairs, so that its first
+step is a scaled steepest-descent step. Why: near the target (small λ, Δ a thousandth of a nat)
+a run stops on scipy's relative-reduction test when one iteration fails to lower the float32
+objective, and a warm-started run reaches that point sooner, with a history built far from
+there. Restarted, such a run goes on down; one at a true minimum stops within a few
+evaluations. Measured in docs/PERFORMANCE.md (issue 34). It costs the second run's evaluations,
+which the result counts; scipy's reference protocol (``polish = []``, the default) has none.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from attacks.result import ObjectiveFn, SolveResult
+
+__all__ = ["restarted_from_ends"]
+
+
+def restarted_from_ends(solver, objective: ObjectiveFn, first: SolveResult, lower: Tensor,
+                        upper: Tensor, config) -> SolveResult:
+    """``first``'s problems solved again by ``solver`` from their end points (cold: no warm
+    starts, no history), keeping per problem the end with the lower objective (``first``'s on a
+    tie); iterations, evaluations and seconds are the two runs' sums."""
+    second = solver.solve(objective, first.d, lower, upper, config, after=None)
+    better = second.objective < first.objective
+    keep = torch.as_tensor(better, device=first.d.device).view(-1, *([1] * (first.d.dim() - 1)))
+    return SolveResult(
+        d=torch.where(keep, second.d.to(first.d), first.d),
+        objective=np.where(better, second.objective, first.objective),
+        iterations=first.iterations + second.iterations,
+        evaluations=first.evaluations + second.evaluations,
+        seconds=first.seconds + second.seconds,
+        converged=np.where(better, second.converged, first.converged),
+        messages=[b if use else a for a, b, use in zip(first.messages, second.messages, better.tolist())],
+    )
