@@ -19,9 +19,10 @@ class AttackConfig:
     for the solver, Gondim-Ribeiro et al. (2018): scipy's L-BFGS-B with memory 25 and factr 10;
     pgtol, maxiter and maxfun are scipy's ``fmin_l_bfgs_b`` defaults, which they left unchanged.
     ``solver = "batched"`` with ``warm_start = ["latent", "output"]`` is the fast choice (the
-    ``smoke`` and ``repro`` presets'): 3.4-5.6x scipy's speed on one core on MLPs, but it met
-    the bar against scipy (``benchmarks/attack.py``, docs/PERFORMANCE.md) on one set of
-    checkpoints and not on another, so it is not the default.
+    ``smoke`` and ``repro`` presets'): 3-6x scipy's speed per attack on one core on MLPs, but
+    not 3x on a conv VAE's latent attack, and in the latent attack at λ near 0 it ends up to a
+    few thousandths of a nat above scipy, also with ``polish`` (issue 34: ``benchmarks/attack.py``,
+    docs/PERFORMANCE.md), so it is not the default.
     """
 
     n_pairs: int = 10                      # random (source, target) pairs per dataset

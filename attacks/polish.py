@@ -4,10 +4,13 @@ In the modes of ``AttackConfig.polish`` the solver runs twice: as configured (co
 starts), then once more from each problem's end point with no curvature pairs, so that its first
 step is a scaled steepest-descent step. Why: near the target (small λ, Δ a thousandth of a nat)
 a run stops on scipy's relative-reduction test when one iteration fails to lower the float32
-objective, and a warm-started run reaches that point sooner, with a history built far from
-there. Restarted, such a run goes on down; one at a true minimum stops within a few
-evaluations. Measured in docs/PERFORMANCE.md (issue 34). It costs the second run's evaluations,
-which the result counts; scipy's reference protocol (``polish = []``, the default) has none.
+objective, and a warm-started run, its history built far from there, may get there early.
+Restarted, such a run goes on down; one at a true minimum stops within a few evaluations.
+Measured (issue 34, docs/PERFORMANCE.md): with warm starts in the latent attack it lifts the
+reported Δ within 5% of scipy's from 96.2% to 98.7% of points on the quick start's checkpoints
+and from 90.8% to 94.5% on the repro's (on the former, 116 evaluations per attack against 81).
+The result counts both runs' evaluations; scipy's reference protocol (``polish = []``, the
+default) has none.
 """
 
 from __future__ import annotations

@@ -50,7 +50,8 @@ def smoke() -> SweepConfig:
         ),
         # healthy models take longer to attack than the plateau did: 7 lambdas (0 and 2^c, c in
         # -20, -12, ..., 20) keep the attack stage near a minute; the batched solver with warm
-        # starts meets scipy's quality bar faster (docs/PERFORMANCE.md, "Attacks")
+        # starts is 3-6x faster than scipy, its latent Δ at λ near 0 a little above scipy's
+        # (docs/PERFORMANCE.md, "Attacks")
         attack=AttackConfig(n_pairs=3, n_lambdas=7, maxiter=100, solver="batched", warm_start=MODES),
         resources=ResourceConfig(pairs_per_task=3),
     )
